@@ -1,0 +1,3 @@
+from mri_tumor.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,65 @@
+"""The model card: the one source of truth for class names, input size and normalisation.
+
+It is saved as ``card.json`` next to the weights (``model.safetensors``) and every stage that
+touches pixels or labels (training, evaluation, the predictor and so every front end) reads
+its parameters from here instead of hard-coding them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+CARD_FILE = "card.json"
+WEIGHTS_FILE = "model.safetensors"
+SHIPPED_MODEL_DIR = Path(__file__).parent / "weights" / "efficientnet_lite0"
+
+DISCLAIMER = ("Research tool, not a diagnosis. Results must be reviewed by a qualified "
+              "clinician and must not be used for clinical decisions.")
+
+
+@dataclass
+class ModelCard:
+    """Everything needed to rebuild a model and feed it pixels exactly as in training."""
+
+    architecture: str
+    class_names: list[str]
+    image_size: int
+    mean: list[float]
+    std: list[float]
+    # How a decoded image becomes model input: any mode -> 8-bit grayscale -> the grey
+    # channel repeated `input_channels` times. MRI slices are grey in content, so this
+    # removes the RGB/BGR ambiguity of the seed project for good.
+    input_channels: int = 3
+    color_mode: str = "grayscale"
+    temperature: float = 1.0
+    low_confidence_threshold: float = 0.6
+    ood_threshold: float | None = None
+    version: str = ""
+    created: str = ""
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    notes: str = DISCLAIMER
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, directory: Path) -> Path:
+        """Write ``card.json`` into ``directory`` and return its path."""
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / CARD_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, directory: Path) -> ModelCard:
+        """Read ``card.json`` from a model directory; unknown keys are ignored."""
+        path = Path(directory) / CARD_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"no model card at {path}: is {directory} a model folder "
+                                    f"(it should hold {CARD_FILE} and {WEIGHTS_FILE})?")
+        raw = json.loads(path.read_text())
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})

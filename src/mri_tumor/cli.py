@@ -1,0 +1,211 @@
+"""The ``mri-tumor`` command. Thin: it parses arguments, calls a stage, prints the result."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mri_tumor import __version__
+
+
+class UsageError(Exception):
+    """Bad arguments or inputs: printed as one line, exit status 2."""
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model on a labelled folder")
+    p.add_argument("data_dir", type=Path, help="folder with one sub-folder per class")
+    p.add_argument("--arch", default="efficientnet_lite0",
+                   help="efficientnet_lite0 (default), vgg16 or vgg16_bn")
+    p.add_argument("--out", type=Path, help="run folder (default runs/ARCH)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, help="input size (default: the architecture's)")
+    p.add_argument("--devices", type=int, default=1, help="GPUs, or CPU processes (DDP)")
+    p.add_argument("--resume", type=Path, help="Lightning checkpoint to continue from")
+    p.add_argument("--init-weights", type=Path,
+                   help="ImageNet VGG16 checkpoint in torchvision's layout")
+    p.add_argument("--no-pretrained", action="store_true",
+                   help="start EfficientNet from random weights")
+    p.add_argument("--split", type=Path, help="reuse a split CSV from an earlier run")
+    p.add_argument("--val-fraction", type=float, default=0.15)
+    p.add_argument("--schedule", choices=("plateau", "cosine"), default="plateau")
+    p.add_argument("--max-train-batches", type=float, default=1.0,
+                   help="fraction (<=1) or number (>1) of training batches per epoch")
+    p.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    p.add_argument("--rotation", type=float, default=40.0, help="max rotation, degrees")
+    p.add_argument("--fp32-weights", action="store_true", help="never store weights in fp16")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from mri_tumor.data.augment import AugmentConfig
+    from mri_tumor.models import ARCHITECTURES
+    from mri_tumor.training import TrainConfig, train
+
+    if args.arch not in ARCHITECTURES:
+        raise UsageError(f"unknown architecture {args.arch!r}; choose one of "
+                         f"{', '.join(ARCHITECTURES)}")
+    if not args.data_dir.is_dir():
+        raise UsageError(f"{args.data_dir}: no such folder")
+    for option in ("resume", "init_weights", "split"):
+        value = getattr(args, option)
+        if value is not None and not value.is_file():
+            raise UsageError(f"--{option.replace('_', '-')} {value}: no such file")
+    if args.epochs < 1 or args.batch_size < 1 or args.devices < 1 or args.lr <= 0:
+        raise UsageError("--epochs, --batch-size, --devices and --lr must be positive")
+    augment = (AugmentConfig(0, 0, 0, 0, False, 0, 0) if args.no_augment
+               else AugmentConfig(rotation=args.rotation))
+    max_batches = args.max_train_batches
+    config = TrainConfig(
+        data_dir=args.data_dir, arch=args.arch, out=args.out or Path("runs") / args.arch,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, seed=args.seed, image_size=args.image_size,
+        devices=args.devices, resume=args.resume, init_weights=args.init_weights,
+        pretrained=False if args.no_pretrained else None, split=args.split,
+        val_fraction=args.val_fraction, schedule=args.schedule, augment=augment,
+        max_train_batches=int(max_batches) if max_batches > 1 else max_batches,
+        half_precision_weights=not args.fp32_weights,
+    )
+    out = train(config)
+    if out is not None:
+        from mri_tumor.card import ModelCard
+
+        card = ModelCard.load(out)
+        val = card.metrics["validation"]
+        print(f"saved {out}: validation accuracy {val['accuracy']:.4f}, "
+              f"macro-F1 {val['macro_f1']:.4f}, temperature {card.temperature:.3f}")
+    return 0
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="classify images, DICOM files or folders of them")
+    p.add_argument("paths", nargs="+", type=Path, help="files or folders")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="one JSON object per input line")
+    fmt.add_argument("--csv", action="store_true", help="CSV with a header row")
+    p.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+    p.add_argument("--model", type=Path, help="model folder (default: the shipped model)")
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from mri_tumor.frontend import expand_inputs, format_results, load_predictor
+
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    inputs, skipped = expand_inputs(args.paths, recursive=args.recursive)
+    if skipped:
+        print(f"note: skipped {len(skipped)} non-image file(s) in the given folders",
+              file=sys.stderr)
+    predictor = load_predictor(args.model, backend=args.backend)
+    results = predictor.predict(inputs, batch_size=args.batch_size)
+    mode = "json" if args.json else "csv" if args.csv else "table"
+    sys.stdout.write(format_results(results, mode))
+    if mode == "table":
+        print(f"\n{predictor.disclaimer}")
+    else:
+        print(predictor.disclaimer, file=sys.stderr)
+    return 1 if any(r.status == "error" for r in results) else 0
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export the model to ONNX (optionally int8)")
+    p.add_argument("out", type=Path, help="output file, e.g. model.onnx")
+    p.add_argument("--format", choices=("onnx",), default="onnx")
+    p.add_argument("--quantize", choices=("int8",), help="static int8 quantisation")
+    p.add_argument("--model", type=Path, help="model folder (default: the shipped model)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from mri_tumor.frontend import export_model
+
+    if args.out.exists() and not args.force:
+        raise UsageError(f"{args.out} exists; pass --force to overwrite it")
+    if args.out.suffix.lower() != ".onnx":
+        raise UsageError(f"{args.out}: the output file name must end in .onnx")
+    path = export_model(args.model, args.out, quantize=args.quantize)
+    print(f"wrote {path}")
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="metrics, calibration and a report on a labelled folder")
+    p.add_argument("data_dir", type=Path, help="folder with one sub-folder per class")
+    p.add_argument("--model", type=Path, help="model folder (default: the shipped model)")
+    p.add_argument("--train-dir", type=Path,
+                   help="training folder: also report metrics on images with no duplicate in it")
+    p.add_argument("--out", type=Path, help="write report.md and figures into this folder")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation (horizontal flip)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from mri_tumor.evaluation import run_evaluate_command
+
+    return run_evaluate_command(args)
+
+
+def _add_app(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("app", help="start the Streamlit web app")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--model", type=Path, help="model folder (default: the shipped model)")
+
+
+def _run_app(args: argparse.Namespace) -> int:
+    from mri_tumor.frontend import launch_app
+
+    return launch_app(port=args.port, host=args.host, model_dir=args.model)
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="start the HTTP API (FastAPI on uvicorn)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--model", type=Path, help="model folder (default: the shipped model)")
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from mri_tumor.api import serve
+
+    return serve(host=args.host, port=args.port, workers=args.workers, model_dir=args.model)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mri-tumor",
+        description="Brain MRI tumour classifier. Research tool, not a diagnosis.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_train, _add_evaluate, _add_predict, _add_export, _add_app, _add_serve):
+        add(sub)
+    return parser
+
+
+COMMANDS = {"train": _run_train, "evaluate": _run_evaluate, "predict": _run_predict,
+            "export": _run_export, "app": _run_app, "serve": _run_serve}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``mri-tumor`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UsageError as error:
+        print(f"mri-tumor {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, ImportError) as error:
+        print(f"mri-tumor {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

