@@ -29,6 +29,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", type=Path, help="Lightning checkpoint to continue from")
     p.add_argument("--init-weights", type=Path,
                    help="ImageNet VGG16 checkpoint in torchvision's layout")
+    p.add_argument("--from-model", type=Path,
+                   help="start from a trained model folder (fine-tune it on new cases)")
     p.add_argument("--no-pretrained", action="store_true",
                    help="start EfficientNet from random weights")
     p.add_argument("--split", type=Path, help="reuse a split CSV from an earlier run")
@@ -51,6 +53,8 @@ def _run_train(args: argparse.Namespace) -> int:
                          f"{', '.join(ARCHITECTURES)}")
     if not args.data_dir.is_dir():
         raise UsageError(f"{args.data_dir}: no such folder")
+    if args.from_model is not None and not (args.from_model / "card.json").is_file():
+        raise UsageError(f"--from-model {args.from_model}: not a model folder (no card.json)")
     for option in ("resume", "init_weights", "split"):
         value = getattr(args, option)
         if value is not None and not value.is_file():
@@ -66,6 +70,7 @@ def _run_train(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, seed=args.seed, image_size=args.image_size,
         devices=args.devices, resume=args.resume, init_weights=args.init_weights,
         pretrained=False if args.no_pretrained else None, split=args.split,
+        from_model=args.from_model,
         val_fraction=args.val_fraction, schedule=args.schedule, augment=augment,
         max_train_batches=int(max_batches) if max_batches > 1 else max_batches,
         half_precision_weights=not args.fp32_weights,
@@ -78,6 +83,26 @@ def _run_train(args: argparse.Namespace) -> int:
         val = card.metrics["validation"]
         print(f"saved {out}: validation accuracy {val['accuracy']:.4f}, "
               f"macro-F1 {val['macro_f1']:.4f}, temperature {card.temperature:.3f}")
+    return 0
+
+
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("calibrate", help="re-fit the temperature and the out-of-distribution "
+                       "guard of a trained model on its own split")
+    p.add_argument("model_dir", type=Path, help="a run folder with card.json and split.csv")
+    p.add_argument("data_dir", type=Path, help="the folder the model was trained on")
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    from mri_tumor.training import refit
+
+    if not args.data_dir.is_dir():
+        raise UsageError(f"{args.data_dir}: no such folder")
+    card = refit(args.model_dir, args.data_dir)
+    val = card.metrics["validation"]
+    print(f"{args.model_dir}: temperature {card.temperature:.3f}, ECE {val['ece']:.4f}, "
+          f"OOD threshold {card.ood_threshold:.3f} (rejects {val['ood_rejected']:.1%} of "
+          "validation MRIs)")
     return 0
 
 
@@ -186,13 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Brain MRI tumour classifier. Research tool, not a diagnosis.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_evaluate, _add_predict, _add_export, _add_app, _add_serve):
+    for add in (_add_train, _add_calibrate, _add_evaluate, _add_predict, _add_export, _add_app,
+                _add_serve):
         add(sub)
     return parser
 
 
-COMMANDS = {"train": _run_train, "evaluate": _run_evaluate, "predict": _run_predict,
-            "export": _run_export, "app": _run_app, "serve": _run_serve}
+COMMANDS = {"train": _run_train, "calibrate": _run_calibrate, "evaluate": _run_evaluate,
+            "predict": _run_predict, "export": _run_export, "app": _run_app, "serve": _run_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

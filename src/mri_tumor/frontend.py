@@ -10,14 +10,19 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mri_tumor.card import SHIPPED_MODEL_DIR
 from mri_tumor.data.reading import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, looks_like_dicom_bytes
-from mri_tumor.inference import RESULT_KEYS, Prediction, Predictor, series_summaries
+
+if TYPE_CHECKING:  # torch is imported only when a model is needed (fast `mri-tumor app` start)
+    from mri_tumor.inference import Prediction, Predictor
 
 
 def load_predictor(model_dir: Path | None = None, backend: str = "torch") -> Predictor:
     """Load a model folder (default: the shipped one) or raise FileNotFoundError saying why."""
+    from mri_tumor.inference import Predictor
+
     directory = Path(model_dir) if model_dir else SHIPPED_MODEL_DIR
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory}: no such model folder")
@@ -57,12 +62,18 @@ def expand_inputs(paths: Sequence[Path], recursive: bool = False) -> tuple[list[
     return inputs, skipped
 
 
+def _blank_if_none(value: object) -> object:
+    return "" if value is None else value
+
+
 def _confidence_text(result: Prediction) -> str:
     return f"{result.confidence:.1%}" if result.confidence is not None else "-"
 
 
 def format_results(results: Sequence[Prediction], mode: str = "table") -> str:
     """Render results as a table, JSON Lines or CSV; DICOM series get summary lines."""
+    from mri_tumor.inference import RESULT_KEYS, series_summaries
+
     summaries = series_summaries(results)
     if mode == "json":
         lines = [json.dumps(r.to_dict()) for r in results]
@@ -74,9 +85,8 @@ def format_results(results: Sequence[Prediction], mode: str = "table") -> str:
         writer.writerow(RESULT_KEYS)
         for r in results:
             probs = json.dumps(r.probabilities) if r.probabilities else ""
-            writer.writerow([r.path, r.status, r.label or "", r.confidence if r.confidence is not None
-                             else "", probs, r.ood_score if r.ood_score is not None else "",
-                             r.message])
+            writer.writerow([r.path, r.status, r.label or "", _blank_if_none(r.confidence),
+                             probs, _blank_if_none(r.ood_score), r.message])
         return buffer.getvalue()
     rows = [("FILE", "STATUS", "PREDICTION", "CONFIDENCE", "NOTE")]
     for r in results:
@@ -110,7 +120,7 @@ def export_model(model_dir: Path | None, out: Path, quantize: str | None = None)
         fp32.unlink(missing_ok=True)
 
 
-def calibration_batch(card) -> "object":  # noqa: ANN001
+def calibration_batch(card) -> object:
     """Normalised input batch from the bundled sample images (int8 calibration data)."""
     import torch
 

@@ -76,12 +76,12 @@ class Predictor:
     def load(cls, model_dir: str | Path | None = None, backend: str = "torch",
              threads: int | None = None) -> Predictor:
         """Load a model folder (default: the shipped model) for the torch or onnx backend."""
-        from mri_tumor.models import load_model
+        from mri_tumor.models import fuse_batch_norm, load_model
 
         directory = Path(model_dir) if model_dir else SHIPPED_MODEL_DIR
         if backend not in ("torch", "onnx"):
             raise ValueError(f"unknown backend {backend!r}; use torch or onnx")
-        threads = threads or min(4, os.cpu_count() or 1)
+        threads = threads or min(4, len(os.sched_getaffinity(0)))
         model, card, extras = load_model(directory)
         guard = OODGuard.from_tensors(extras, card.ood_threshold)
         if backend == "onnx":
@@ -90,7 +90,7 @@ class Predictor:
             session = onnx_session(directory, model, card, threads=threads)
             return cls(card, "onnx", None, session, guard, directory)
         torch.set_num_threads(threads)
-        model = model.to(memory_format=torch.channels_last)
+        model = fuse_batch_norm(model).to(memory_format=torch.channels_last)
         return cls(card, "torch", model, None, guard, directory)
 
     # -- the pipeline: inputs -> frames -> pixels -> (logits, features) -> results -----------
@@ -117,8 +117,8 @@ class Predictor:
                 results.append(None)
         for start in range(0, len(pending), batch_size):
             chunk = pending[start:start + batch_size]
-            for (slot, frame), prediction in zip(chunk, self.predict_frames([f for _, f in chunk]),
-                                                 strict=True):
+            predictions = self.predict_frames([frame for _, frame in chunk])
+            for (slot, _), prediction in zip(chunk, predictions, strict=True):
                 results[slot] = prediction
         return [r for r in results if r is not None]
 

@@ -38,7 +38,8 @@ class OODGuard:
                 "ood_whitening": torch.from_numpy(self.whitening.astype(np.float32))}
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor], threshold: float | None) -> OODGuard | None:
+    def from_tensors(cls, tensors: dict[str, torch.Tensor],
+                     threshold: float | None) -> OODGuard | None:
         if threshold is None or "ood_whitening" not in tensors:
             return None
         return cls(tensors["ood_class_means"].float().numpy(),

@@ -47,6 +47,7 @@ from mri_tumor.data.splitting import (
 )
 from mri_tumor.metrics import accuracy, expected_calibration_error, macro_f1
 from mri_tumor.models import ARCHITECTURES, create_model, save_weights
+from mri_tumor.ood import OODGuard, fit_guard
 
 
 @dataclass
@@ -64,6 +65,7 @@ class TrainConfig:
     resume: Path | None = None
     init_weights: Path | None = None
     pretrained: bool | None = None
+    from_model: Path | None = None  # a trained model folder to fine-tune (same architecture)
     split: Path | None = None  # reuse a split CSV instead of making one
     val_fraction: float = 0.15
     schedule: str = "plateau"  # "plateau" (seed) or "cosine"
@@ -81,8 +83,17 @@ class TumorClassifier(L.LightningModule):
         super().__init__()
         self.config = config
         self.spec = spec
-        self.model = create_model(config.arch, len(CLASS_NAMES), pretrained=config.pretrained,
-                                  init_weights=config.init_weights)
+        if config.from_model is not None:
+            from mri_tumor.models import load_model
+
+            self.model, card, _ = load_model(config.from_model)
+            if card.architecture != config.arch:
+                raise ValueError(f"--from-model holds a {card.architecture}, not a {config.arch}")
+            self.model.train()
+        else:
+            self.model = create_model(config.arch, len(CLASS_NAMES),
+                                      pretrained=config.pretrained,
+                                      init_weights=config.init_weights)
         # Channels-last roughly doubles CPU convolution speed here and is neutral on GPU.
         self.model = self.model.to(memory_format=torch.channels_last)
         self._val_logits: list[torch.Tensor] = []
@@ -91,14 +102,14 @@ class TumorClassifier(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x.contiguous(memory_format=torch.channels_last))
 
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):  # noqa: ANN001, ANN201
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
         pixels, labels = batch
         grey = pixels.unsqueeze(1).float() / 255.0
         if self.trainer.training:
             grey = augment_batch(grey, self.config.augment)
         return normalize(grey, self.spec), labels
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:  # noqa: ANN001
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         inputs, labels = batch
         logits = self(inputs)
         loss = F.cross_entropy(logits, labels)
@@ -107,7 +118,7 @@ class TumorClassifier(L.LightningModule):
         self.log("train_acc", acc, prog_bar=True, on_step=False, on_epoch=True, sync_dist=True)
         return loss
 
-    def validation_step(self, batch, batch_idx: int) -> None:  # noqa: ANN001
+    def validation_step(self, batch, batch_idx: int) -> None:
         inputs, labels = batch
         self._val_logits.append(self(inputs).float())
         self._val_labels.append(labels)
@@ -123,11 +134,12 @@ class TumorClassifier(L.LightningModule):
         loss = F.cross_entropy(logits, labels)
         predicted = logits.argmax(1).cpu().numpy()
         truth = labels.cpu().numpy()
-        self.log("val_loss", loss, prog_bar=True, rank_zero_only=False)
-        self.log("val_acc", accuracy(truth, predicted), prog_bar=True)
-        self.log("val_macro_f1", macro_f1(truth, predicted, len(CLASS_NAMES)))
+        # Every rank holds the gathered set, so "syncing" only averages identical values.
+        self.log("val_loss", loss, prog_bar=True, sync_dist=True)
+        self.log("val_acc", accuracy(truth, predicted), prog_bar=True, sync_dist=True)
+        self.log("val_macro_f1", macro_f1(truth, predicted, len(CLASS_NAMES)), sync_dist=True)
 
-    def configure_optimizers(self):  # noqa: ANN201
+    def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.config.lr,
                                       weight_decay=self.config.weight_decay)
         if self.config.schedule == "cosine":
@@ -146,7 +158,7 @@ class RestoreBestWeights(Callback):
 
     def __init__(self, monitor: str = "val_loss", mode: str = "min") -> None:
         self.monitor = monitor
-        self.better = (lambda new, old: new < old) if mode == "min" else (lambda new, old: new > old)
+        self.sign = 1.0 if mode == "min" else -1.0
         self.best_value: float | None = None
         self.best_epoch: int | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
@@ -155,7 +167,7 @@ class RestoreBestWeights(Callback):
         if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
             return
         value = float(trainer.callback_metrics[self.monitor])
-        if self.best_value is None or self.better(value, self.best_value):
+        if self.best_value is None or self.sign * value < self.sign * self.best_value:
             self.best_value = value
             self.best_epoch = trainer.current_epoch
             self.best_state = copy.deepcopy({k: v.detach().cpu()
@@ -169,6 +181,8 @@ class RestoreBestWeights(Callback):
 class History(Callback):
     """Per-epoch metrics in memory, for ``history.json`` and the training-curves plot."""
 
+    KEYS = ("train_loss_epoch", "train_acc", "val_loss", "val_acc", "val_macro_f1")
+
     def __init__(self) -> None:
         self.epochs: list[dict[str, float]] = []
 
@@ -177,7 +191,7 @@ class History(Callback):
             return
         row = {"epoch": trainer.current_epoch}
         row.update({k: float(v) for k, v in trainer.callback_metrics.items()
-                    if k in ("train_loss_epoch", "train_acc", "val_loss", "val_acc", "val_macro_f1")})
+                    if k in self.KEYS})
         row["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
         self.epochs.append(row)
 
@@ -200,7 +214,8 @@ def prepare_split(config: TrainConfig) -> list[SplitRow]:
     return rows
 
 
-def load_pixels(root: Path, rows: list[SplitRow], image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def load_pixels(root: Path, rows: list[SplitRow],
+                image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode and resize the listed images once: uint8 (N, H, W) and int64 labels."""
     pixels = np.zeros((len(rows), image_size, image_size), dtype=np.uint8)
     for i, row in enumerate(rows):
@@ -210,16 +225,19 @@ def load_pixels(root: Path, rows: list[SplitRow], image_size: int) -> tuple[torc
 
 
 @torch.inference_mode()
-def predict_logits(model: torch.nn.Module, pixels: torch.Tensor, spec: PreprocessSpec,
-                   batch_size: int = 64) -> np.ndarray:
-    """Logits of a model for uint8 pixel batches, without augmentation."""
+def predict_outputs(model: torch.nn.Module, pixels: torch.Tensor, spec: PreprocessSpec,
+                    batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and pooled features of a model for uint8 pixel batches, without augmentation."""
     model.eval()
     device = next(model.parameters()).device
-    out = []
+    logits, features = [], []
     for start in range(0, len(pixels), batch_size):
         batch = normalize(pixels[start:start + batch_size].to(device), spec)
-        out.append(model(batch.contiguous(memory_format=torch.channels_last)).float().cpu())
-    return torch.cat(out).numpy()
+        pooled = model.pool_features(model.feature_maps(
+            batch.contiguous(memory_format=torch.channels_last)))
+        logits.append(model.classify(pooled).float().cpu())
+        features.append(pooled.float().cpu())
+    return torch.cat(logits).numpy(), torch.cat(features).numpy()
 
 
 def hardware_description() -> str:
@@ -235,6 +253,8 @@ def train(config: TrainConfig) -> Path | None:
     L.seed_everything(config.seed, workers=True, verbose=False)
     arch = ARCHITECTURES[config.arch]
     image_size = config.image_size or arch.image_size
+    if config.from_model is not None and config.image_size is None:
+        image_size = ModelCard.load(config.from_model).image_size
     spec = PreprocessSpec(image_size, arch.mean, arch.std, 3)
     out = Path(config.out)
 
@@ -320,46 +340,79 @@ def train(config: TrainConfig) -> Path | None:
             "pretrained": (ARCHITECTURES[config.arch].pretrained_default
                            if config.pretrained is None else config.pretrained),
             "init_weights": str(config.init_weights) if config.init_weights else None,
+            "from_model": str(config.from_model) if config.from_model else None,
         },
     )
-    finalize(model, card, val_pixels, val_labels, out, half=config.half_precision_weights)
+    finalize(model, card, train_pixels, train_labels, val_pixels, val_labels, out,
+             half=config.half_precision_weights)
     (out / "history.json").write_text(json.dumps(history.epochs, indent=2) + "\n")
     plot_history(history.epochs, out / "curves.png")
     return out
 
 
-def _best_epoch(epochs: list[dict[str, float]], key: str, pick) -> int | None:  # noqa: ANN001
+def _best_epoch(epochs: list[dict[str, float]], key: str, pick) -> int | None:
     scored = [row for row in epochs if key in row]
     return int(pick(scored, key=lambda row: row[key])["epoch"]) if scored else None
 
 
-def finalize(model: torch.nn.Module, card: ModelCard, val_pixels: torch.Tensor,
-             val_labels: torch.Tensor, out: Path, half: bool = True,
-             extra: dict[str, torch.Tensor] | None = None) -> ModelCard:
-    """Fit the temperature on validation logits, measure, and save weights + card.
+def finalize(model: torch.nn.Module, card: ModelCard, train_pixels: torch.Tensor,
+             train_labels: torch.Tensor, val_pixels: torch.Tensor, val_labels: torch.Tensor,
+             out: Path, half: bool = True) -> ModelCard:
+    """Fit what is fitted after training, measure, and save weights + card.
 
-    Weights are stored in fp16 only if that leaves every validation prediction unchanged.
+    The temperature and the out-of-distribution threshold are fitted on the validation split,
+    the guard's class statistics on the training split (without augmentation). Weights are
+    stored in fp16 only if that leaves every validation prediction unchanged.
     """
     spec = PreprocessSpec.from_card(card)
-    logits = predict_logits(model, val_pixels, spec)
+    logits, val_features = predict_outputs(model, val_pixels, spec)
+    _, train_features = predict_outputs(model, train_pixels, spec)
     labels = val_labels.numpy()
     predicted = logits.argmax(1)
     card.temperature = fit_temperature(logits, labels)
+    guard = fit_guard(train_features, train_labels.numpy(), val_features, len(card.class_names))
+    card.ood_threshold = guard.threshold
     card.metrics["validation"] = {
-        "n": int(len(labels)),
+        "n": len(labels),
         "accuracy": accuracy(labels, predicted),
         "macro_f1": macro_f1(labels, predicted, len(card.class_names)),
         "ece_uncalibrated": expected_calibration_error(softmax(logits), labels),
         "ece": expected_calibration_error(softmax(logits, card.temperature), labels),
+        "ood_rejected": float((guard.score(val_features) > guard.threshold).mean()),
     }
+    extra = guard.to_tensors()
     if half:
         half_model = copy.deepcopy(model).half().float()
-        half_predicted = predict_logits(half_model, val_pixels, spec).argmax(1)
-        half = bool((half_predicted == predicted).all())
+        half_logits, half_features = predict_outputs(half_model, val_pixels, spec)
+        half_guard = OODGuard(guard.class_means.astype(np.float16).astype(np.float32),
+                              guard.whitening.astype(np.float16).astype(np.float32),
+                              guard.threshold)
+        same_labels = bool((half_logits.argmax(1) == predicted).all())
+        same_rejections = bool(((half_guard.score(half_features) > guard.threshold)
+                                == (guard.score(val_features) > guard.threshold)).all())
+        half = same_labels and same_rejections
+    if half:
+        extra = {k: v.half() for k, v in extra.items()}
     card.training["weights_dtype"] = "float16" if half else "float32"
-    save_weights(model, out, half=half, extra={f"extra.{k}": v for k, v in (extra or {}).items()})
+    save_weights(model, out, half=half, extra={f"extra.{k}": v for k, v in extra.items()})
     card.save(out)
     return card
+
+
+def refit(model_dir: Path, data_dir: Path) -> ModelCard:
+    """Re-fit temperature and out-of-distribution guard of a trained model folder on the
+    split it was trained with (``split.csv`` beside it), e.g. after changing those methods."""
+    from mri_tumor.models import load_model
+
+    model, card, _ = load_model(model_dir)
+    rows = read_split_csv(model_dir / card.training.get("split_file", "split.csv"))
+    train_pixels, train_labels = load_pixels(data_dir, [r for r in rows if r.split == "train"],
+                                             card.image_size)
+    val_pixels, val_labels = load_pixels(data_dir, [r for r in rows if r.split == "val"],
+                                         card.image_size)
+    half = card.training.get("weights_dtype") == "float16"
+    return finalize(model, card, train_pixels, train_labels, val_pixels, val_labels, model_dir,
+                    half=half)
 
 
 def plot_history(epochs: list[dict[str, float]], path: Path) -> None:
@@ -373,8 +426,9 @@ def plot_history(epochs: list[dict[str, float]], path: Path) -> None:
         return
     x = [row["epoch"] + 1 for row in epochs]
     figure, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    for key, label, ax in (("train_loss_epoch", "training", loss_ax), ("val_loss", "validation", loss_ax),
-                           ("train_acc", "training", acc_ax), ("val_acc", "validation", acc_ax)):
+    curves = (("train_loss_epoch", "training", loss_ax), ("val_loss", "validation", loss_ax),
+              ("train_acc", "training", acc_ax), ("val_acc", "validation", acc_ax))
+    for key, label, ax in curves:
         ax.plot(x, [row.get(key, float("nan")) for row in epochs], marker="o", label=label)
     loss_ax.set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
     acc_ax.set(title="Accuracy", xlabel="epoch", ylabel="accuracy")

@@ -15,7 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from mri_tumor.data.reading import ImageReadError, scale_to_uint8
+from mri_tumor.data.reading import MAX_PIXELS, ImageReadError, scale_to_uint8
+
+# All frames together; a compressed multi-frame file can be small on disk and huge decoded.
+MAX_DICOM_PIXELS = 4 * MAX_PIXELS
+
 
 @dataclass
 class DicomFrame:
@@ -41,6 +45,12 @@ def read_dicom(data: bytes, name: str, force: bool = False) -> list[DicomFrame]:
         raise ImageReadError(f"{name}: not a readable DICOM file") from None
     if "PixelData" not in dataset:
         raise ImageReadError(f"{name}: DICOM file holds no image (no pixel data)")
+    declared = (int(dataset.get("NumberOfFrames", 1) or 1) * int(dataset.get("Rows", 0) or 0)
+                * int(dataset.get("Columns", 0) or 0))
+    if declared > MAX_DICOM_PIXELS:
+        raise ImageReadError(f"{name}: DICOM file declares {declared // 1_000_000} megapixels "
+                             f"of image data, more than the {MAX_DICOM_PIXELS // 1_000_000} "
+                             "megapixel limit")
     syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
     syntax_name = getattr(syntax, "name", str(syntax) if syntax else "unknown")
     try:
@@ -74,7 +84,7 @@ def read_dicom(data: bytes, name: str, force: bool = False) -> list[DicomFrame]:
     return frames
 
 
-def _display_values(frame: np.ndarray, dataset, photometric: str) -> np.ndarray:  # noqa: ANN001
+def _display_values(frame: np.ndarray, dataset, photometric: str) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     values = apply_modality_lut(frame, dataset).astype(np.float64)
@@ -97,14 +107,14 @@ def window(values: np.ndarray, center: float, width: float) -> np.ndarray:
     return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
 
 
-def _first(value) -> float:  # noqa: ANN001
+def _first(value) -> float:
     try:
         return float(value[0])
     except (TypeError, IndexError):
         return float(value)
 
 
-def _colour_frame(frame: np.ndarray, photometric: str, dataset) -> Image.Image:  # noqa: ANN001
+def _colour_frame(frame: np.ndarray, photometric: str, dataset) -> Image.Image:
     if photometric.startswith("YBR"):
         from pydicom.pixels import convert_color_space
 

@@ -23,7 +23,7 @@ class PreprocessSpec:
     input_channels: int = 3
 
     @classmethod
-    def from_card(cls, card) -> PreprocessSpec:  # noqa: ANN001 - avoids an import cycle
+    def from_card(cls, card) -> PreprocessSpec:
         return cls(card.image_size, tuple(card.mean), tuple(card.std), card.input_channels)
 
 

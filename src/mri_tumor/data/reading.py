@@ -107,7 +107,8 @@ def _decode_bytes(data: bytes, name: str) -> Image.Image:
         raise ImageReadError(f"{name}: not a supported image (expected JPEG, PNG, BMP, TIFF "
                              "or DICOM)") from None
     except Image.DecompressionBombError:
-        raise ImageReadError(f"{name}: image is too large to decode safely") from None
+        raise ImageReadError(f"{name}: image is larger than the {MAX_PIXELS // 1_000_000} "
+                             "megapixel limit") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageReadError(f"{name}: damaged or truncated image ({error})") from None
 

@@ -83,8 +83,8 @@ def near_duplicate_pairs(hashes: np.ndarray, mirrored: np.ndarray, reference: np
         close = np.minimum(direct, flipped) <= max_bits
         i, j = np.nonzero(close)
         i = i + start
-        if same_set:
-            keep = i < j
+        if same_set:  # drop self-pairs; (i, j) and (j, i) may differ via the mirror hash
+            keep = i != j
             i, j = i[keep], j[keep]
         rows.append(i)
         cols.append(j)
@@ -192,7 +192,8 @@ def read_split_csv(path: Path) -> list[SplitRow]:
             raise ValueError(f"{path}: not a split file (needs columns {', '.join(SPLIT_COLUMNS)})")
         rows = [SplitRow(r["path"], r["label"], r["split"], int(r["group"]), r["phash"])
                 for r in reader]
-    bad = {r.label for r in rows} - set(CLASS_NAMES) | {r.split for r in rows} - {"train", "val", "test"}
+    bad = ({r.label for r in rows} - set(CLASS_NAMES)) | (
+        {r.split for r in rows} - {"train", "val", "test"})
     if bad:
         raise ValueError(f"{path}: unexpected labels or splits {sorted(bad)}")
     return rows

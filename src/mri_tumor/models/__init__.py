@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,32 @@ def create_model(name: str, num_classes: int = 4, pretrained: bool | None = None
     return spec.factory(num_classes=num_classes, pretrained=use_pretrained)
 
 
+def fuse_batch_norm(model: nn.Module) -> nn.Module:
+    """Fold every BatchNorm that directly follows a convolution into that convolution.
+
+    For inference only (eval mode): the outputs are unchanged up to float rounding and the
+    CPU saves a full pass over every feature map. Works on the models here because each
+    convolution is registered right before its BatchNorm.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    model.eval()
+    named = list(model.named_modules())
+    for (conv_name, conv), (bn_name, bn) in itertools.pairwise(named):
+        if (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
+                and conv.out_channels == bn.num_features):
+            fused = fuse_conv_bn_eval(conv, bn)
+            _replace(model, conv_name, fused)
+            _replace(model, bn_name, nn.Identity())
+    return model
+
+
+def _replace(root: nn.Module, dotted: str, module: nn.Module) -> None:
+    parent_name, _, child = dotted.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, module)
+
+
 def save_weights(model: nn.Module, directory: Path, half: bool = False,
                  extra: dict[str, torch.Tensor] | None = None) -> Path:
     """Write the model's weights (optionally fp16) and extra tensors as safetensors."""
@@ -97,4 +124,5 @@ def load_model(directory: str | Path) -> tuple[nn.Module, ModelCard, dict[str, t
     return model.eval(), card, extras
 
 
-__all__ = ["ARCHITECTURES", "ArchSpec", "create_model", "load_model", "save_weights"]
+__all__ = ["ARCHITECTURES", "ArchSpec", "create_model", "fuse_batch_norm", "load_model",
+           "save_weights"]

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Reproduce the shipped model and the VGG16 baseline from the Kaggle training folder.
+#   scripts/train_shipped_model.sh [DATA_DIR]      (default: ../shared/data/brain-tumor-mri/Training)
+# Writes runs/efficientnet_lite0 and runs/vgg16; copy the first into
+# src/mri_tumor/weights/efficientnet_lite0 to ship it (see README, "The shipped model").
+set -euo pipefail
+DATA=${1:-../shared/data/brain-tumor-mri/Training}
+BIN=${BIN:-.venv/bin}
+EPOCHS=${EPOCHS:-9}
+
+# EfficientNet-Lite0, ImageNet start, 224 px, seed's augmentation, cosine schedule.
+"$BIN/mri-tumor" train "$DATA" --arch efficientnet_lite0 --out runs/efficientnet_lite0 \
+  --epochs "$EPOCHS" --batch-size 16 --lr 3e-4 --schedule cosine
+# Temperature and out-of-distribution guard, re-fitted on the run's split (training fits them too).
+"$BIN/mri-tumor" calibrate runs/efficientnet_lite0 "$DATA"
+
+# The seed's VGG16 from scratch at 150 px, on the same split. On 2 CPU cores only a short run
+# fits (VGG_EPOCHS=1, VGG_BATCHES=80); on a GPU use the full recipe (VGG_EPOCHS=30, VGG_BATCHES=1.0).
+"$BIN/mri-tumor" train "$DATA" --arch vgg16 --out runs/vgg16 --split runs/efficientnet_lite0/split.csv \
+  --epochs "${VGG_EPOCHS:-1}" --max-train-batches "${VGG_BATCHES:-80}" --batch-size 32 --lr 1e-4

@@ -1,0 +1,347 @@
+"""The web app: upload brain MRI slices, see the predicted class, how sure the model is, where
+it looked (Grad-CAM) and what the class means. Research tool, not a diagnosis.
+
+Start it with ``mri-tumor app [--port N] [--model DIR]``, which runs
+``streamlit run app.py -- --model DIR``. The page only calls the predictor and
+``mri_tumor.explain``; no model logic lives here.
+
+Modules that import torch (inference, explain, data) are imported inside the functions that
+use them: importing torch takes seconds, and this way the title and the uploader are on the
+screen while the model loads on a fresh server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import streamlit as st
+from PIL import Image
+
+from mri_tumor.card import DISCLAIMER, ModelCard
+
+if TYPE_CHECKING:
+    from mri_tumor.inference import Prediction, Predictor
+
+MAX_UPLOAD_MB = 50  # per file; a DICOM series as one multi-frame file fits comfortably
+MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 1024 * 1024  # Streamlit counts megabytes in MiB
+DISPLAY_SIZE = 640  # longest side of the copy that is shown (and heat-mapped) on the page
+FRAME_BATCH = 32
+SAMPLES_DIR = Path(__file__).with_name("samples")
+NOT_MRI_TEXT = "This does not look like a brain MRI slice."
+UPLOAD_HELP = (f"JPG, PNG, BMP, TIFF or DICOM (.dcm), up to {MAX_UPLOAD_MB} MB each. Select "
+               "several files at once; a multi-frame DICOM file gives one result per frame.")
+RESULT_NAMES = {"ok": None, "rejected": "Not a brain MRI", "error": "Unreadable"}
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class AnalysedImage:
+    """One result on the page: the prediction, the picture shown and its heat map."""
+
+    prediction: Prediction
+    image: Image.Image | None = None  # display copy (grayscale); None when unreadable
+    heatmap: np.ndarray | None = None  # Grad-CAM of the predicted class, at the copy's size
+
+
+# -- processing: (name, bytes) uploads -> results. Used by the page and by the tests. ------
+def analyse_upload(predictor: Predictor, name: str, data: bytes) -> list[AnalysedImage]:
+    """Analyse one uploaded file: one result per 2-D frame, or one ``error`` result saying
+    why the file cannot be read. Never raises."""
+    from mri_tumor.data.reading import ImageReadError, read_frames
+
+    if len(data) > MAX_UPLOAD_BYTES:
+        size_mb = len(data) / (1024 * 1024)
+        return [_error(name, f"{name}: file is {size_mb:.0f} MB, larger than the "
+                             f"{MAX_UPLOAD_MB} MB limit")]
+    try:
+        frames = read_frames(data, name)
+        results: list[AnalysedImage] = []
+        for start in range(0, len(frames), FRAME_BATCH):
+            chunk = frames[start:start + FRAME_BATCH]
+            for frame, prediction in zip(chunk, predictor.predict_frames(chunk), strict=True):
+                results.append(_with_pictures(predictor, frame.image, prediction))
+        return results
+    except ImageReadError as error:
+        return [_error(name, str(error))]
+    except MemoryError:
+        return [_error(name, f"{name}: too large to analyse in the memory available")]
+    except Exception as error:  # a page must show a message, never a traceback
+        logger.warning("analysis failed for an upload: %s", type(error).__name__)
+        return [_error(name, f"{name}: could not be analysed ({type(error).__name__})")]
+
+
+def _error(name: str, message: str) -> AnalysedImage:
+    from mri_tumor.inference import ERROR, Prediction
+
+    return AnalysedImage(Prediction(name, ERROR, message=message))
+
+
+def _with_pictures(predictor: Predictor, image: Image.Image,
+                   prediction: Prediction) -> AnalysedImage:
+    from mri_tumor.explain import gradcam
+    from mri_tumor.inference import OK
+
+    shown = image.copy()
+    shown.thumbnail((DISPLAY_SIZE, DISPLAY_SIZE), Image.Resampling.LANCZOS)
+    heatmap = None
+    if prediction.status == OK and prediction.label is not None:
+        heatmap = gradcam(predictor, image, predictor.class_names.index(prediction.label),
+                          size=shown.size)
+    return AnalysedImage(prediction, shown, heatmap)
+
+
+def results_rows(items: Sequence[AnalysedImage], class_names: Sequence[str]) -> list[dict]:
+    """The results table: one row per upload (or DICOM frame)."""
+    from mri_tumor.data.folders import DISPLAY_NAMES
+
+    rows = []
+    for item in items:
+        p = item.prediction
+        row: dict[str, object] = {
+            "File": p.path,
+            "Result": RESULT_NAMES.get(p.status) or p.display_label,
+            "Confidence": p.confidence,
+        }
+        for name in class_names:
+            row[DISPLAY_NAMES.get(name, name)] = (p.probabilities or {}).get(name)
+        row["Note"] = p.message
+        rows.append(row)
+    return rows
+
+
+def results_csv(items: Sequence[AnalysedImage]) -> str:
+    """CSV of all results (the columns of ``mri-tumor predict --csv``), one row per item."""
+    from mri_tumor.frontend import format_results
+
+    return format_results([item.prediction for item in items], "csv")
+
+
+# -- page ----------------------------------------------------------------------------------
+def _model_dir_from_argv(argv: Sequence[str]) -> str | None:
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--model")
+    known, _ = parser.parse_known_args(list(argv))
+    return known.model
+
+
+@st.cache_resource(show_spinner="Loading the model…")
+def _predictor(model_dir: str | None) -> Predictor:
+    from mri_tumor.frontend import load_predictor
+
+    return load_predictor(Path(model_dir) if model_dir else None)
+
+
+@st.cache_resource(max_entries=64, ttl=3600, show_spinner=False)
+def _analyse_cached(_predictor: Predictor, model_key: str, name: str,
+                    data: bytes) -> list[AnalysedImage]:
+    # Keyed on the file's name and bytes, so moving a slider does not redo the work.
+    return analyse_upload(_predictor, name, data)
+
+
+def _plain(text: str) -> str:
+    """User-supplied text (a file name) made safe to show inside Markdown."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$:])", r"\\\1", text)
+
+
+def _class_name(name: str) -> str:
+    from mri_tumor.data.folders import DISPLAY_NAMES
+
+    return DISPLAY_NAMES.get(name, name)
+
+
+def _render_sidebar(card: ModelCard) -> None:
+    sidebar = st.sidebar
+    sidebar.header("About the model")
+    created = card.created
+    with contextlib.suppress(ValueError):  # a card without a date, or an odd one, shows as is
+        created = datetime.fromisoformat(card.created).strftime("%d %b %Y")
+    sidebar.markdown(f"**Architecture:** {card.architecture}  \n"
+                     f"**Version:** {card.version or '-'}  \n"
+                     f"**Trained:** {created or '-'}  \n"
+                     f"**Classes:** {', '.join(_class_name(c) for c in card.class_names)}")
+    validation = card.metrics.get("validation", {}) if card.metrics else {}
+    shown = [(label, validation[key]) for key, label in
+             (("accuracy", "Accuracy"), ("macro_f1", "Macro-F1"), ("ece", "ECE"))
+             if isinstance(validation.get(key), int | float)]
+    if shown:
+        count = validation.get("n")
+        sidebar.subheader("Validation" + (f" ({count} images)" if count else ""))
+        header = " | ".join(label for label, _ in shown)
+        values = " | ".join(f"{value:.1%}" if label != "ECE" else f"{value:.3f}"
+                            for label, value in shown)
+        sidebar.markdown(f"| {header} |\n|{'---|' * len(shown)}\n| {values} |")
+        if "ECE" in header:
+            sidebar.caption("ECE, expected calibration error: how far the confidences are "
+                            "from the accuracy actually reached (lower is better).")
+    sidebar.warning(DISCLAIMER, icon=":material/warning:")
+
+
+def _uploads() -> list[tuple[str, bytes]]:
+    files = st.file_uploader("Brain MRI slices", accept_multiple_files=True,
+                             max_upload_size=MAX_UPLOAD_MB, help=UPLOAD_HELP, key="uploads")
+    st.caption(UPLOAD_HELP)
+    return [(file.name, file.getvalue()) for file in files or []]
+
+
+def _examples() -> list[tuple[str, bytes]]:
+    samples = {path.name: path for path in sorted(SAMPLES_DIR.glob("*.jpg"))}
+    chosen = st.pills("No images at hand? Try an example (one slice of each class from the "
+                      "validation set):", options=list(samples), selection_mode="multi",
+                      format_func=lambda name: _class_name(Path(name).stem), key="examples")
+    return [(f"example-{name}", samples[name].read_bytes()) for name in chosen or []]
+
+
+def _render_result(item: AnalysedImage, show_heatmap: bool, opacity: float) -> None:
+    from mri_tumor.explain import overlay
+
+    p = item.prediction
+    with st.container(border=True):
+        st.markdown(f"#### {_plain(p.path)}")
+        if p.status == "error":
+            reason = p.message.removeprefix(f"{p.path}: ")
+            st.error(_plain(reason[:1].upper() + reason[1:]), icon=":material/block:")
+            return
+        picture, details = st.columns([2, 3], gap="large")
+        with picture:
+            assert item.image is not None
+            if show_heatmap and item.heatmap is not None:
+                st.image(overlay(item.image, item.heatmap, opacity), width="stretch",
+                         caption=f"Grad-CAM for {p.display_label}: warm colours mark the "
+                                 "regions that most raised this class' score.")
+            else:
+                st.image(item.image, width="stretch")
+        with details:
+            if p.status == "rejected":
+                st.warning(f"**{NOT_MRI_TEXT}** No tumour class is given; upload a brain MRI "
+                           "slice (axial, coronal or sagittal).", icon=":material/image_search:")
+            else:
+                _render_prediction(p)
+            st.caption(f":material/warning: {DISCLAIMER}")
+
+
+def _render_prediction(p: Prediction) -> None:
+    from mri_tumor.explain import explanation
+
+    assert p.label is not None and p.confidence is not None and p.probabilities is not None
+    label_column, confidence_column = st.columns(2)
+    label_column.metric("Predicted class", p.display_label or p.label)
+    confidence_column.metric("Confidence (calibrated)", f"{p.confidence:.1%}")
+    if p.message:
+        st.warning(p.message, icon=":material/warning:")
+    st.vega_lite_chart(_probability_chart(p), width="stretch")
+    about = explanation(p.label)
+    st.markdown(f"**About {about.title.lower() if p.label != 'notumor' else 'this result'}.** "
+                f"{about.summary}\n\n**On MRI:** {about.on_mri}")
+    st.markdown("Sources: " + " · ".join(f"[{s.title}]({s.url})" for s in about.sources))
+
+
+def _probability_chart(p: Prediction) -> dict:
+    """Vega-Lite bar chart of all class probabilities, the predicted class highlighted."""
+    values = [{"class": _class_name(name), "probability": probability,
+               "predicted": name == p.label}
+              for name, probability in (p.probabilities or {}).items()]
+    encoding = {
+        "y": {"field": "class", "type": "nominal", "sort": None, "title": None},
+        "x": {"field": "probability", "type": "quantitative", "title": "Probability",
+              "scale": {"domain": [0, 1]}, "axis": {"format": "%", "tickCount": 5}},
+    }
+    return {
+        "data": {"values": values},
+        "height": {"step": 26},
+        "layer": [
+            {"mark": {"type": "bar", "cornerRadiusEnd": 3},
+             "encoding": {**encoding, "color": {
+                 "condition": {"test": "datum.predicted", "value": "#d1495b"},
+                 "value": "#b8c0cc"}}},
+            {"mark": {"type": "text", "align": "left", "dx": 4},
+             "encoding": {**encoding, "text": {"field": "probability", "format": ".1%"}}},
+        ],
+    }
+
+
+def _render_results(items: list[AnalysedImage], class_names: Sequence[str]) -> None:
+    from mri_tumor.inference import series_summaries
+
+    counts = {status: sum(1 for i in items if i.prediction.status == status)
+              for status in RESULT_NAMES}
+    st.subheader("Results")
+    summary = f"{len(items)} image(s): {counts['ok']} classified"
+    if counts["rejected"]:
+        summary += f", {counts['rejected']} not a brain MRI"
+    if counts["error"]:
+        summary += f", {counts['error']} unreadable"
+    st.caption(summary)
+    for series in series_summaries([item.prediction for item in items]):
+        st.info(f"DICOM series of {series['slices']} slices: most likely "
+                f"**{_class_name(series['label'])}** (p = {series['probability']:.0%}, "
+                f"slice {_plain(series['slice'])}).", icon=":material/stacks:")
+    columns: dict[str, object] = {
+        "Confidence": st.column_config.ProgressColumn(format="percent", min_value=0.0,
+                                                      max_value=1.0)}
+    for name in class_names:
+        columns[_class_name(name)] = st.column_config.NumberColumn(format="percent")
+    st.dataframe(results_rows(items, class_names), hide_index=True, column_config=columns)
+    st.download_button("Download results (CSV)", results_csv(items),
+                       file_name="mri-tumor-results.csv", mime="text/csv",
+                       icon=":material/download:")
+    show_heatmap, opacity = _heatmap_controls()
+    for item in items:
+        _render_result(item, show_heatmap, opacity)
+
+
+def _heatmap_controls() -> tuple[bool, float]:
+    toggle_column, slider_column = st.columns([1, 2])
+    show = toggle_column.toggle("Show Grad-CAM heat map", value=True, key="heatmap",
+                                help="Colours the regions of the image that most raised the "
+                                     "predicted class' score (Grad-CAM).")
+    opacity = slider_column.slider("Heat-map opacity", 0.0, 1.0, 0.5, 0.05, key="opacity",
+                                   disabled=not show)
+    return show, opacity
+
+
+def main() -> None:
+    """The page, top to bottom."""
+    st.set_page_config(page_title="Brain MRI tumour classifier", page_icon="🧠",
+                       layout="wide")
+    # Hides the developer menu (deploy, rerun...) that a clinician has no use for.
+    st.set_option("client.toolbarMode", "minimal")
+    st.title(":material/neurology: Brain MRI tumour classifier")
+    st.markdown("Sorts brain MRI slices into **glioma**, **meningioma**, **pituitary tumor** "
+                "or **no tumor**, says how sure it is, and shows where in the image it looked.")
+    st.warning(DISCLAIMER, icon=":material/warning:")
+    uploads = _uploads()
+    try:
+        predictor = _predictor(_model_dir_from_argv(sys.argv[1:]))
+    except Exception as error:  # a broken model folder must show a message, not a traceback
+        st.error(f"The model could not be loaded: {_plain(str(error))}",
+                 icon=":material/block:")
+        st.stop()
+    _render_sidebar(predictor.card)
+    inputs = _examples() + uploads
+    if not inputs:
+        st.info("Upload one or more MRI slices above, or pick an example, to see results.",
+                icon=":material/upload_file:")
+        return
+    model_key = f"{predictor.model_dir}|{predictor.card.version}|{predictor.card.created}"
+    items: list[AnalysedImage] = []
+    progress = st.progress(0.0, text=f"Analysing {len(inputs)} file(s)…")
+    for done, (name, data) in enumerate(inputs, start=1):
+        items += _analyse_cached(predictor, model_key, name, data)
+        progress.progress(done / len(inputs), text=f"Analysed {done} of {len(inputs)} file(s)")
+    progress.empty()
+    _render_results(items, predictor.class_names)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,565 @@
+"""The evaluation report: ``report.md`` with figures beside it, and the console summary.
+
+Everything written carries a mark (a first-line comment in ``report.md``, a PNG text chunk,
+the CSV header), and a file in the output folder is only ever overwritten when it carries
+that mark: a user's own ``report.md`` is never replaced.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image, PngImagePlugin
+
+from mri_tumor import metrics
+from mri_tumor.card import DISCLAIMER
+from mri_tumor.data.folders import DISPLAY_NAMES
+from mri_tumor.data.reading import ImageReadError, read_image
+
+if TYPE_CHECKING:
+    from mri_tumor.evaluation import Evaluation
+
+REPORT_FILE = "report.md"
+PREDICTIONS_FILE = "predictions.csv"
+CONFUSION_FIGURE = "confusion_matrix.png"
+CONFUSION_LEAK_FREE_FIGURE = "confusion_matrix_leak_free.png"
+ROC_FIGURE = "roc_curves.png"
+RELIABILITY_FIGURE = "reliability.png"
+TRAINING_FIGURE = "training_curves.png"
+MISTAKES_FIGURE = "worst_mistakes.png"
+FIGURES = (CONFUSION_FIGURE, CONFUSION_LEAK_FREE_FIGURE, ROC_FIGURE, RELIABILITY_FIGURE,
+           TRAINING_FIGURE, MISTAKES_FIGURE)
+OUTPUT_FILES = (REPORT_FILE, PREDICTIONS_FILE, *FIGURES)
+
+SIGNATURE = "mri-tumor evaluate"
+REPORT_MARK = f"<!-- written by {SIGNATURE}: running it again overwrites this file -->"
+PREDICTION_COLUMNS_START = ["path", "true_label", "predicted_label", "confidence", "correct"]
+MAX_GALLERY = 12
+ZOOM_FPR = 0.2
+MAX_LISTED_DUPLICATES = 50
+
+
+# -- output folder safety ------------------------------------------------------------------
+def is_own_output(path: Path) -> bool:
+    """True when ``path`` is a regular file that an earlier report run wrote."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        if path.suffix == ".png":
+            with Image.open(path) as image:
+                return getattr(image, "text", {}).get("Software") == SIGNATURE
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            first_line = handle.readline().rstrip("\r\n")
+    except (OSError, SyntaxError, ValueError):
+        return False
+    if path.name == REPORT_FILE:
+        return first_line == REPORT_MARK
+    return first_line.split(",")[:len(PREDICTION_COLUMNS_START)] == PREDICTION_COLUMNS_START
+
+
+def check_output_dir(out: Path) -> None:
+    """Raise ValueError unless the report can be written into ``out`` without destroying
+    anything but its own earlier outputs. Writes nothing."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder")
+    if not out.exists():
+        return
+    foreign = [name for name in OUTPUT_FILES
+               if ((out / name).exists() or (out / name).is_symlink())
+               and not is_own_output(out / name)]
+    if foreign:
+        raise ValueError(f"--out {out}: would overwrite {', '.join(foreign)}, which "
+                         f"{SIGNATURE} did not write; choose another folder or move them")
+
+
+def _png_metadata() -> dict[str, str]:
+    return {"Software": SIGNATURE}
+
+
+def _remove_stale(out: Path, written: set[str]) -> None:
+    """Delete own outputs of an earlier run that this run did not produce (e.g. a leak-free
+    confusion matrix from a run with --train-dir), so the folder matches report.md."""
+    for name in OUTPUT_FILES:
+        path = out / name
+        if name not in written and is_own_output(path):
+            path.unlink()
+
+
+# -- figures -------------------------------------------------------------------------------
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _display(names: Sequence[str]) -> list[str]:
+    return [DISPLAY_NAMES.get(name, name) for name in names]
+
+
+def _save(figure: Any, path: Path, dpi: int = 110) -> None:
+    figure.savefig(path, dpi=dpi, metadata=_png_metadata(), bbox_inches="tight")
+    _pyplot().close(figure)
+
+
+def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: Path,
+                          title: str) -> None:
+    """Heat map of counts; the colour is the share of the true class (row), so that
+    classes of different sizes read alike."""
+    plt = _pyplot()
+    matrix = np.asarray(matrix)
+    totals = matrix.sum(axis=1, keepdims=True)
+    shares = np.divide(matrix, totals, out=np.zeros(matrix.shape), where=totals > 0)
+    labels = _display(class_names)
+    figure, ax = plt.subplots(figsize=(6.2, 5.2))
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for (row, col), count in np.ndenumerate(matrix):
+        ax.text(col, row, f"{count}\n{shares[row, col]:.1%}", ha="center", va="center",
+                fontsize=10, color="white" if shares[row, col] > 0.5 else "black")
+    ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set(xlabel="predicted class", ylabel="true class", title=title)
+    figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    _save(figure, path)
+
+
+def plot_roc_curves(probabilities: np.ndarray, labels: np.ndarray,
+                    class_names: Sequence[str], path: Path) -> None:
+    """One-vs-rest ROC curve per class, with a zoom on the top-left corner beside it."""
+    plt = _pyplot()
+    figure, (full, zoom) = plt.subplots(1, 2, figsize=(11, 4.8))
+    for c, name in enumerate(_display(class_names)):
+        positives = labels == c
+        if positives.all() or not positives.any():
+            continue
+        fpr, tpr = metrics.roc_curve(probabilities[:, c], positives)
+        auc = metrics.binary_roc_auc(probabilities[:, c], positives)
+        for ax in (full, zoom):
+            ax.plot(fpr, tpr, drawstyle="default", linewidth=1.8, label=f"{name} (AUC {auc:.4f})")
+    for ax in (full, zoom):
+        ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="chance")
+        ax.set(xlabel="false-positive rate", ylabel="true-positive rate")
+        ax.grid(alpha=0.3)
+    full.set(xlim=(0, 1), ylim=(0, 1.01), title="ROC curves (one class against the rest)")
+    zoom.set(xlim=(0, ZOOM_FPR), ylim=(_zoom_floor(probabilities, labels), 1.005),
+             title=f"Zoom: false-positive rate up to {ZOOM_FPR:.0%}")
+    full.legend(loc="lower right")
+    _save(figure, path)
+
+
+def _zoom_floor(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Lower y limit of the ROC zoom: just below the lowest true-positive rate reached at
+    ``ZOOM_FPR``, so a good model's curves fill the panel and a poor one's still show."""
+    lowest = 1.0
+    for c in range(probabilities.shape[1]):
+        positives = labels == c
+        if positives.all() or not positives.any():
+            continue
+        fpr, tpr = metrics.roc_curve(probabilities[:, c], positives)
+        lowest = min(lowest, float(tpr[np.searchsorted(fpr, ZOOM_FPR, side="right") - 1]))
+    return float(np.clip(np.floor(lowest * 20) / 20 - 0.05, 0.0, 0.95))
+
+
+def plot_reliability(before: np.ndarray, after: np.ndarray, labels: np.ndarray,
+                     temperature: float, path: Path) -> None:
+    """Reliability diagrams before (T = 1) and after temperature scaling, with counts."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(2, 2, figsize=(11, 6.5), sharex=True,
+                                gridspec_kw={"height_ratios": [3, 1]})
+    for col, (probabilities, title) in enumerate(
+            ((before, "Before calibration (T = 1)"),
+             (after, f"After temperature scaling (T = {temperature:.3f})"))):
+        bins = metrics.reliability_bins(probabilities, labels, 15)
+        ece = metrics.expected_calibration_error(probabilities, labels, 15)
+        edges = bins["edges"]
+        centres, width = (edges[:-1] + edges[1:]) / 2, edges[1] - edges[0]
+        filled = bins["count"] > 0
+        top, bottom = axes[0, col], axes[1, col]
+        top.bar(centres[filled], bins["accuracy"][filled], width=width * 0.95,
+                edgecolor="black", color="#4c72b0", label="accuracy in bin")
+        top.bar(centres[filled], (bins["confidence"] - bins["accuracy"])[filled],
+                bottom=bins["accuracy"][filled], width=width * 0.95, color="#dd8452",
+                alpha=0.45, hatch="//", label="gap to confidence")
+        top.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+        top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy", title=f"{title}: ECE {ece:.4f}")
+        top.legend(loc="upper left", fontsize=8)
+        top.grid(alpha=0.3)
+        bottom.bar(centres, bins["count"], width=width * 0.95, color="grey")
+        bottom.set(xlabel="confidence of the predicted class", ylabel="images", yscale="symlog")
+    _save(figure, path)
+
+
+def plot_history(history: list[dict[str, Any]], path: Path) -> None:
+    """Training and validation loss and accuracy per epoch (from ``history.json``)."""
+    plt = _pyplot()
+    epochs = [int(row.get("epoch", i)) + 1 for i, row in enumerate(history)]
+    figure, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, label, ax in (("train_loss_epoch", "training", loss_ax),
+                           ("val_loss", "validation", loss_ax),
+                           ("train_acc", "training", acc_ax), ("val_acc", "validation", acc_ax)):
+        values = [row.get(key) for row in history]
+        if any(isinstance(v, int | float) for v in values):
+            ax.plot(epochs, [v if isinstance(v, int | float) else np.nan for v in values],
+                    marker="o", label=label)
+    loss_ax.set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
+    acc_ax.set(title="Accuracy", xlabel="epoch", ylabel="accuracy")
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    _save(figure, path)
+
+
+def write_training_curves(model_dir: Path | None, path: Path) -> str | None:
+    """Copy the model run's ``curves.png`` or plot its ``history.json`` into ``path``.
+
+    Returns where the curves came from, or None when the model folder has neither.
+    """
+    if model_dir is None:
+        return None
+    curves, history_file = Path(model_dir) / "curves.png", Path(model_dir) / "history.json"
+    if curves.is_file():
+        try:
+            with Image.open(curves) as image:
+                info = PngImagePlugin.PngInfo()
+                info.add_text("Software", SIGNATURE)
+                image.save(path, format="PNG", pnginfo=info)  # re-saved to carry our mark
+            return str(curves)
+        except (OSError, SyntaxError, ValueError):
+            pass
+    if history_file.is_file():
+        try:
+            history = json.loads(history_file.read_text())
+        except (OSError, ValueError):
+            return None
+        if isinstance(history, list) and history and all(isinstance(r, dict) for r in history):
+            plot_history(history, path)
+            return str(history_file)
+    return None
+
+
+def plot_mistakes(mistakes: Sequence[Any], path: Path) -> None:
+    """Thumbnails of the worst mistakes with true label, prediction and confidence."""
+    plt = _pyplot()
+    columns = 4
+    rows = max(1, -(-len(mistakes) // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(3.1 * columns, 3.5 * rows),
+                                squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, mistake in zip(axes.flat, mistakes, strict=False):
+        try:
+            image = read_image(mistake.path)
+            image.thumbnail((256, 256))
+            ax.imshow(np.asarray(image), cmap="gray", vmin=0, vmax=255)
+        except (ImageReadError, OSError):
+            ax.text(0.5, 0.5, "unreadable", ha="center", va="center")
+        true_name, predicted_name = _display([mistake.true_label, mistake.predicted_label])
+        ax.set_title(f"true: {true_name}\npredicted: {predicted_name} "
+                     f"({mistake.confidence:.0%})\n{_shorten(mistake.relative_path, 34)}",
+                     fontsize=9)
+    figure.suptitle("Most confident mistakes", fontsize=12)
+    _save(figure, path, dpi=80)
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else "…" + text[-(width - 1):]
+
+
+# -- tables --------------------------------------------------------------------------------
+def _number(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def metrics_rows(result: dict[str, Any], class_names: Sequence[str]) -> list[list[str]]:
+    """Classification-report rows: header, one row per class, macro and weighted averages."""
+    rows = [["class", "precision", "recall", "F1", "support", "ROC AUC"]]
+    for name in class_names:
+        scores = result["per_class"][name]
+        rows.append([DISPLAY_NAMES.get(name, name), _number(scores["precision"]),
+                     _number(scores["recall"]), _number(scores["f1"]), str(scores["support"]),
+                     _number(result["auc"][name])])
+    for key, label in (("macro_avg", "macro average"), ("weighted_avg", "weighted average")):
+        average = result[key]
+        if average is None:
+            continue
+        rows.append([label, _number(average["precision"]), _number(average["recall"]),
+                     _number(average["f1"]), str(int(average["support"])), ""])
+    return rows
+
+
+def confusion_rows(result: dict[str, Any], class_names: Sequence[str]) -> list[list[str]]:
+    """Confusion-matrix rows: true class down, predicted class across."""
+    labels = _display(class_names)
+    rows = [["true \\ predicted", *labels]]
+    rows += [[label, *map(str, counts)]
+             for label, counts in zip(labels, result["confusion_matrix"], strict=True)]
+    return rows
+
+
+def _looks_numeric(cell: str) -> bool:
+    return cell in ("", "-") or cell.rstrip("%").replace(".", "", 1).isdigit()
+
+
+def render_table(rows: list[list[str]], markdown: bool) -> str:
+    """A Markdown table, or an aligned plain-text one for the console."""
+    if markdown:
+        numeric = [i > 0 and all(_looks_numeric(row[i]) for row in rows[1:])
+                   for i in range(len(rows[0]))]
+        lines = ["| " + " | ".join(rows[0]) + " |",
+                 "|" + "|".join("---:" if right else "---" for right in numeric) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
+        return "\n".join(lines)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                               for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
+                     .rstrip() for row in rows)
+
+
+def _headline(result: dict[str, Any]) -> str:
+    return (f"accuracy {_number(result['accuracy'])}, macro-F1 {_number(result['macro_f1'])}, "
+            f"ECE {_number(result['ece'])} (before calibration "
+            f"{_number(result['ece_uncalibrated'])})")
+
+
+def _guard_line(evaluation: Evaluation) -> str:
+    rejected = evaluation.rejected
+    if rejected is None:
+        return ("Out-of-distribution guard: this model has none, so no image would be "
+                "rejected as 'not a brain MRI'.")
+    return (f"Out-of-distribution guard: {rejected} of {evaluation.metrics['n']} images would be "
+            "rejected as 'not a brain MRI' by the predictor; they are still scored above.")
+
+
+def _leak_line(evaluation: Evaluation) -> str | None:
+    leaked = evaluation.leaked
+    if leaked is None or evaluation.training is None or evaluation.leak_free is None:
+        return None
+    return (f"Leakage: {int(leaked.sum())} of {len(leaked)} images have an exact or near "
+            f"duplicate among the {len(evaluation.training.relative_paths)} training images; "
+            f"leak-free subset ({evaluation.leak_free['n']} images): "
+            f"{_headline(evaluation.leak_free)}")
+
+
+def format_summary(evaluation: Evaluation, report_path: Path | None = None) -> str:
+    """The console summary: headline, tables, guard and leakage lines, then the disclaimer."""
+    m = evaluation.metrics
+    names = evaluation.class_names
+    lines = [f"Evaluated {m['n']} images of {evaluation.scored.root} in "
+             f"{evaluation.seconds:.1f} s ({m['n'] / max(evaluation.seconds, 1e-9):.0f} images/s"
+             f", {evaluation.predictor.backend} backend, TTA {'on' if evaluation.tta else 'off'})"]
+    skipped = evaluation.scored.skipped
+    if skipped:
+        lines.append(f"Skipped {len(skipped)} file(s):")
+        lines += [f"  {path}: {reason}" for path, reason in skipped]
+    lines += ["", f"All images: {_headline(m)}", "",
+              render_table(metrics_rows(m, names), markdown=False), "",
+              "Confusion matrix (rows = true class, columns = predicted class):",
+              render_table(confusion_rows(m, names), markdown=False), "",
+              _guard_line(evaluation)]
+    leak_line = _leak_line(evaluation)
+    if leak_line:
+        lines += [leak_line]
+    if report_path is not None:
+        lines += ["", f"Report: {report_path}"]
+    lines += ["", DISCLAIMER]
+    return "\n".join(lines)
+
+
+# -- report.md -----------------------------------------------------------------------------
+def _metrics_section(result: dict[str, Any], class_names: Sequence[str]) -> list[str]:
+    return [f"**{result['n']} images**: {_headline(result)}.", "",
+            render_table(metrics_rows(result, class_names), markdown=True), "",
+            "Confusion matrix (rows = true class, columns = predicted class):", "",
+            render_table(confusion_rows(result, class_names), markdown=True), ""]
+
+
+def _model_lines(evaluation: Evaluation) -> list[str]:
+    card = evaluation.predictor.card
+    validation = card.metrics.get("validation", {}) if isinstance(card.metrics, dict) else {}
+    trained = card.training if isinstance(card.training, dict) else {}
+    lines = [f"- Model: `{card.architecture}` version {card.version or '-'} "
+             f"(created {card.created or '-'}), folder `{evaluation.predictor.model_dir}`",
+             f"- Input {card.image_size} x {card.image_size}, {card.color_mode}; calibration "
+             f"temperature T = {card.temperature:.4f}"]
+    if trained:
+        split_counts = trained.get("split_counts")
+        train_counts = split_counts.get("train") if isinstance(split_counts, dict) else None
+        lines.append(f"- Trained for {trained.get('epochs_run', '-')} epoch(s) on "
+                     f"{trained.get('hardware', '-')}"
+                     + (f"; training images per class: {json.dumps(train_counts)}"
+                        if train_counts else ""))
+    if validation:
+        lines.append("- Validation (from the model card): accuracy "
+                     f"{_number(validation.get('accuracy'))}, macro-F1 "
+                     f"{_number(validation.get('macro_f1'))}")
+    return lines
+
+
+def _write_predictions(evaluation: Evaluation, path: Path) -> None:
+    probabilities = evaluation.probabilities()
+    predicted = evaluation.predicted
+    names = evaluation.class_names
+    duplicates = evaluation.duplicates
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([*PREDICTION_COLUMNS_START, *(f"p_{n}" for n in names), "ood_score",
+                         "ood_rejected", "training_duplicate"])
+        scores = evaluation.scored.ood_scores
+        guard = evaluation.predictor.guard
+        for i, relative in enumerate(evaluation.scored.relative_paths):
+            true_label, label = names[evaluation.scored.labels[i]], names[predicted[i]]
+            duplicate = ""
+            if duplicates is not None:
+                duplicate = (f"{duplicates[i][0].train_path} ({duplicates[i][0].kind})"
+                             if duplicates[i] else "none")
+            writer.writerow([relative, true_label, label, f"{probabilities[i, predicted[i]]:.4f}",
+                             "yes" if true_label == label else "no",
+                             *(f"{p:.4f}" for p in probabilities[i]),
+                             "" if scores is None else f"{scores[i]:.4f}",
+                             "" if scores is None or guard is None
+                             else "yes" if scores[i] > guard.threshold else "no", duplicate])
+
+
+def write_report(evaluation: Evaluation, out: Path) -> Path:
+    """Write ``report.md``, its figures and ``predictions.csv`` into ``out``; returns the
+    report's path. Refuses (ValueError) to overwrite files it did not write itself."""
+    out = Path(out)
+    check_output_dir(out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = evaluation.class_names
+    m = evaluation.metrics
+    scored = evaluation.scored
+    written = {REPORT_FILE, PREDICTIONS_FILE}
+    calibrated, uncalibrated = evaluation.probabilities(), evaluation.probabilities(False)
+
+    plot_confusion_matrix(np.array(m["confusion_matrix"]), names, out / CONFUSION_FIGURE,
+                          f"Confusion matrix, all {m['n']} images")
+    plot_roc_curves(calibrated, scored.labels, names, out / ROC_FIGURE)
+    plot_reliability(uncalibrated, calibrated, scored.labels, evaluation.temperature,
+                     out / RELIABILITY_FIGURE)
+    written |= {CONFUSION_FIGURE, ROC_FIGURE, RELIABILITY_FIGURE}
+    _write_predictions(evaluation, out / PREDICTIONS_FILE)
+
+    lines = [REPORT_MARK, f"# Evaluation report: `{evaluation.predictor.card.architecture}` on "
+             f"`{scored.root}`", "", f"> **{DISCLAIMER}**", "",
+             f"- Data: `{scored.root}`: {m['n']} images scored, {len(scored.skipped)} file(s) "
+             "skipped", *_model_lines(evaluation),
+             f"- Backend {evaluation.predictor.backend}, test-time augmentation "
+             f"{'on (image + mirror, logits averaged)' if evaluation.tta else 'off'}; "
+             f"{evaluation.seconds:.1f} s for decoding and scoring "
+             f"({m['n'] / max(evaluation.seconds, 1e-9):.0f} images/s)",
+             f"- Written {time.strftime('%Y-%m-%d %H:%M:%S %Z')}", ""]
+
+    lines += ["## Summary", ""]
+    summary = [["images", "n", "accuracy", "macro-F1", "ECE", "ECE before calibration"],
+               ["all", str(m["n"]), _number(m["accuracy"]), _number(m["macro_f1"]),
+                _number(m["ece"]), _number(m["ece_uncalibrated"])]]
+    leak_free = evaluation.leak_free
+    if leak_free is not None:
+        summary.append(["leak-free (no duplicate in training)", str(leak_free["n"]),
+                        _number(leak_free["accuracy"]), _number(leak_free["macro_f1"]),
+                        _number(leak_free["ece"]), _number(leak_free["ece_uncalibrated"])])
+    lines += [render_table(summary, markdown=True), "", _guard_line(evaluation), ""]
+    if leak_free is None:
+        lines += ["No training folder was given (`--train-dir`), so these images were not "
+                  "checked for duplicates of training images. If any are, these numbers are "
+                  "optimistic.", ""]
+
+    lines += ["## All images", "", *_metrics_section(m, names),
+              f"![Confusion matrix]({CONFUSION_FIGURE})", "",
+              "### ROC curves", "",
+              "One class against the rest, on the calibrated probabilities. The AUC is "
+              "computed from ranks, ties counting one half.", "",
+              f"![ROC curves]({ROC_FIGURE})", "",
+              "### Calibration", "",
+              f"Expected calibration error (15 equal-width bins of the top-class confidence): "
+              f"{_number(m['ece_uncalibrated'])} before and {_number(m['ece'])} after temperature "
+              f"scaling with T = {evaluation.temperature:.4f} from the model card. Bars below "
+              "the diagonal mean over-confidence.", "",
+              f"![Reliability diagram]({RELIABILITY_FIGURE})", ""]
+
+    if leak_free is not None and evaluation.training is not None:
+        lines += _leak_section(evaluation, out, written)
+
+    mistakes = evaluation.worst_mistakes(MAX_GALLERY)
+    lines += ["## Worst mistakes", ""]
+    if mistakes:
+        plot_mistakes(mistakes, out / MISTAKES_FIGURE)
+        written.add(MISTAKES_FIGURE)
+        wrong = int((evaluation.predicted != scored.labels).sum())
+        lines += [f"The {len(mistakes)} most confident of {wrong} mistakes:", "",
+                  f"![Worst mistakes]({MISTAKES_FIGURE})", ""]
+        table = [["file", "true class", "predicted class", "confidence"]]
+        table += [[f"`{x.relative_path}`", DISPLAY_NAMES.get(x.true_label, x.true_label),
+                   DISPLAY_NAMES.get(x.predicted_label, x.predicted_label),
+                   f"{x.confidence:.1%}"] for x in mistakes]
+        lines += [render_table(table, markdown=True), ""]
+    else:
+        lines += ["No image was misclassified.", ""]
+
+    lines += ["## Training curves", ""]
+    source = write_training_curves(evaluation.predictor.model_dir, out / TRAINING_FIGURE)
+    if source:
+        written.add(TRAINING_FIGURE)
+        lines += [f"From `{source}`:", "", f"![Training curves]({TRAINING_FIGURE})", ""]
+    else:
+        lines += ["The model folder holds no `curves.png` or `history.json` from its training "
+                  "run.", ""]
+
+    if scored.skipped:
+        lines += ["## Skipped files", "", f"{len(scored.skipped)} file(s) could not be "
+                  "evaluated:", ""]
+        lines += [f"- `{path}`: {reason}" for path, reason in scored.skipped] + [""]
+
+    lines += ["---", "", f"*{DISCLAIMER}*", ""]
+    (out / REPORT_FILE).write_text("\n".join(lines), encoding="utf-8")
+    _remove_stale(out, written)
+    return out / REPORT_FILE
+
+
+def _leak_section(evaluation: Evaluation, out: Path, written: set[str]) -> list[str]:
+    leak_free, training = evaluation.leak_free, evaluation.training
+    duplicates, leaked = evaluation.duplicates, evaluation.leaked
+    assert leak_free is not None and training is not None
+    assert duplicates is not None and leaked is not None
+    names = evaluation.class_names
+    kinds = [found[0].kind.split(" (")[0] for found in duplicates if found]
+    counts = {kind: kinds.count(kind) for kind in sorted(set(kinds))}
+    lines = ["## Leak-free subset", "",
+             f"Training folder `{training.root}`: {len(training.relative_paths)} images hashed"
+             f"{f', {len(training.skipped)} file(s) skipped' if training.skipped else ''}. "
+             f"{int(leaked.sum())} of {len(leaked)} evaluation images have a duplicate there "
+             f"({', '.join(f'{v} {k}' for k, v in counts.items()) or 'none'}): a 256-bit "
+             "perceptual hash of the image or of its mirror within 16 bits of a training "
+             "image's. Metrics on the remaining images, which the model cannot have "
+             "memorised:", ""]
+    if leak_free["n"]:
+        lines += _metrics_section(leak_free, names)
+        plot_confusion_matrix(np.array(leak_free["confusion_matrix"]), names,
+                              out / CONFUSION_LEAK_FREE_FIGURE,
+                              f"Confusion matrix, {leak_free['n']} leak-free images")
+        written.add(CONFUSION_LEAK_FREE_FIGURE)
+        lines += [f"![Confusion matrix, leak-free images]({CONFUSION_LEAK_FREE_FIGURE})", ""]
+    else:
+        lines += ["Every evaluation image has a duplicate in the training folder: there is no "
+                  "leak-free subset to score.", ""]
+    if leaked.any():
+        table = [["evaluation image", "training duplicate", "match"]]
+        for relative, found in zip(evaluation.scored.relative_paths, duplicates, strict=True):
+            if found and len(table) <= MAX_LISTED_DUPLICATES:
+                more = f" (+{len(found) - 1} more)" if len(found) > 1 else ""
+                table.append([f"`{relative}`", f"`{found[0].train_path}`{more}", found[0].kind])
+        shown = len(table) - 1
+        lines += [f"Duplicates found ({shown} of {int(leaked.sum())} listed; all are in "
+                  f"`{PREDICTIONS_FILE}`):", "", render_table(table, markdown=True), ""]
+    return lines

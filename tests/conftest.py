@@ -1,0 +1,34 @@
+"""Shared fixtures: small labelled folders built from the committed fixture images."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURE_IMAGES = FIXTURES / "images"
+SARTAJ_NAMES = {"glioma": "glioma_tumor", "meningioma": "meningioma_tumor",
+                "notumor": "no_tumor", "pituitary": "pituitary_tumor"}
+
+
+def copy_dataset(target: Path, layout: str = "kaggle", per_class: int = 5) -> Path:
+    """Copy the fixture images into ``target`` in the Kaggle or SARTAJ folder layout."""
+    for class_dir in sorted(FIXTURE_IMAGES.iterdir()):
+        name = SARTAJ_NAMES[class_dir.name] if layout == "sartaj" else class_dir.name
+        (target / name).mkdir(parents=True, exist_ok=True)
+        for image in sorted(class_dir.iterdir())[:per_class]:
+            shutil.copy(image, target / name / image.name)
+    return target
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    """A writable Kaggle-layout copy of the fixture images (5 per class)."""
+    return copy_dataset(tmp_path / "data")
+
+
+@pytest.fixture
+def fixture_paths() -> list[Path]:
+    return sorted(FIXTURE_IMAGES.glob("*/*.jpg"))

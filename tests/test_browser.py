@@ -1,0 +1,123 @@
+"""End to end: the web app in a real (headless) browser.
+
+Starts ``mri-tumor app`` on a free port, uploads a fixture image through the page's file
+input in Debian's Chromium driven by Playwright, and reads the prediction off the page. A
+screenshot is saved as ``artifacts/app-e2e.png``. Needs ``/usr/bin/chromium``
+(``apt-get install chromium``); skipped without it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mri_tumor.card import DISCLAIMER
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE = sorted((ROOT / "tests" / "fixtures" / "images" / "meningioma").glob("*.jpg"))[0]
+SCREENSHOT = ROOT / "artifacts" / "app-e2e.png"
+STARTUP_SECONDS = 90  # generous: CI runners share their cores
+RESULT_MS = 90_000
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
+                                reason="needs Debian's chromium at /usr/bin/chromium "
+                                       "(apt-get install -y chromium)")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _app_command(port: int) -> list[str]:
+    script = Path(sys.executable).with_name("mri-tumor")
+    base = [str(script)] if script.exists() else [sys.executable, "-m", "mri_tumor"]
+    return [*base, "app", "--port", str(port)]
+
+
+def _wait_healthy(url: str, process: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the app exited early with status {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"the app did not answer on {url} within {timeout:.0f} s")
+
+
+@pytest.fixture(scope="module")
+def app_url() -> Iterator[str]:
+    port = _free_port()
+    # Own process group: `mri-tumor app` starts streamlit as a child, and the teardown
+    # must stop both (this group holds only the processes this fixture started).
+    process = subprocess.Popen(_app_command(port), cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, process, STARTUP_SECONDS)
+        yield url
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def test_upload_in_browser_shows_prediction(app_url: str) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    from mri_tumor import Predictor
+
+    expected = Predictor.load().predict([FIXTURE])[0]
+    assert expected.status == "ok"
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                             args=CHROMIUM_ARGS)
+        try:
+            # Tall enough for the whole page: Streamlit scrolls inside its own container,
+            # which a full-page screenshot would not unroll.
+            page = browser.new_page(viewport={"width": 1400, "height": 2200})
+            page.goto(app_url, timeout=RESULT_MS)
+            page.locator('input[type="file"]').first.set_input_files(str(FIXTURE),
+                                                                     timeout=RESULT_MS)
+            metric = page.locator('[data-testid="stMetric"]', has_text="Predicted class")
+            expect(metric).to_be_visible(timeout=RESULT_MS)
+            label = metric.locator('[data-testid="stMetricValue"]').inner_text().strip()
+            # The result card is complete once its chart, sources and disclaimer are there.
+            expect(page.locator('[data-testid="stVegaLiteChart"] canvas, '
+                                '[data-testid="stVegaLiteChart"] svg').first).to_be_visible(
+                timeout=RESULT_MS)
+            expect(page.get_by_text("Sources:")).to_be_visible(timeout=RESULT_MS)
+            page.wait_for_function("Array.from(document.images).every(i => i.complete)",
+                                   timeout=RESULT_MS)
+            body = page.locator("body").inner_text()
+            page.screenshot(path=str(SCREENSHOT), full_page=True)
+        finally:
+            browser.close()
+    assert label == expected.display_label
+    assert FIXTURE.name in body
+    assert body.count(DISCLAIMER) >= 3  # page top, sidebar, and under the prediction
+    assert SCREENSHOT.stat().st_size > 10_000

@@ -1,0 +1,91 @@
+"""ONNX export parity (fp32 and int8) and the out-of-distribution guard of the shipped model."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mri_tumor import Predictor
+from mri_tumor.cli import main
+from mri_tumor.data.reading import Frame
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+
+
+@pytest.fixture(scope="module")
+def torch_predictor() -> Predictor:
+    return Predictor.load(backend="torch")
+
+
+def _probabilities(results: list) -> np.ndarray:
+    return np.array([[r.probabilities[c] for c in sorted(r.probabilities)] for r in results])
+
+
+def test_onnx_backend_matches_torch(torch_predictor: Predictor, fixture_paths: list[Path],
+                                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MRI_TUMOR_CACHE", str(tmp_path / "cache"))
+    onnx_predictor = Predictor.load(backend="onnx")
+    pixels = np.stack([np.asarray(Image.open(p).convert("L")) for p in fixture_paths])
+    torch_logits, torch_features = torch_predictor.forward(pixels)
+    onnx_logits, onnx_features = onnx_predictor.forward(pixels)
+    assert np.abs(torch_features - onnx_features).max() < 1e-3
+    assert np.abs(torch_logits - onnx_logits).max() < 1e-3
+    torch_results = torch_predictor.predict(fixture_paths)
+    onnx_results = onnx_predictor.predict(fixture_paths)
+    assert [r.status for r in torch_results] == [r.status for r in onnx_results]
+    ok = [i for i, r in enumerate(torch_results) if r.status == "ok"]
+    assert np.abs(_probabilities([torch_results[i] for i in ok])
+                  - _probabilities([onnx_results[i] for i in ok])).max() <= 1e-3
+
+
+def test_export_command_fp32_and_int8(torch_predictor: Predictor, fixture_paths: list[Path],
+                                      tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    fp32, int8 = tmp_path / "model.onnx", tmp_path / "model-int8.onnx"
+    assert main(["export", str(fp32)]) == 0
+    assert main(["export", str(int8), "--quantize", "int8"]) == 0
+    assert main(["export", str(fp32)]) == 2  # refuses to overwrite without --force
+    pixels = np.stack([np.asarray(Image.open(p).convert("L").resize((224, 224)))
+                       for p in fixture_paths])
+    import torch
+
+    from mri_tumor.data.preprocess import normalize
+
+    batch = normalize(torch.from_numpy(pixels), torch_predictor.spec).numpy()
+    expected = torch_predictor.forward(pixels)[0].argmax(1)
+    for path in (fp32, int8):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        logits, features = session.run(None, {"pixels": batch})
+        assert features.shape == (len(fixture_paths), 1280)
+        assert (logits.argmax(1) == expected).all(), path.name
+    assert int8.stat().st_size < fp32.stat().st_size / 2
+
+
+def test_guard_keeps_brain_mris_and_rejects_other_images(torch_predictor: Predictor,
+                                                         fixture_paths: list[Path]) -> None:
+    from non_mri import non_mri_images
+
+    assert torch_predictor.guard is not None, "the shipped model has no OOD guard"
+    mri = torch_predictor.predict(fixture_paths)
+    assert sum(r.status == "rejected" for r in mri) <= 1
+    samples = non_mri_images(expand=False)
+    picked = [s for s in samples if s[0] in ("photo", "document", "blank", "noise")][::3]
+    results = torch_predictor.predict_frames([Frame(name, image.convert("L"))
+                                              for _, name, image in picked])
+    rejected = [r.status == "rejected" for r in results]
+    assert np.mean(rejected) >= 0.9, [r.path for r in results if r.status != "rejected"]
+    for result in results:
+        if result.status == "rejected":
+            assert result.label is None and result.probabilities is None
+            assert "does not look like a brain MRI" in result.message
+
+
+def test_each_sample_image_gets_its_own_class(torch_predictor: Predictor) -> None:
+    samples = sorted((Path(__file__).parents[1] / "src/mri_tumor/samples").glob("*.jpg"))
+    results = torch_predictor.predict(samples)
+    assert [r.label for r in results] == [p.stem for p in samples]

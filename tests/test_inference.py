@@ -1,0 +1,130 @@
+"""The predictor and `mri-tumor predict`: inputs of every kind, bad inputs, output formats."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mri_tumor import Predictor
+from mri_tumor.cli import main
+from mri_tumor.inference import RESULT_KEYS
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    return Predictor.load()
+
+
+def test_paths_bytes_pil_and_arrays_give_the_same_result(predictor: Predictor,
+                                                         fixture_paths: list[Path]) -> None:
+    path = fixture_paths[5]
+    image = Image.open(path)
+    results = predictor.predict([path, path.read_bytes(), image, np.asarray(image)],
+                                names=["p", "b", "i", "a"])
+    assert [r.path for r in results] == ["p", "b", "i", "a"]
+    assert len({json.dumps(r.probabilities, sort_keys=True) for r in results}) == 1
+    assert results[0].status in ("ok", "rejected")
+
+
+def test_batching_does_not_change_results(predictor: Predictor, fixture_paths: list[Path]) -> None:
+    one_by_one = [predictor.predict([p])[0].probabilities for p in fixture_paths[:6]]
+    batched = [r.probabilities for r in predictor.predict(fixture_paths[:6], batch_size=4)]
+    for a, b in zip(one_by_one, batched, strict=True):
+        assert a.keys() == b.keys()
+        assert all(abs(a[k] - b[k]) < 1e-4 for k in a)
+
+
+def _png_header(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(
+            ">I", zlib.crc32(kind + body))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+@pytest.fixture
+def bad_inputs(tmp_path: Path, fixture_paths: list[Path]) -> dict[str, Path]:
+    files = {
+        "empty.jpg": b"",
+        "notes.txt": b"this is text",
+        "truncated.jpg": fixture_paths[0].read_bytes()[:400],
+        "huge.png": _png_header(20000, 20000),
+        "scan.pdf": b"%PDF-1.4\n1 0 obj\n<<>>\nendobj\n",
+    }
+    paths = {}
+    for name, data in files.items():
+        paths[name] = tmp_path / name
+        paths[name].write_bytes(data)
+    paths["missing.png"] = tmp_path / "missing.png"
+    return paths
+
+
+def test_bad_inputs_get_one_line_messages_and_do_not_stop_the_batch(
+        predictor: Predictor, bad_inputs: dict[str, Path], fixture_paths: list[Path]) -> None:
+    inputs = [fixture_paths[0], *bad_inputs.values(), fixture_paths[1]]
+    results = predictor.predict(inputs)
+    assert len(results) == len(inputs)
+    assert results[0].status != "error" and results[-1].status != "error"
+    expected = {"empty.jpg": "empty file", "notes.txt": "not a supported image",
+                "truncated.jpg": "damaged or truncated", "huge.png": "megapixel limit",
+                "scan.pdf": "not a supported image", "missing.png": "no such file"}
+    for result in results[1:-1]:
+        name = Path(result.path).name
+        assert result.status == "error" and result.label is None
+        assert expected[name] in result.message, (name, result.message)
+        assert "\n" not in result.message and "Traceback" not in result.message
+
+
+def test_cli_json_lines_have_exactly_the_documented_keys(fixture_paths: list[Path],
+                                                         capsys) -> None:
+    assert main(["predict", "--json", *map(str, fixture_paths[:3])]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 3
+    for line in out:
+        record = json.loads(line)
+        assert tuple(record) == RESULT_KEYS
+        assert set(record["probabilities"]) == {"glioma", "meningioma", "notumor", "pituitary"}
+
+
+def test_cli_csv_and_exit_code_1_when_an_input_is_unreadable(
+        bad_inputs: dict[str, Path], fixture_paths: list[Path], capsys) -> None:
+    status = main(["predict", "--csv", str(fixture_paths[0]), str(bad_inputs["empty.jpg"])])
+    assert status == 1
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [r["status"] != "error" for r in rows] == [True, False]
+    assert tuple(rows[0]) == RESULT_KEYS
+
+
+def test_cli_folders_recursive_and_table(tmp_path: Path, fixture_paths: list[Path],
+                                         capsys) -> None:
+    nested = tmp_path / "study" / "inner"
+    nested.mkdir(parents=True)
+    (tmp_path / "study" / "a.jpg").write_bytes(fixture_paths[0].read_bytes())
+    (nested / "b.jpg").write_bytes(fixture_paths[1].read_bytes())
+    (nested / "README.txt").write_text("not an image")
+    assert main(["predict", str(tmp_path / "study")]) == 0
+    flat = capsys.readouterr()
+    assert "a.jpg" in flat.out and "b.jpg" not in flat.out
+    assert "Research tool, not a diagnosis" in flat.out
+    assert main(["predict", "--recursive", str(tmp_path / "study")]) == 0
+    deep = capsys.readouterr()
+    assert "a.jpg" in deep.out and "b.jpg" in deep.out
+    assert "skipped 1 non-image file" in deep.err
+
+
+def test_cli_usage_errors_exit_2(capsys) -> None:
+    assert main(["predict", "--batch-size", "0", "x.jpg"]) == 2
+    assert "--batch-size" in capsys.readouterr().err
+    assert main(["predict", "--model", "/nonexistent/model", "x.jpg"]) == 2
+    assert "no such model folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--backend", "tensorflow", "x.jpg"])
+    assert exit_info.value.code == 2

@@ -1,0 +1,82 @@
+"""Model factory, ImageNet weights, and the torchvision VGG16 key mapping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mri_tumor.models import create_model
+from mri_tumor.models.efficientnet_lite import imagenet_checkpoint_path
+
+
+@pytest.mark.parametrize("name, size", [("efficientnet_lite0", 224), ("vgg16", 150),
+                                        ("vgg16_bn", 150)])
+def test_factory_output_shapes(name: str, size: int) -> None:
+    model = create_model(name, num_classes=4, pretrained=False).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(2, 3, size, size)).shape == (2, 4)
+        maps = model.feature_maps(torch.zeros(1, 3, size, size))
+    assert model.pool_features(maps).shape == (1, model.feature_dim)
+
+
+def test_efficientnet_starts_from_the_packaged_imagenet_weights() -> None:
+    model = create_model("efficientnet_lite0")
+    imagenet = torch.load(imagenet_checkpoint_path(), weights_only=True)
+    assert torch.equal(model.state_dict()["_blocks.5._expand_conv.weight"],
+                       imagenet["_blocks.5._expand_conv.weight"])
+    assert model._fc.out_features == 4
+
+
+def test_unknown_architecture_is_named() -> None:
+    with pytest.raises(ValueError, match="resnet50"):
+        create_model("resnet50")
+
+
+# torchvision's VGG16 conv positions inside ``features`` (written out independently of our code).
+TORCHVISION_VGG16_CONVS = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]
+TORCHVISION_VGG16_BN_CONVS = [0, 3, 7, 10, 14, 17, 20, 24, 27, 30, 34, 37, 40]
+VGG_CHANNELS = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
+
+
+def _random_torchvision_checkpoint(batch_norm: bool) -> dict[str, torch.Tensor]:
+    state: dict[str, torch.Tensor] = {}
+    previous = 3
+    positions = TORCHVISION_VGG16_BN_CONVS if batch_norm else TORCHVISION_VGG16_CONVS
+    for position, channels in zip(positions, VGG_CHANNELS, strict=True):
+        state[f"features.{position}.weight"] = torch.randn(channels, previous, 3, 3)
+        state[f"features.{position}.bias"] = torch.randn(channels)
+        if batch_norm:
+            bn = position + 1
+            state[f"features.{bn}.weight"] = torch.rand(channels)
+            state[f"features.{bn}.bias"] = torch.randn(channels)
+            state[f"features.{bn}.running_mean"] = torch.randn(channels)
+            state[f"features.{bn}.running_var"] = torch.rand(channels)
+            state[f"features.{bn}.num_batches_tracked"] = torch.tensor(7)
+        previous = channels
+    # torchvision's fully connected head, which our global-pooling network does not use.
+    state["classifier.0.weight"] = torch.randn(4096, 512 * 7 * 7)
+    state["classifier.0.bias"] = torch.randn(4096)
+    state["classifier.6.weight"] = torch.randn(1000, 4096)
+    return state
+
+
+@pytest.mark.parametrize("name, batch_norm", [("vgg16", False), ("vgg16_bn", True)])
+def test_vgg_loads_a_torchvision_checkpoint(tmp_path: Path, name: str, batch_norm: bool) -> None:
+    checkpoint = _random_torchvision_checkpoint(batch_norm)
+    path = tmp_path / "vgg.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in checkpoint.items()}}, path)
+    model = create_model(name, init_weights=path)
+    own = model.state_dict()
+    for key, value in checkpoint.items():
+        if key.startswith("features."):
+            assert torch.equal(own[key], value), key
+    assert own["head.weight"].shape == (4, 512)
+
+
+def test_vgg_refuses_a_checkpoint_of_the_other_layout(tmp_path: Path) -> None:
+    path = tmp_path / "vgg_bn.pth"
+    torch.save(_random_torchvision_checkpoint(batch_norm=True), path)
+    with pytest.raises(ValueError, match="not a torchvision VGG16 checkpoint"):
+        create_model("vgg16", init_weights=path)

@@ -1,0 +1,129 @@
+"""Training runs end to end on a few fixture images, and the seed's callbacks behave."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import EarlyStopping
+from PIL import Image
+
+from mri_tumor import Predictor
+from mri_tumor.card import ModelCard
+from mri_tumor.cli import main
+from mri_tumor.data.splitting import read_split_csv
+from mri_tumor.training import RestoreBestWeights
+
+TINY = ["--epochs", "1", "--batch-size", "4", "--max-train-batches", "2", "--image-size", "96"]
+
+
+def test_two_step_run_writes_a_model_that_loads_and_predicts(dataset: Path, tmp_path: Path,
+                                                              fixture_paths: list[Path]) -> None:
+    out = tmp_path / "run"
+    assert main(["train", str(dataset), "--out", str(out), *TINY]) == 0
+    for name in ("model.safetensors", "card.json", "split.csv", "history.json", "curves.png"):
+        assert (out / name).is_file(), name
+    card = ModelCard.load(out)
+    assert card.architecture == "efficientnet_lite0"
+    assert card.class_names == ["glioma", "meningioma", "notumor", "pituitary"]
+    assert card.image_size == 96 and card.mean == [0.5, 0.5, 0.5]
+    assert len(card.training["data_fingerprint"]) == 64
+    assert card.training["epochs_run"] == 1
+    assert 0.0 <= card.metrics["validation"]["accuracy"] <= 1.0
+    assert card.temperature > 0
+    Image.open(out / "curves.png").verify()
+    rows = read_split_csv(out / "split.csv")
+    assert {r.split for r in rows} == {"train", "val"} and len(rows) == 20
+
+    predictor = Predictor.load(out)
+    results = predictor.predict(fixture_paths[:3])
+    assert [r.status for r in results] == ["ok"] * 3
+    for result in results:
+        assert result.label in card.class_names
+        assert abs(sum(result.probabilities.values()) - 1.0) < 1e-3
+    # The stored weights are the ones that were evaluated: predicting again gives the same.
+    again = Predictor.load(out).predict(fixture_paths[:3])
+    assert [r.probabilities for r in again] == [r.probabilities for r in results]
+
+
+def test_training_reuses_a_split_file(dataset: Path, tmp_path: Path) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    assert main(["train", str(dataset), "--out", str(first), *TINY]) == 0
+    assert main(["train", str(dataset), "--out", str(second), "--split",
+                 str(first / "split.csv"), "--seed", "5", *TINY]) == 0
+    assert read_split_csv(first / "split.csv") == read_split_csv(second / "split.csv")
+
+
+def test_bad_training_arguments_exit_2_with_a_message(dataset: Path, tmp_path: Path,
+                                                       capsys) -> None:
+    assert main(["train", str(tmp_path / "missing"), "--out", str(tmp_path / "r")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert main(["train", str(dataset), "--arch", "resnet9"]) == 2
+    assert "unknown architecture" in capsys.readouterr().err
+
+
+def test_ddp_over_two_cpu_processes(dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    done = subprocess.run([sys.executable, "-m", "mri_tumor", "train", str(dataset), "--out",
+                           str(out), "--devices", "2", *TINY],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    card = json.loads((out / "card.json").read_text())
+    assert card["training"]["devices"] == 2
+    assert (out / "model.safetensors").is_file()
+
+
+class ScriptedLoss(L.LightningModule):
+    """A module whose validation loss follows a script, and whose weight moves every step."""
+
+    def __init__(self, losses: list[float]) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.losses = losses
+        self.weights_seen: list[float] = []
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return ((self.weight - 100.0) ** 2).sum()
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        pass
+
+    def on_validation_epoch_end(self) -> None:
+        self.weights_seen.append(float(self.weight))
+        self.log("val_loss", self.losses[self.current_epoch])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_early_stopping_restores_the_best_weights() -> None:
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(4, 1)),
+                                       batch_size=2)
+    module = ScriptedLoss([1.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
+    trainer = L.Trainer(max_epochs=8, callbacks=[EarlyStopping("val_loss", patience=2),
+                                                 RestoreBestWeights("val_loss")],
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        num_sanity_val_steps=0, enable_model_summary=False)
+    trainer.fit(module, data, data)
+    assert len(module.weights_seen) == 4  # stopped two epochs after the best (epoch 1)
+    assert np.isclose(float(module.weight), module.weights_seen[1])
+    assert not np.isclose(float(module.weight), module.weights_seen[-1])
+
+
+def test_fine_tuning_starts_from_a_trained_model_folder(dataset: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(["train", str(dataset), "--out", str(first), *TINY]) == 0
+    assert main(["train", str(dataset), "--out", str(second), "--from-model", str(first),
+                 "--lr", "1e-12", *TINY]) == 0
+    before, after = load_file(str(first / "model.safetensors")), load_file(
+        str(second / "model.safetensors"))
+    key = "_blocks.5._expand_conv.weight"
+    assert torch.allclose(before[key].float(), after[key].float(), atol=1e-3)
+    assert json.loads((second / "card.json").read_text())["training"]["from_model"] == str(first)
