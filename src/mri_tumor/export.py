@@ -93,4 +93,7 @@ def onnx_session(model_dir: Path, model: nn.Module, card: ModelCard, threads: in
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    # Idle worker threads must not spin: they would steal the CPU from decoding and from the
+    # next request's preprocessing (measured: 30 ms instead of 11 ms per image on 2 cores).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

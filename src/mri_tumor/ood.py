@@ -25,13 +25,22 @@ class OODGuard:
     whitening: np.ndarray  # (D, D): precision = whitening @ whitening.T
     threshold: float
 
+    def __post_init__(self) -> None:
+        # Computed in torch, on the same thread pool as the network: numpy's BLAS threads
+        # and torch's spinning against each other cost 20 ms a call on 2 cores.
+        self._whitening = torch.from_numpy(np.ascontiguousarray(self.whitening, np.float32))
+        self._projected_means = torch.from_numpy(
+            np.ascontiguousarray(self.class_means, np.float32)) @ self._whitening
+
     def score(self, features: np.ndarray) -> np.ndarray:
-        """Squared Mahalanobis distance of each feature row to its nearest class mean."""
-        features = np.asarray(features, dtype=np.float32)
-        projected = features @ self.whitening  # (N, D)
-        means = self.class_means @ self.whitening  # (C, D)
-        distances = ((projected[:, None, :] - means[None]) ** 2).sum(-1)
-        return distances.min(axis=1) / features.shape[1]
+        """Squared Mahalanobis distance of each feature row to its nearest class mean,
+        divided by the feature dimension."""
+        with torch.inference_mode():
+            rows = torch.from_numpy(np.ascontiguousarray(features, np.float32))
+            projected = rows @ self._whitening
+            distances = torch.cdist(projected, self._projected_means,
+                                    compute_mode="donot_use_mm_for_euclid_dist") ** 2
+            return (distances.min(dim=1).values / projected.shape[1]).numpy().astype(np.float64)
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
         return {"ood_class_means": torch.from_numpy(self.class_means.astype(np.float32)),
@@ -60,6 +69,5 @@ def fit_guard(train_features: np.ndarray, train_labels: np.ndarray, heldout_feat
     eigenvalues, eigenvectors = np.linalg.eigh(covariance)
     whitening = eigenvectors / np.sqrt(np.maximum(eigenvalues, 1e-12))
     guard = OODGuard(means.astype(np.float32), whitening.astype(np.float32), threshold=np.inf)
-    scores = guard.score(heldout_features)
-    guard.threshold = float(np.quantile(scores, 1.0 - reject_rate))
+    guard.threshold = float(np.quantile(guard.score(heldout_features), 1.0 - reject_rate))
     return guard
