@@ -578,8 +578,8 @@ def test_a_photo_is_rejected(client: TestClient, predictor: Predictor) -> None:
         pytest.skip("needs the trained model with its out-of-distribution guard")
     from skimage import data as skimage_data
 
-    photo = encode(Image.fromarray(skimage_data.astronaut()), "PNG")
-    [result] = client.post("/v1/predict", files=as_files([("astronaut.png", photo,
+    photo = encode(Image.fromarray(skimage_data.chelsea()), "PNG")
+    [result] = client.post("/v1/predict", files=as_files([("cat.png", photo,
                                                            "image/png")])).json()
     assert result["status"] == "rejected" and result["label"] is None
 
