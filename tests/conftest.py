@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import pytest
@@ -32,3 +34,13 @@ def dataset(tmp_path: Path) -> Path:
 @pytest.fixture
 def fixture_paths() -> list[Path]:
     return sorted(FIXTURE_IMAGES.glob("*/*.jpg"))
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares its size but carries no pixels: enough for a size check."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body)))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +13,19 @@ PATIENT = {"PatientName": "Doe^Jane^Sensitive", "PatientID": "PID-7731-SECRET",
            "PatientBirthDate": "19610214"}
 
 
-def make_dicom(pixels: np.ndarray, path: Path, *, bits: int = 16,
+def dicom_bytes(pixels: np.ndarray, **options: object) -> bytes:
+    """``make_dicom`` into memory: the bytes of a Part 10 file (with preamble)."""
+    buffer = io.BytesIO()
+    make_dicom(pixels, buffer, **options)  # type: ignore[arg-type]
+    return buffer.getvalue()
+
+
+def make_dicom(pixels: np.ndarray, path: Path | io.BytesIO, *, bits: int = 16,
                photometric: str = "MONOCHROME2", slope: float = 1.0, intercept: float = 0.0,
                window: tuple[float, float] | None = None, series_uid: str | None = None,
                instance: int = 1, preamble: bool = True) -> Path:
-    """Write ``pixels`` (H, W) or (frames, H, W) as an MR DICOM file with patient fields set."""
+    """Write ``pixels`` (H, W) or (frames, H, W) as an MR DICOM file with patient fields set
+    (``PATIENT``), to a path or a binary buffer."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MRImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -48,4 +57,4 @@ def make_dicom(pixels: np.ndarray, path: Path, *, bits: int = 16,
     dtype = np.uint8 if bits == 8 else np.uint16
     ds.PixelData = np.ascontiguousarray(pixels.astype(dtype)).tobytes()
     ds.save_as(path, enforce_file_format=preamble)
-    return path
+    return path  # type: ignore[return-value]

@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from PIL import Image
+from tests.dicom_factory import PATIENT, dicom_bytes
 
 import mri_tumor
 from mri_tumor.api import DISCLAIMER_HEADER, MIB, Settings, create_app
@@ -27,7 +28,8 @@ from mri_tumor.inference import RESULT_KEYS, Predictor
 FIXTURE_IMAGES = Path(__file__).parent / "fixtures" / "images"
 SAMPLES = Path(mri_tumor.__file__).parent / "samples"
 CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
-PATIENT_NAME, PATIENT_ID, BIRTH_DATE = "Zqxjkv^Wyvernhollow", "PID-8675309-QXZ", "19010203"
+PATIENT_NAME, PATIENT_ID, BIRTH_DATE = (PATIENT["PatientName"], PATIENT["PatientID"],
+                                        PATIENT["PatientBirthDate"])
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -73,38 +75,12 @@ def encode(image: Image.Image, fmt: str) -> bytes:
 
 
 def make_dicom(source: Path, frames: int = 1) -> bytes:
-    """A 16-bit MR DICOM file (Part 10, with preamble) built from a fixture JPEG, carrying
-    distinctive patient identifiers."""
-    from pydicom import dcmwrite
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
-
+    """A 16-bit (12 bits stored) MR DICOM file built from a fixture JPEG, carrying the
+    distinctive patient identifiers of ``PATIENT``; frames differ by a horizontal roll."""
     pixels = np.asarray(Image.open(source).convert("L")).astype(np.uint16) * 16
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.preamble = b"\0" * 128
-    ds.SOPClassUID = MRImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.PatientName, ds.PatientID, ds.PatientBirthDate = PATIENT_NAME, PATIENT_ID, BIRTH_DATE
-    ds.Modality = "MR"
-    ds.InstanceNumber = 1
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     if frames > 1:
-        ds.NumberOfFrames = frames
-        # Each frame a little different, so that the frames are really distinct slices.
         pixels = np.stack([np.roll(pixels, 8 * k, axis=1) for k in range(frames)])
-    ds.PixelData = pixels.tobytes()
-    buffer = io.BytesIO()
-    dcmwrite(buffer, ds, enforce_file_format=True)
-    return buffer.getvalue()
+    return dicom_bytes(pixels)
 
 
 def as_files(items: list[tuple[str, bytes, str]]) -> list[tuple[str, tuple[str, bytes, str]]]:
@@ -259,7 +235,7 @@ def test_dicom_upload_never_leaks_patient_identifiers(
         assert result["status"] == "ok" and result["label"] in CLASSES
     assert multipart.json()[0]["path"] == "slice.dcm"
     assert "POST /v1/predict 200" in caplog.text  # the log capture does see the API's logs
-    for secret in (PATIENT_NAME, "Zqxjkv", "Wyvernhollow", PATIENT_ID, BIRTH_DATE):
+    for secret in (PATIENT_NAME, "Doe", "Sensitive", PATIENT_ID, BIRTH_DATE):
         for answer in (multipart, raw):
             assert secret not in answer.text
             assert secret not in str(answer.headers)

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
+from tests.dicom_factory import PATIENT, dicom_bytes
 
 from mri_tumor import Predictor
 from mri_tumor.app import MAX_UPLOAD_BYTES, NOT_MRI_TEXT, SAMPLES_DIR, analyse_upload
@@ -176,27 +177,9 @@ def test_analysis_heatmap_is_the_gradcam_of_the_predicted_class(predictor: Predi
 
 
 def _multiframe_dicom(frames: list[Image.Image]) -> bytes:
-    from pydicom import dcmwrite
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
-
+    """One multi-frame MR DICOM file (patient fields set, see ``PATIENT``) from slices."""
     pixels = np.stack([np.asarray(f.resize((256, 256)), dtype=np.uint16) * 16 for f in frames])
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.PatientName, ds.PatientID, ds.PatientBirthDate = "Doe^Jane", "PID-7734521", "19700101"
-    ds.Modality, ds.SeriesInstanceUID, ds.InstanceNumber = "MR", generate_uid(), 1
-    ds.Rows, ds.Columns, ds.NumberOfFrames = 256, 256, len(frames)
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = pixels.tobytes()
-    buffer = io.BytesIO()
-    dcmwrite(buffer, ds, enforce_file_format=True)
-    return buffer.getvalue()
+    return dicom_bytes(pixels)
 
 
 def test_multiframe_dicom_gives_a_row_per_frame_and_no_patient_identifiers(
@@ -208,7 +191,7 @@ def test_multiframe_dicom_gives_a_row_per_frame_and_no_patient_identifiers(
     assert list(app.dataframe[0].value["File"]) == ["series.dcm#0", "series.dcm#1"]
     assert any("DICOM series of 2 slices" in i.value for i in app.main.info)
     shown = _sent_text(app) + downloads[-1].decode()
-    for identifier in ("Doe", "Jane", "PID-7734521", "19700101"):
+    for identifier in ("Doe", "Sensitive", *PATIENT.values()):
         assert identifier not in shown
 
 

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageOps
-from tests.conftest import copy_dataset
+from tests.conftest import copy_dataset, png_header
 
 from mri_tumor.data import (
     ImageReadError,
@@ -126,20 +124,10 @@ def test_bad_bytes_give_a_clear_error(data: bytes, reason: str) -> None:
         read_image(data)
 
 
-def _png_header(width: int, height: int) -> bytes:
-    """A PNG that declares its size but carries no pixels: enough for a size check."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (struct.pack(">I", len(body)) + kind + body
-                + struct.pack(">I", zlib.crc32(kind + body)))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
-
-
 @pytest.mark.parametrize("side", [9000, 20000])
 def test_oversized_image_is_refused_before_decoding(side: int) -> None:
     with pytest.raises(ImageReadError, match="megapixel limit"):
-        read_image(_png_header(side, side))
+        read_image(png_header(side, side))
 
 
 def test_same_image_gives_identical_tensors_through_every_path(

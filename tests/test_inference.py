@@ -5,13 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from tests.conftest import png_header
 
 from mri_tumor import Predictor
 from mri_tumor.cli import main
@@ -42,21 +41,13 @@ def test_batching_does_not_change_results(predictor: Predictor, fixture_paths: l
         assert all(abs(a[k] - b[k]) < 1e-4 for k in a)
 
 
-def _png_header(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(
-            ">I", zlib.crc32(kind + body))
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
-
-
 @pytest.fixture
 def bad_inputs(tmp_path: Path, fixture_paths: list[Path]) -> dict[str, Path]:
     files = {
         "empty.jpg": b"",
         "notes.txt": b"this is text",
         "truncated.jpg": fixture_paths[0].read_bytes()[:400],
-        "huge.png": _png_header(20000, 20000),
+        "huge.png": png_header(20000, 20000),
         "scan.pdf": b"%PDF-1.4\n1 0 obj\n<<>>\nendobj\n",
     }
     paths = {}
