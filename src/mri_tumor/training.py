@@ -36,7 +36,7 @@ from mri_tumor.card import ModelCard
 from mri_tumor.data.augment import AugmentConfig, augment_batch
 from mri_tumor.data.folders import CLASS_NAMES, scan_folder
 from mri_tumor.data.preprocess import PreprocessSpec, normalize, to_model_pixels
-from mri_tumor.data.reading import ImageReadError, read_image
+from mri_tumor.data.reading import read_image
 from mri_tumor.data.splitting import (
     SplitRow,
     folder_fingerprint,
@@ -440,4 +440,4 @@ def plot_history(epochs: list[dict[str, float]], path: Path) -> None:
     plt.close(figure)
 
 
-__all__ = ["ImageReadError", "RestoreBestWeights", "TrainConfig", "TumorClassifier", "train"]
+__all__ = ["History", "RestoreBestWeights", "TrainConfig", "TumorClassifier", "refit", "train"]
