@@ -38,8 +38,7 @@ def mri_scores(predictor: Predictor, data: Path, split: Path) -> np.ndarray:
         pixels = np.stack([to_model_pixels(read_image(data / r["path"]),
                                            predictor.spec.image_size)
                            for r in rows[start:start + 64]])
-        _, features = predictor.forward(pixels)
-        scores.append(predictor.guard.score(features))
+        scores.append(predictor.forward(pixels)[2])
     return np.concatenate(scores)
 
 

@@ -16,6 +16,7 @@ from mri_tumor.data import (
     PreprocessSpec,
     UnknownClassFolderError,
     normalize,
+    normalize_array,
     read_image,
     scan_folder,
     to_model_pixels,
@@ -145,9 +146,10 @@ def test_same_image_gives_identical_tensors_through_every_path(
     row = SplitRow(path.name, "glioma", "train", 0, "")
     pixels, _ = load_pixels(path.parent, [row], SPEC.image_size)
     assert torch.equal(from_path, normalize(pixels, SPEC)[0])
-    # And the predictor's own batch path.
+    # And the predictor's own batch path, which normalises in numpy (no torch for ONNX).
     manual = to_model_pixels(read_image(path), SPEC.image_size)
     assert torch.equal(from_path, normalize(torch.from_numpy(manual.copy())[None], SPEC)[0])
+    assert torch.equal(from_path, torch.from_numpy(normalize_array(manual[None], SPEC)[0]))
 
 
 def _plant_duplicates(dataset: Path) -> dict[str, str]:

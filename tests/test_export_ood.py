@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -30,10 +32,14 @@ def test_onnx_backend_matches_torch(torch_predictor: Predictor, fixture_paths: l
     monkeypatch.setenv("MRI_TUMOR_CACHE", str(tmp_path / "cache"))
     onnx_predictor = Predictor.load(backend="onnx")
     pixels = np.stack([np.asarray(Image.open(p).convert("L")) for p in fixture_paths])
-    torch_logits, torch_features = torch_predictor.forward(pixels)
-    onnx_logits, onnx_features = onnx_predictor.forward(pixels)
+    torch_logits, torch_features, torch_scores = torch_predictor.forward(pixels)
+    onnx_logits, onnx_features, onnx_scores = onnx_predictor.forward(pixels)
     assert np.abs(torch_features - onnx_features).max() < 1e-3
     assert np.abs(torch_logits - onnx_logits).max() < 1e-3
+    # The guard's score is part of the ONNX graph and matches the numpy-fitted guard.
+    np.testing.assert_allclose(onnx_scores, torch_scores, rtol=1e-3)
+    np.testing.assert_allclose(torch_scores, torch_predictor.guard.score(torch_features),
+                               rtol=1e-4)
     torch_results = torch_predictor.predict(fixture_paths)
     onnx_results = onnx_predictor.predict(fixture_paths)
     assert [r.status for r in torch_results] == [r.status for r in onnx_results]
@@ -58,12 +64,35 @@ def test_export_command_fp32_and_int8(torch_predictor: Predictor, fixture_paths:
 
     batch = normalize(torch.from_numpy(pixels), torch_predictor.spec).numpy()
     expected = torch_predictor.forward(pixels)[0].argmax(1)
+    threshold = torch_predictor.guard.threshold
     for path in (fp32, int8):
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        logits, features = session.run(None, {"pixels": batch})
+        logits, features, scores = session.run(None, {"pixels": batch})
         assert features.shape == (len(fixture_paths), 1280)
         assert (logits.argmax(1) == expected).all(), path.name
-    assert int8.stat().st_size < fp32.stat().st_size / 2
+        assert (scores <= threshold).all(), path.name  # no fixture MRI is rejected
+    # The network's weights are int8; the guard's 1280 x 1280 matrix stays in float.
+    assert int8.stat().st_size < 0.7 * fp32.stat().st_size
+
+
+def test_onnx_backend_runs_without_importing_torch(tmp_path: Path,
+                                                   fixture_paths: list[Path]) -> None:
+    """The ONNX backend reads the card and one self-contained graph: torch (~200 MB) is not
+    imported once the graph is cached, which keeps a server's memory small."""
+    env = {**os.environ, "MRI_TUMOR_CACHE": str(tmp_path / "cache")}
+    child = ("import sys; from mri_tumor import Predictor; "
+             "r = Predictor.load(backend='onnx').predict(sys.argv[1:]); "
+             "print(' '.join(p.label or p.status for p in r)); "
+             "print('torch' in sys.modules)")
+    paths = [str(p) for p in fixture_paths[:3]]
+    first = subprocess.run([sys.executable, "-c", child, *paths], env=env, check=True,
+                           capture_output=True, text=True).stdout.split("\n")
+    assert first[1] == "True"  # the first use exports the graph into the cache
+    second = subprocess.run([sys.executable, "-c", child, *paths], env=env, check=True,
+                            capture_output=True, text=True).stdout.split("\n")
+    assert second[0] == first[0]
+    assert second[0].split() == [Path(p).parent.name for p in paths]
+    assert second[1] == "False"
 
 
 def test_guard_keeps_brain_mris_and_rejects_other_images(torch_predictor: Predictor,

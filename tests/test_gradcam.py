@@ -65,7 +65,7 @@ def test_predictor_without_torch_model_loads_one_from_its_folder(
         predictor: Predictor, slice_image: Image.Image) -> None:
     # What an ONNX-backend predictor looks like to Grad-CAM: no torch model, a model folder.
     card = ModelCard.load(SHIPPED_MODEL_DIR)
-    onnx_like = Predictor(card, "onnx", model=None, model_dir=SHIPPED_MODEL_DIR)
+    onnx_like = Predictor(card, "onnx", network=None, model_dir=SHIPPED_MODEL_DIR)
     model = torch_model(onnx_like)
     assert model is torch_model(onnx_like)  # loaded once, then reused
     np.testing.assert_allclose(gradcam(onnx_like, slice_image, 1),

@@ -4,11 +4,12 @@ calibrated. Fitted on the validation split at the end of training and stored in 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The temperature that minimises the negative log-likelihood of ``labels``."""
+    import torch  # not at module level: the ONNX backend imports softmax without torch
+
     logits_t = torch.as_tensor(logits, dtype=torch.float64)
     labels_t = torch.as_tensor(labels, dtype=torch.long)
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)

@@ -14,6 +14,9 @@ from typing import Any
 
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "model.safetensors"
+ONNX_FILE = "model.onnx"  # optional: an export the ONNX backend uses instead of its cache
+# Bump when the exported graph's inputs or outputs change: cached exports are keyed by it.
+ONNX_GRAPH_VERSION = 2
 SHIPPED_MODEL_DIR = Path(__file__).parent / "weights" / "efficientnet_lite0"
 
 DISCLAIMER = ("Research tool, not a diagnosis. Results must be reviewed by a qualified "

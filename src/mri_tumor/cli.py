@@ -36,6 +36,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", type=Path, help="reuse a split CSV from an earlier run")
     p.add_argument("--val-fraction", type=float, default=0.15)
     p.add_argument("--schedule", choices=("plateau", "cosine"), default="plateau")
+    p.add_argument("--early-stop-patience", type=int, default=5,
+                   help="epochs without a lower validation loss before stopping")
+    p.add_argument("--max-minutes", type=float,
+                   help="stop training after this many minutes, then export the best epoch")
     p.add_argument("--max-train-batches", type=float, default=1.0,
                    help="fraction (<=1) or number (>1) of training batches per epoch")
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
@@ -59,8 +63,11 @@ def _run_train(args: argparse.Namespace) -> int:
         value = getattr(args, option)
         if value is not None and not value.is_file():
             raise UsageError(f"--{option.replace('_', '-')} {value}: no such file")
-    if args.epochs < 1 or args.batch_size < 1 or args.devices < 1 or args.lr <= 0:
-        raise UsageError("--epochs, --batch-size, --devices and --lr must be positive")
+    if (args.epochs < 1 or args.batch_size < 1 or args.devices < 1 or args.lr <= 0
+            or args.early_stop_patience < 1 or (args.max_minutes is not None
+                                                and args.max_minutes <= 0)):
+        raise UsageError("--epochs, --batch-size, --devices, --lr, --early-stop-patience and "
+                         "--max-minutes must be positive")
     augment = (AugmentConfig(0, 0, 0, 0, False, 0, 0) if args.no_augment
                else AugmentConfig(rotation=args.rotation))
     max_batches = args.max_train_batches
@@ -72,6 +79,7 @@ def _run_train(args: argparse.Namespace) -> int:
         pretrained=False if args.no_pretrained else None, split=args.split,
         from_model=args.from_model,
         val_fraction=args.val_fraction, schedule=args.schedule, augment=augment,
+        early_stop_patience=args.early_stop_patience, max_minutes=args.max_minutes,
         max_train_batches=int(max_batches) if max_batches > 1 else max_batches,
         half_precision_weights=not args.fp32_weights,
     )
@@ -114,7 +122,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     fmt.add_argument("--csv", action="store_true", help="CSV with a header row")
     p.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+    p.add_argument("--backend", choices=("torch", "onnx"), default="onnx",
+                   help="onnx (default): faster, starts in a fraction of a second, no torch")
     p.add_argument("--model", type=Path, help="model folder (default: the shipped model)")
 
 

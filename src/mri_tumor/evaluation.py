@@ -149,10 +149,10 @@ def score_folder(predictor: Predictor, scan: FolderScan, batch_size: int = 64,
     def flush() -> None:
         if not batch:
             return
-        batch_logits, features = _forward(predictor, np.stack(batch), tta)
+        batch_logits, scores = _forward(predictor, np.stack(batch), tta)
         logits.append(batch_logits)
         if predictor.guard is not None:
-            ood.append(predictor.guard.score(features))
+            ood.append(scores)
         batch.clear()
 
     def decode(index: int) -> DecodedImage:
@@ -191,14 +191,15 @@ def score_folder(predictor: Predictor, scan: FolderScan, batch_size: int = 64,
 
 
 def _forward(predictor: Predictor, pixels: np.ndarray, tta: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and features of a batch; with TTA the logits of the mirror image are averaged
-    in, while the features (for the OOD guard) stay those of the image as the user gave it."""
+    """Logits and OOD scores of a batch; with TTA the logits of the mirror image are averaged
+    in, while the OOD score stays that of the image as the user gave it."""
     if not tta:
-        return predictor.forward(pixels)
+        logits, _, scores = predictor.forward(pixels)
+        return logits, scores
     both = np.concatenate([pixels, pixels[:, :, ::-1]])
-    logits, features = predictor.forward(both)
+    logits, _, scores = predictor.forward(both)
     half = len(pixels)
-    return (logits[:half] + logits[half:]) / 2.0, features[:half]
+    return (logits[:half] + logits[half:]) / 2.0, scores[:half]
 
 
 def _stack_hashes(words: list[np.ndarray]) -> np.ndarray:

@@ -1,14 +1,12 @@
 """Export to ONNX (optionally int8-quantised) for onnxruntime, edge devices and other stacks.
 
-The graph takes normalised pixels ``pixels`` (B, 3, H, W) and returns ``logits`` and the pooled
-``features`` that the out-of-distribution guard scores, so both backends share everything
-but the network itself.
+The graph takes normalised pixels ``pixels`` (B, 3, H, W) and returns ``logits``, the pooled
+``features`` and, when the model has an out-of-distribution guard, its ``ood_score``: the file
+is self-contained, and the ONNX backend needs neither torch nor the safetensors file.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,34 +14,67 @@ from typing import Any
 import torch
 from torch import nn
 
-from mri_tumor.card import WEIGHTS_FILE, ModelCard
+from mri_tumor.card import ModelCard
+from mri_tumor.ood import OODGuard
 
-ONNX_FILE = "model.onnx"
 
+class InferenceGraph(nn.Module):
+    """Network + guard: pixels -> (logits, features[, ood_score]). The torch backend runs
+    this module and the ONNX export is this module, so both compute the same things."""
 
-class _LogitsAndFeatures(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, guard: OODGuard | None) -> None:
         super().__init__()
         self.model = model
+        self.score = guard.module() if guard is not None else None
 
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         features = self.model.pool_features(self.model.feature_maps(pixels))
-        return self.model.classify(features), features
+        logits = self.model.classify(features)
+        if self.score is None:
+            return logits, features
+        return logits, features, self.score(features)
 
 
-def export_onnx(model: nn.Module, card: ModelCard, path: Path) -> Path:
-    """Write an fp32 ONNX graph with a dynamic batch axis."""
-    wrapper = _LogitsAndFeatures(model.eval().float().to(memory_format=torch.contiguous_format))
+def export_onnx(model: nn.Module, card: ModelCard, path: Path,
+                guard: OODGuard | None = None) -> Path:
+    """Write an fp32 ONNX graph with a dynamic batch axis (with the guard's score if given)."""
+    graph = InferenceGraph(model.eval().float().to(memory_format=torch.contiguous_format),
+                           guard).eval()
+    outputs = ["logits", "features"] + (["ood_score"] if guard is not None else [])
     example = torch.zeros(1, card.input_channels, card.image_size, card.image_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(wrapper, (example,), str(path), input_names=["pixels"],
-                          output_names=["logits", "features"],
-                          dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"},
-                                        "features": {0: "batch"}},
-                          opset_version=17, dynamo=False)
+        torch.onnx.export(graph, (example,), str(path), input_names=["pixels"],
+                          output_names=outputs,
+                          dynamic_axes={name: {0: "batch"} for name in ["pixels", *outputs]},
+                          opset_version=17, dynamo=False,
+                          # Folding would store the fp16 guard matrix cast to fp32; onnxruntime
+                          # folds constants itself when it loads the graph.
+                          do_constant_folding=False)
     return path
+
+
+def _guard_nodes(path: Path) -> list[str]:
+    """Names of the nodes that only compute ``ood_score`` (kept in fp32 when quantising)."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    producer = {out: node for node in graph.node for out in node.output}
+
+    def ancestors(name: str) -> set[str]:
+        seen: set[str] = set()
+        stack = [name]
+        while stack:
+            node = producer.get(stack.pop())
+            if node is not None and node.name not in seen:
+                seen.add(node.name)
+                stack.extend(node.input)
+        return seen
+
+    if "ood_score" not in producer:
+        return []
+    return sorted(ancestors("ood_score") - ancestors("features"))
 
 
 def quantize_int8(fp32_path: Path, out_path: Path, calibration: torch.Tensor) -> Path:
@@ -62,38 +93,6 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: torch.Tensor) ->
     prepared = out_path.with_suffix(".prep.onnx")
     quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
     quantize_static(str(prepared), str(out_path), Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=True)
+                    per_channel=True, nodes_to_exclude=_guard_nodes(prepared))
     prepared.unlink(missing_ok=True)
     return out_path
-
-
-def _cache_dir() -> Path:
-    base = os.environ.get("MRI_TUMOR_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "mri-tumor")
-    return Path(base)
-
-
-def onnx_session(model_dir: Path, model: nn.Module, card: ModelCard, threads: int = 2) -> Any:
-    """An onnxruntime session for a model folder.
-
-    Uses ``model.onnx`` in the folder when present; otherwise exports once into a cache keyed
-    by the weights' hash (``$MRI_TUMOR_CACHE`` or ``~/.cache/mri-tumor``).
-    """
-    import onnxruntime as ort
-
-    path = model_dir / ONNX_FILE
-    if not path.is_file():
-        digest = hashlib.sha256((model_dir / WEIGHTS_FILE).read_bytes()).hexdigest()[:16]
-        path = _cache_dir() / f"{card.architecture}-{digest}.onnx"
-        if not path.is_file():
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            export_onnx(model, card, tmp)
-            tmp.replace(path)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    # Idle worker threads must not spin: they would steal the CPU from decoding and from the
-    # next request's preprocessing (measured: 30 ms instead of 11 ms per image on 2 cores).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

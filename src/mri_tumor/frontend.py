@@ -104,16 +104,19 @@ def format_results(results: Sequence[Prediction], mode: str = "table") -> str:
 
 
 def export_model(model_dir: Path | None, out: Path, quantize: str | None = None) -> Path:
-    """Export a model folder to ONNX; int8 calibrates on the bundled sample images."""
+    """Export a model folder to ONNX (network and guard score); int8 calibrates on the
+    bundled sample images and keeps the guard's score in fp32."""
     from mri_tumor.export import export_onnx, quantize_int8
     from mri_tumor.models import load_model
+    from mri_tumor.ood import OODGuard
 
     directory = Path(model_dir) if model_dir else SHIPPED_MODEL_DIR
-    model, card, _ = load_model(directory)
+    model, card, extras = load_model(directory)
+    guard = OODGuard.from_tensors(extras, card.ood_threshold)
     if quantize != "int8":
-        return export_onnx(model, card, out)
+        return export_onnx(model, card, out, guard)
     fp32 = out.with_suffix(".fp32.onnx")
-    export_onnx(model, card, fp32)
+    export_onnx(model, card, fp32, guard)
     try:
         return quantize_int8(fp32, out, calibration_batch(card))
     finally:

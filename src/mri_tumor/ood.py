@@ -10,9 +10,9 @@ images land far from every class. The threshold is a high quantile of the scores
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-import torch
 
 # Fraction of held-out brain MRI slices the guard may reject; the threshold is set there.
 DEFAULT_REJECT_RATE = 0.005
@@ -25,34 +25,68 @@ class OODGuard:
     whitening: np.ndarray  # (D, D): precision = whitening @ whitening.T
     threshold: float
 
-    def __post_init__(self) -> None:
-        # Computed in torch, on the same thread pool as the network: numpy's BLAS threads
-        # and torch's spinning against each other cost 20 ms a call on 2 cores.
-        self._whitening = torch.from_numpy(np.ascontiguousarray(self.whitening, np.float32))
-        self._projected_means = torch.from_numpy(
-            np.ascontiguousarray(self.class_means, np.float32)) @ self._whitening
-
     def score(self, features: np.ndarray) -> np.ndarray:
         """Squared Mahalanobis distance of each feature row to its nearest class mean,
-        divided by the feature dimension."""
-        with torch.inference_mode():
-            rows = torch.from_numpy(np.ascontiguousarray(features, np.float32))
-            projected = rows @ self._whitening
-            distances = torch.cdist(projected, self._projected_means,
-                                    compute_mode="donot_use_mm_for_euclid_dist") ** 2
-            return (distances.min(dim=1).values / projected.shape[1]).numpy().astype(np.float64)
+        divided by the feature dimension (see ``mahalanobis_module``)."""
+        import torch
 
-    def to_tensors(self) -> dict[str, torch.Tensor]:
+        # In torch, on the same thread pool as the network: numpy's BLAS threads and
+        # torch's spinning against each other cost 20 ms a call on 2 cores.
+        with torch.inference_mode():
+            return self.module()(torch.from_numpy(np.ascontiguousarray(features, np.float32))
+                                 ).numpy().astype(np.float64)
+
+    def module(self) -> Any:
+        """The score as a ``torch.nn.Module`` (the torch backend runs it, ONNX exports it)."""
+        if getattr(self, "_module", None) is None:
+            self._module = mahalanobis_module(self.class_means, self.whitening)
+        return self._module
+
+    def to_tensors(self) -> dict[str, Any]:
+        import torch
+
         return {"ood_class_means": torch.from_numpy(self.class_means.astype(np.float32)),
                 "ood_whitening": torch.from_numpy(self.whitening.astype(np.float32))}
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor],
-                     threshold: float | None) -> OODGuard | None:
+    def from_tensors(cls, tensors: dict[str, Any], threshold: float | None) -> OODGuard | None:
+        """From the ``extra.`` tensors stored with the weights (torch tensors or numpy)."""
         if threshold is None or "ood_whitening" not in tensors:
             return None
-        return cls(tensors["ood_class_means"].float().numpy(),
-                   tensors["ood_whitening"].float().numpy(), float(threshold))
+        return cls(_float32(tensors["ood_class_means"]), _float32(tensors["ood_whitening"]),
+                   float(threshold))
+
+
+def _float32(tensor: Any) -> np.ndarray:
+    if hasattr(tensor, "numpy"):
+        tensor = tensor.float().numpy()
+    return np.asarray(tensor, dtype=np.float32)
+
+
+def mahalanobis_module(class_means: np.ndarray, whitening: np.ndarray) -> Any:
+    """``nn.Module``: pooled features (B, D) -> guard score (B,). Built by a function so that
+    importing this module does not import torch (the ONNX backend runs without it)."""
+    import torch
+    from torch import nn
+
+    class _MahalanobisScore(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            w = torch.from_numpy(np.ascontiguousarray(whitening, np.float32))
+            means = torch.from_numpy(np.ascontiguousarray(class_means, np.float32))
+            self.register_buffer("projected_means", means @ w)
+            # Shipped guards are stored in fp16: keep them so (an exact round trip) to halve
+            # the 1280 x 1280 matrix in exported ONNX files.
+            if torch.equal(w.half().float(), w):
+                w = w.half()
+            self.register_buffer("whitening", w)
+
+        def forward(self, features: torch.Tensor) -> torch.Tensor:
+            projected = features @ self.whitening.float()
+            gaps = projected.unsqueeze(1) - self.projected_means.unsqueeze(0)
+            return (gaps * gaps).sum(dim=2).min(dim=1).values / projected.shape[1]
+
+    return _MahalanobisScore().eval()
 
 
 def fit_guard(train_features: np.ndarray, train_labels: np.ndarray, heldout_features: np.ndarray,

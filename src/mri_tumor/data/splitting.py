@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import imagehash
 import numpy as np
 from PIL import Image, ImageOps
 from scipy.sparse import coo_matrix
@@ -47,6 +46,8 @@ class SplitRow:
 
 def perceptual_hash(image: Image.Image) -> np.ndarray:
     """256-bit perceptual hash of an image as 4 uint64 words."""
+    import imagehash  # only splitting needs it; training from a split CSV does not
+
     bits = imagehash.phash(image, hash_size=HASH_SIZE).hash.flatten()
     return np.packbits(bits).view(np.uint64)
 
