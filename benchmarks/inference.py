@@ -2,6 +2,7 @@
 
     python benchmarks/inference.py --data ../shared/data/brain-tumor-mri/Training \
         --split src/mri_tumor/weights/efficientnet_lite0/split.csv [--json out.json]
+    python benchmarks/inference.py --network-only vgg16 efficientnet_lite0
 
 Measured from file bytes to result (decode, preprocess, network, calibration, OOD guard):
 - single-image latency p50/p95 over repeated calls with one image each;
@@ -135,13 +136,42 @@ def validation_accuracy(data_dir: Path, split: Path, limit: int | None) -> dict[
     }
 
 
+def network_latency(arch: str, repeats: int = 50) -> float:
+    """p50 ms of the bare network on one image at its input size, torch, 2 threads. Weights
+    are random (speed does not depend on them), so architectures without shipped weights
+    (VGG16) can be compared."""
+    import torch
+
+    from mri_tumor.models import ARCHITECTURES, create_model, fuse_batch_norm
+
+    torch.set_num_threads(2)
+    size = ARCHITECTURES[arch].image_size
+    model = fuse_batch_norm(create_model(arch, 4, pretrained=False).eval())
+    model = model.to(memory_format=torch.channels_last)
+    x = torch.randn(1, 3, size, size).contiguous(memory_format=torch.channels_last)
+    times = []
+    with torch.inference_mode():
+        for i in range(repeats + 5):
+            start = time.perf_counter()
+            model(x)
+            if i >= 5:
+                times.append((time.perf_counter() - start) * 1000)
+    return percentile(times, 50)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, help="image folder the split's paths are under")
     parser.add_argument("--split", type=Path, help="split CSV: measure validation accuracy")
     parser.add_argument("--limit", type=int, help="at most this many validation images")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--network-only", nargs="+", metavar="ARCH",
+                        help="only time these bare networks (e.g. vgg16 efficientnet_lite0)")
     args = parser.parse_args()
+    if args.network_only:
+        for arch in args.network_only:
+            print(f"{arch}: network only, 1 image, torch: p50 {network_latency(arch):.1f} ms")
+        return
 
     image_paths = sorted(FIXTURES.glob("*/*.jpg"))
     images = [p.read_bytes() for p in image_paths] * 10
