@@ -65,6 +65,20 @@ def test_bad_training_arguments_exit_2_with_a_message(dataset: Path, tmp_path: P
     assert "no such folder" in capsys.readouterr().err
     assert main(["train", str(dataset), "--arch", "resnet9"]) == 2
     assert "unknown architecture" in capsys.readouterr().err
+    for option in ("--max-minutes", "--early-stop-patience"):
+        assert main(["train", str(dataset), option, "0"]) == 2
+        assert "must be positive" in capsys.readouterr().err
+
+
+def test_max_minutes_stops_training_and_still_exports(dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["train", str(dataset), "--out", str(out), "--arch", "vgg16", "--image-size", "32",
+            "--batch-size", "4", "--epochs", "50", "--early-stop-patience", "50",
+            "--max-minutes", "0.001"]
+    assert main(args) == 0
+    card = json.loads((out / "card.json").read_text())
+    assert card["training"]["epochs_run"] <= 1, card["training"]
+    assert (out / "model.safetensors").is_file()
 
 
 def test_ddp_over_two_cpu_processes(dataset: Path, tmp_path: Path) -> None:
