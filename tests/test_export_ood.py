@@ -118,3 +118,13 @@ def test_each_sample_image_gets_its_own_class(torch_predictor: Predictor) -> Non
     samples = sorted((Path(__file__).parents[1] / "src/mri_tumor/samples").glob("*.jpg"))
     results = torch_predictor.predict(samples)
     assert [r.label for r in results] == [p.stem for p in samples]
+
+
+def test_onnx_backend_works_without_a_writable_cache(tmp_path: Path, fixture_paths: list[Path],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would be")
+    monkeypatch.setenv("MRI_TUMOR_CACHE", str(blocker))
+    results = Predictor.load(backend="onnx").predict(fixture_paths[:2])
+    assert [r.label for r in results] == [p.parent.name for p in fixture_paths[:2]]
+    assert blocker.read_text() == "a file where the cache folder would be"

@@ -223,14 +223,22 @@ def ensure_onnx_file(model_dir: Path, card: ModelCard) -> Path:
         return path
     digest = hashlib.sha256((model_dir / WEIGHTS_FILE).read_bytes()).hexdigest()[:16]
     path = _cache_dir() / f"{card.architecture}-{digest}-v{ONNX_GRAPH_VERSION}.onnx"
-    if not path.is_file():
-        from mri_tumor.export import export_onnx
-        from mri_tumor.models import load_model
+    if path.is_file():
+        return path
+    from mri_tumor.export import export_onnx
+    from mri_tumor.models import load_model
 
-        model, _, extras = load_model(model_dir)
+    model, _, extras = load_model(model_dir)
+    guard = OODGuard.from_tensors(extras, card.ood_threshold)
+    try:
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        export_onnx(model, card, tmp, OODGuard.from_tensors(extras, card.ood_threshold))
+        export_onnx(model, card, tmp, guard)
         tmp.replace(path)
+    except OSError:  # no writable cache (read-only home, say): a private temporary copy
+        import tempfile
+
+        path = Path(tempfile.mkdtemp(prefix="mri-tumor-")) / path.name
+        export_onnx(model, card, path, guard)
     return path
 
 
