@@ -44,13 +44,13 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
                  "--disable-sync", "--no-first-run"]
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def _app_command(port: int) -> list[str]:
+def app_command(port: int) -> list[str]:
     script = Path(sys.executable).with_name("mri-tumor")
     base = [str(script)] if script.exists() else [sys.executable, "-m", "mri_tumor"]
     return [*base, "app", "--port", str(port)]
@@ -84,10 +84,10 @@ def _group_cpu_seconds(group: int) -> float:
 
 def measure_startup(timeout: float, browser: bool) -> dict[str, float | None]:
     """Launch `mri-tumor app`; seconds to /_stcore/health = 200 (and to a usable page)."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     start = time.perf_counter()
-    process = subprocess.Popen(_app_command(port), cwd=ROOT, stdout=subprocess.DEVNULL,
+    process = subprocess.Popen(app_command(port), cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
     result: dict[str, float | None] = {"health_s": None, "health_cpu_s": None,
                                        "page_usable_s": None}

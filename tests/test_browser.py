@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,11 +21,11 @@ import pytest
 
 from mri_tumor.card import DISCLAIMER
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+# The benchmark and this test start the app and Chromium the same way.
+from app_speed import CHROMIUM, CHROMIUM_ARGS, app_command, free_port  # noqa: E402
+
 FIXTURE = sorted((ROOT / "tests" / "fixtures" / "images" / "meningioma").glob("*.jpg"))[0]
 SCREENSHOT = ROOT / "artifacts" / "app-e2e.png"
 STARTUP_SECONDS = 90  # generous: CI runners share their cores
@@ -35,18 +34,6 @@ RESULT_MS = 90_000
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
                                 reason="needs Debian's chromium at /usr/bin/chromium "
                                        "(apt-get install -y chromium)")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _app_command(port: int) -> list[str]:
-    script = Path(sys.executable).with_name("mri-tumor")
-    base = [str(script)] if script.exists() else [sys.executable, "-m", "mri_tumor"]
-    return [*base, "app", "--port", str(port)]
 
 
 def _wait_healthy(url: str, process: subprocess.Popen, timeout: float) -> None:
@@ -66,10 +53,10 @@ def _wait_healthy(url: str, process: subprocess.Popen, timeout: float) -> None:
 
 @pytest.fixture(scope="module")
 def app_url() -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     # Own process group: `mri-tumor app` starts streamlit as a child, and the teardown
     # must stop both (this group holds only the processes this fixture started).
-    process = subprocess.Popen(_app_command(port), cwd=ROOT, stdout=subprocess.DEVNULL,
+    process = subprocess.Popen(app_command(port), cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
