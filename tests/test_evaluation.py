@@ -191,7 +191,8 @@ def test_evaluation_probabilities_match_the_predictor(predictor: Predictor,
 
 
 def test_tta_averages_the_logits_of_the_image_and_its_mirror(predictor: Predictor) -> None:
-    pixels = np.stack([np.asarray(read_image(p).resize((224, 224)))
+    size = predictor.spec.image_size
+    pixels = np.stack([np.asarray(read_image(p).resize((size, size)))
                        for p in sorted(FIXTURE_IMAGES.glob("glioma/*.jpg"))[:2]])
     plain, _, plain_scores = predictor.forward(pixels)
     mirrored, _, _ = predictor.forward(np.ascontiguousarray(pixels[:, :, ::-1]))

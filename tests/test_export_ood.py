@@ -13,6 +13,7 @@ from PIL import Image
 
 from mri_tumor import Predictor
 from mri_tumor.cli import main
+from mri_tumor.data.preprocess import to_model_pixels
 from mri_tumor.data.reading import Frame
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
@@ -31,7 +32,8 @@ def test_onnx_backend_matches_torch(torch_predictor: Predictor, fixture_paths: l
                                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MRI_TUMOR_CACHE", str(tmp_path / "cache"))
     onnx_predictor = Predictor.load(backend="onnx")
-    pixels = np.stack([np.asarray(Image.open(p).convert("L")) for p in fixture_paths])
+    size = torch_predictor.spec.image_size
+    pixels = np.stack([to_model_pixels(Image.open(p).convert("L"), size) for p in fixture_paths])
     torch_logits, torch_features, torch_scores = torch_predictor.forward(pixels)
     onnx_logits, onnx_features, onnx_scores = onnx_predictor.forward(pixels)
     assert np.abs(torch_features - onnx_features).max() < 1e-3
@@ -56,7 +58,8 @@ def test_export_command_fp32_and_int8(torch_predictor: Predictor, fixture_paths:
     assert main(["export", str(fp32)]) == 0
     assert main(["export", str(int8), "--quantize", "int8"]) == 0
     assert main(["export", str(fp32)]) == 2  # refuses to overwrite without --force
-    pixels = np.stack([np.asarray(Image.open(p).convert("L").resize((224, 224)))
+    size = torch_predictor.spec.image_size
+    pixels = np.stack([np.asarray(Image.open(p).convert("L").resize((size, size)))
                        for p in fixture_paths])
     import torch
 

@@ -141,3 +141,27 @@ def test_fine_tuning_starts_from_a_trained_model_folder(dataset: Path, tmp_path:
     key = "_blocks.5._expand_conv.weight"
     assert torch.allclose(before[key].float(), after[key].float(), atol=1e-3)
     assert json.loads((second / "card.json").read_text())["training"]["from_model"] == str(first)
+
+
+def test_calibrate_can_serve_a_model_at_another_input_size(dataset: Path, tmp_path: Path,
+                                                           fixture_paths: list[Path],
+                                                           monkeypatch, capsys) -> None:
+    monkeypatch.setenv("MRI_TUMOR_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    assert main(["train", str(dataset), "--out", str(out), *TINY]) == 0
+    at_96 = Predictor.load(out, backend="onnx").predict(fixture_paths[:2])
+    assert main(["calibrate", str(out), str(dataset), "--image-size", "80"]) == 0
+    assert "input 80 px" in capsys.readouterr().out
+    card = ModelCard.load(out)
+    assert card.image_size == 80 and card.training["image_size"] == 96
+    # Both backends now run at 80 px; the ONNX cache holds one graph per input size.
+    torch_results = Predictor.load(out, backend="torch").predict(fixture_paths[:2])
+    onnx_results = Predictor.load(out, backend="onnx").predict(fixture_paths[:2])
+    assert len(list((tmp_path / "cache").glob("*-80px-*.onnx"))) == 1
+    for a, b in zip(torch_results, onnx_results, strict=True):
+        assert all(abs(a.probabilities[k] - b.probabilities[k]) < 1e-3 for k in a.probabilities)
+    assert [r.probabilities for r in onnx_results] != [r.probabilities for r in at_96]
+    assert main(["calibrate", str(out), str(dataset), "--image-size", "8"]) == 2
+    assert "between 32 and 1024" in capsys.readouterr().err
+    assert main(["calibrate", str(tmp_path), str(dataset)]) == 2
+    assert "not a model folder" in capsys.readouterr().err

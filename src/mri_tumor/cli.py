@@ -99,6 +99,9 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
                        "guard of a trained model on its own split")
     p.add_argument("model_dir", type=Path, help="a run folder with card.json and split.csv")
     p.add_argument("data_dir", type=Path, help="the folder the model was trained on")
+    p.add_argument("--image-size", type=int,
+                   help="serve the model at this input size from now on (the card records "
+                        "the training size); measure candidates with benchmarks/input_size.py")
 
 
 def _run_calibrate(args: argparse.Namespace) -> int:
@@ -106,9 +109,14 @@ def _run_calibrate(args: argparse.Namespace) -> int:
 
     if not args.data_dir.is_dir():
         raise UsageError(f"{args.data_dir}: no such folder")
-    card = refit(args.model_dir, args.data_dir)
+    if not (args.model_dir / "card.json").is_file():
+        raise UsageError(f"{args.model_dir}: not a model folder (no card.json)")
+    if args.image_size is not None and not 32 <= args.image_size <= 1024:
+        raise UsageError(f"--image-size {args.image_size}: must be between 32 and 1024")
+    card = refit(args.model_dir, args.data_dir, args.image_size)
     val = card.metrics["validation"]
-    print(f"{args.model_dir}: temperature {card.temperature:.3f}, ECE {val['ece']:.4f}, "
+    print(f"{args.model_dir}: input {card.image_size} px, accuracy {val['accuracy']:.2%}, "
+          f"temperature {card.temperature:.3f}, ECE {val['ece']:.4f}, "
           f"OOD threshold {card.ood_threshold:.3f} (rejects {val['ood_rejected']:.1%} of "
           "validation MRIs)")
     return 0

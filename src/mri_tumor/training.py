@@ -404,12 +404,19 @@ def finalize(model: torch.nn.Module, card: ModelCard, train_pixels: torch.Tensor
     return card
 
 
-def refit(model_dir: Path, data_dir: Path) -> ModelCard:
+def refit(model_dir: Path, data_dir: Path, image_size: int | None = None) -> ModelCard:
     """Re-fit temperature and out-of-distribution guard of a trained model folder on the
-    split it was trained with (``split.csv`` beside it), e.g. after changing those methods."""
+    split it was trained with (``split.csv`` beside it), e.g. after changing those methods.
+
+    With ``image_size`` the model is served at that input size from now on (the card says so,
+    and keeps the size it was trained at); its validation metrics are measured at that size.
+    """
     from mri_tumor.models import load_model
 
     model, card, _ = load_model(model_dir)
+    if image_size is not None and image_size != card.image_size:
+        card.training.setdefault("image_size", card.image_size)
+        card.image_size = image_size
     rows = read_split_csv(model_dir / card.training.get("split_file", "split.csv"))
     train_pixels, train_labels = load_pixels(data_dir, [r for r in rows if r.split == "train"],
                                              card.image_size)
