@@ -2,7 +2,7 @@
 
     python benchmarks/inference.py --data ../shared/data/brain-tumor-mri/Training \
         --split src/mri_tumor/weights/efficientnet_lite0/split.csv [--json out.json]
-    python benchmarks/inference.py --network-only vgg16 efficientnet_lite0
+    python benchmarks/inference.py --network-only vgg16 efficientnet_lite0 efficientnet_lite0:208
 
 Measured from file bytes to result (decode, preprocess, network, calibration, OOD guard):
 - single-image latency p50/p95 over repeated calls with one image each;
@@ -136,16 +136,16 @@ def validation_accuracy(data_dir: Path, split: Path, limit: int | None) -> dict[
     }
 
 
-def network_latency(arch: str, repeats: int = 50) -> float:
-    """p50 ms of the bare network on one image at its input size, torch, 2 threads. Weights
-    are random (speed does not depend on them), so architectures without shipped weights
-    (VGG16) can be compared."""
+def network_latency(arch: str, size: int | None = None, repeats: int = 50) -> float:
+    """p50 ms of the bare network on one image at ``size`` (default: the architecture's input
+    size), torch, 2 threads. Weights are random (speed does not depend on them), so
+    architectures without shipped weights (VGG16) can be compared."""
     import torch
 
     from mri_tumor.models import ARCHITECTURES, create_model, fuse_batch_norm
 
     torch.set_num_threads(2)
-    size = ARCHITECTURES[arch].image_size
+    size = size or ARCHITECTURES[arch].image_size
     model = fuse_batch_norm(create_model(arch, 4, pretrained=False).eval())
     model = model.to(memory_format=torch.channels_last)
     x = torch.randn(1, 3, size, size).contiguous(memory_format=torch.channels_last)
@@ -166,11 +166,14 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="at most this many validation images")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--network-only", nargs="+", metavar="ARCH",
-                        help="only time these bare networks (e.g. vgg16 efficientnet_lite0)")
+                        help="only time these bare networks (e.g. vgg16 efficientnet_lite0; "
+                             "ARCH:SIZE for another input size)")
     args = parser.parse_args()
     if args.network_only:
-        for arch in args.network_only:
-            print(f"{arch}: network only, 1 image, torch: p50 {network_latency(arch):.1f} ms")
+        for name in args.network_only:
+            arch, _, size = name.partition(":")
+            print(f"{name}: network only, 1 image, torch: p50 "
+                  f"{network_latency(arch, int(size) if size else None):.1f} ms")
         return
 
     image_paths = sorted(FIXTURES.glob("*/*.jpg"))

@@ -8,7 +8,8 @@ It starts the server on a free port (unless --url is given), waits for /readyz, 
 then runs ``--clients`` concurrent asyncio/httpx clients for ``--duration`` seconds, each
 posting one real MRI image per request (the test fixtures and bundled samples). It stops by
 itself and prints requests/s, latency percentiles, the error count and the server's resident
-memory (VmRSS of the server and its worker processes) after warm-up and at the end.
+memory (VmRSS of the server and its worker processes) after warm-up and at the end, and
+the CPU cores the server and this process (the clients) used during the timed run.
 
 Targets on 2 CPU cores: >= 100 requests/s, p99 <= 250 ms, no errors, RSS growth < 50 MB.
 ``--check`` exits 1 when a target is missed.
@@ -59,6 +60,8 @@ class Report:
     rss_end_mb: float | None = None
     rss_growth_mb: float | None = None
     server_alive: bool | None = None
+    server_cpu_cores: float | None = None  # CPU seconds per second of the timed run
+    client_cpu_cores: float | None = None  # this process: the 16 httpx clients
     targets_met: dict[str, bool] = field(default_factory=dict)
 
 
@@ -76,16 +79,27 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def rss_mb(pid: int) -> float | None:
-    """Resident memory of ``pid`` and all its descendants (uvicorn workers), in MB."""
-    total_kb = 0
-    seen = set()
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its live descendants (uvicorn workers)."""
+    found: list[int] = []
     stack = [pid]
     while stack:
         current = stack.pop()
-        if current in seen:
+        if current in found or not Path(f"/proc/{current}").exists():
             continue
-        seen.add(current)
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                stack.extend(int(child) for child in task.read_text().split())
+            except OSError:
+                continue
+    return found
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident memory of ``pid`` and all its descendants (uvicorn workers), in MB."""
+    total_kb = 0
+    for current in process_tree(pid):
         try:
             status = Path(f"/proc/{current}/status").read_text()
         except OSError:
@@ -93,12 +107,19 @@ def rss_mb(pid: int) -> float | None:
         for line in status.splitlines():
             if line.startswith("VmRSS:"):
                 total_kb += int(line.split()[1])
-        for task in Path(f"/proc/{current}/task").glob("*/children"):
-            try:
-                stack.extend(int(child) for child in task.read_text().split())
-            except OSError:
-                continue
-    return round(total_kb / 1024, 1) if seen and total_kb else None
+    return round(total_kb / 1024, 1) if total_kb else None
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` and its descendants so far (from /proc)."""
+    ticks = 0
+    for current in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def start_server(port: int, workers: int, model: Path | None, log: Path) -> subprocess.Popen:
@@ -208,8 +229,12 @@ async def measure(args: argparse.Namespace, url: str, pid: int | None,
         if args.warmup > 0:
             await run_clients(client, images, args.clients, args.warmup, args.raw)
         report.rss_start_mb = rss_mb(pid) if pid else None
+        server_cpu, client_cpu = cpu_seconds(pid) if pid else 0.0, time.process_time()
         latencies, errors, elapsed = await run_clients(client, images, args.clients,
                                                        args.duration, args.raw)
+        if pid:
+            report.server_cpu_cores = round((cpu_seconds(pid) - server_cpu) / elapsed, 2)
+        report.client_cpu_cores = round((time.process_time() - client_cpu) / elapsed, 2)
     report.rss_end_mb = rss_mb(pid) if pid else None
     ordered = sorted(latencies)
     report.requests = len(latencies)
@@ -253,6 +278,8 @@ def print_report(report: Report) -> None:
     print(f"server RSS      ready {mb(report.rss_ready_mb)}, start {mb(report.rss_start_mb)}, "
           f"end {mb(report.rss_end_mb)}, growth {growth}   "
           f"[target < {TARGETS['rss_growth_mb']:g} MB: {verdict[met['rss_growth_mb']]}]")
+    server_cores = "n/a" if report.server_cpu_cores is None else f"{report.server_cpu_cores:.2f}"
+    print(f"CPU cores used  server {server_cores}, load-test clients {report.client_cpu_cores}")
     if report.server_alive is not None:
         print(f"server alive    {'yes' if report.server_alive else 'NO'}")
 

@@ -41,22 +41,6 @@ def test_batching_does_not_change_results(predictor: Predictor, fixture_paths: l
         assert all(abs(a[k] - b[k]) < 1e-4 for k in a)
 
 
-def test_parallel_torch_lanes_give_the_same_results_in_order(fixture_paths: list[Path]) -> None:
-    import torch
-
-    serial = Predictor.load(backend="torch", threads=1)
-    size = serial.spec.image_size
-    pixels = np.stack([np.asarray(Image.open(p).convert("L").resize((size, size)))
-                       for p in fixture_paths])  # 20 images: 3 chunks of 8
-    parallel = Predictor.load(backend="torch", threads=2)
-    expected = serial.forward(pixels)
-    got = parallel.forward(pixels)
-    assert serial._lanes is None and parallel._lanes is not None
-    for a, b in zip(expected, got, strict=True):
-        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
-    assert torch.get_num_threads() == 2  # the lanes' one-thread setting stays in the lanes
-
-
 @pytest.fixture
 def bad_inputs(tmp_path: Path, fixture_paths: list[Path]) -> dict[str, Path]:
     files = {

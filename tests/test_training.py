@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import lightning as L
 import numpy as np
+import pytest
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
 from PIL import Image
@@ -161,6 +163,10 @@ def test_calibrate_can_serve_a_model_at_another_input_size(dataset: Path, tmp_pa
     for a, b in zip(torch_results, onnx_results, strict=True):
         assert all(abs(a.probabilities[k] - b.probabilities[k]) < 1e-3 for k in a.probabilities)
     assert [r.probabilities for r in onnx_results] != [r.probabilities for r in at_96]
+    # A model.onnx of the old size beside the weights is refused, not run at the wrong size.
+    shutil.copy(next((tmp_path / "cache").glob("*-96px-*.onnx")), out / "model.onnx")
+    with pytest.raises(ValueError, match="re-export"):
+        Predictor.load(out, backend="onnx")
     assert main(["calibrate", str(out), str(dataset), "--image-size", "8"]) == 2
     assert "between 32 and 1024" in capsys.readouterr().err
     assert main(["calibrate", str(tmp_path), str(dataset)]) == 2

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,16 +75,12 @@ class Predictor:
     """
 
     def __init__(self, card: ModelCard, backend: str, network: Any,
-                 guard: OODGuard | None = None, model_dir: Path | None = None,
-                 threads: int = 1) -> None:
+                 guard: OODGuard | None = None, model_dir: Path | None = None) -> None:
         self.card = card
         self.backend = backend
         self.network = network  # torch: InferenceGraph; onnx: onnxruntime.InferenceSession
         self.guard = guard
         self.model_dir = model_dir
-        self.threads = threads
-        self._lanes: Any = None  # torch: thread pool of single-threaded lanes, made on demand
-        self._lanes_lock = threading.Lock()
         self.spec = PreprocessSpec.from_card(card)
         self.class_names = list(card.class_names)
         self.disclaimer = DISCLAIMER
@@ -108,14 +103,15 @@ class Predictor:
             guard = OODGuard.from_tensors(_read_extras(directory), card.ood_threshold)
             path = ensure_onnx_file(directory, card)
             session = _onnx_session(path, threads)
-            if session.get_inputs()[0].shape[2:] != [card.image_size] * 2:
-                raise ValueError(f"{path} takes {session.get_inputs()[0].shape[2:]} pixels but "
-                                 f"the card says {card.image_size}; re-export it with "
-                                 "mri-tumor export")
+            height_width = session.get_inputs()[0].shape[2:]
+            if all(isinstance(d, int) for d in height_width) and height_width != [
+                    card.image_size] * 2:
+                raise ValueError(f"{path} takes {height_width} pixels but the card says "
+                                 f"{card.image_size}; re-export it with mri-tumor export")
             if guard is not None and "ood_score" not in [o.name for o in session.get_outputs()]:
                 raise ValueError(f"{path} has no ood_score output but the model has an "
                                  "out-of-distribution guard; re-export it with mri-tumor export")
-            return cls(card, "onnx", session, guard, directory, threads)
+            return cls(card, "onnx", session, guard, directory)
         import torch
 
         from mri_tumor.export import InferenceGraph
@@ -125,7 +121,7 @@ class Predictor:
         model, card, extras = load_model(directory)
         guard = OODGuard.from_tensors(extras, card.ood_threshold)
         model = fuse_batch_norm(model).to(memory_format=torch.channels_last)
-        return cls(card, "torch", InferenceGraph(model, guard).eval(), guard, directory, threads)
+        return cls(card, "torch", InferenceGraph(model, guard).eval(), guard, directory)
 
     # -- the pipeline: inputs -> frames -> pixels -> (logits, features) -> results -----------
     def predict(self, inputs: Sequence[ImageSource], names: Sequence[str] | None = None,
@@ -168,36 +164,12 @@ class Predictor:
 
     def forward(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """uint8 (B, H, W) pixels -> logits, pooled features and out-of-distribution scores
-        (NaN without a guard), as numpy arrays.
-
-        The pixels go through the network in chunks of ``NETWORK_BATCH``. With torch, several
-        chunks run side by side, one single-threaded lane per thread: on 2 cores that gave
-        30-60% more images/s than one chunk at a time on 2 threads, while a lone chunk (one
-        image, say) still gets every thread, for latency. (ONNX Runtime gained 0-15% that way
-        for 240 MB more memory, so it runs one chunk at a time on all threads.)
-        """
-        chunks = [pixels[start:start + NETWORK_BATCH]
-                  for start in range(0, len(pixels), NETWORK_BATCH)]
-        if self.backend == "torch" and len(chunks) > 1 and self.threads > 1:
-            parts = list(self._lane_pool().map(self._forward_chunk, chunks))
-        else:
-            parts = [self._forward_chunk(chunk) for chunk in chunks]
+        (NaN without a guard), as numpy arrays."""
+        parts = [self._forward_chunk(pixels[start:start + NETWORK_BATCH])
+                 for start in range(0, len(pixels), NETWORK_BATCH)]
         logits, features, scores = (np.concatenate(column) for column in zip(*parts,
                                                                               strict=True))
         return logits, features, scores
-
-    def _lane_pool(self) -> Any:
-        """The torch lanes' thread pool, made on first use. Torch's thread count is OpenMP's,
-        which is per thread: setting it to one in a lane leaves the caller's threads alone."""
-        with self._lanes_lock:
-            if self._lanes is None:
-                from concurrent.futures import ThreadPoolExecutor
-
-                import torch
-
-                self._lanes = ThreadPoolExecutor(self.threads, thread_name_prefix="mri-tumor-lane",
-                                                 initializer=torch.set_num_threads, initargs=(1,))
-            return self._lanes
 
     def _forward_chunk(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         batch = normalize_array(pixels, self.spec)
