@@ -61,11 +61,11 @@ def main() -> None:
     args = parser.parse_args()
 
     predictor = Predictor.load(args.model, backend="onnx")
-    assert predictor.guard is not None, "this model has no out-of-distribution guard"
+    assert predictor.ood_threshold is not None, "this model has no out-of-distribution guard"
     split = (args.model or predictor.model_dir) / predictor.card.training.get(
         "split_file", "split.csv")
     scores = mri_scores(predictor, args.data, split)
-    shipped = float((scores > predictor.guard.threshold).mean())
+    shipped = float((scores > predictor.ood_threshold).mean())
 
     per_category: dict[str, list[bool]] = defaultdict(list)
     missed: list[str] = []

@@ -151,7 +151,7 @@ def score_folder(predictor: Predictor, scan: FolderScan, batch_size: int = 64,
             return
         batch_logits, scores = _forward(predictor, np.stack(batch), tta)
         logits.append(batch_logits)
-        if predictor.guard is not None:
+        if predictor.ood_threshold is not None:
             ood.append(scores)
         batch.clear()
 
@@ -380,10 +380,10 @@ class Evaluation:
     @property
     def rejected(self) -> int | None:
         """How many images the OOD guard would reject (None: the model has no guard)."""
-        guard = self.predictor.guard
-        if guard is None or self.scored.ood_scores is None:
+        threshold = self.predictor.ood_threshold
+        if threshold is None or self.scored.ood_scores is None:
             return None
-        return int((self.scored.ood_scores > guard.threshold).sum())
+        return int((self.scored.ood_scores > threshold).sum())
 
     @property
     def leaked(self) -> np.ndarray | None:

@@ -75,11 +75,14 @@ class Predictor:
     """
 
     def __init__(self, card: ModelCard, backend: str, network: Any,
-                 guard: OODGuard | None = None, model_dir: Path | None = None) -> None:
+                 guard: OODGuard | None = None, model_dir: Path | None = None,
+                 ood_threshold: float | None = None) -> None:
         self.card = card
         self.backend = backend
         self.network = network  # torch: InferenceGraph; onnx: onnxruntime.InferenceSession
-        self.guard = guard
+        self.guard = guard  # torch only: the ONNX graph computes the score itself
+        # Scores above this are rejected as not a brain MRI (None: the model has no guard).
+        self.ood_threshold = guard.threshold if guard is not None else ood_threshold
         self.model_dir = model_dir
         self.spec = PreprocessSpec.from_card(card)
         self.class_names = list(card.class_names)
@@ -100,7 +103,6 @@ class Predictor:
         threads = threads or min(4, len(os.sched_getaffinity(0)))
         if backend == "onnx":
             card = ModelCard.load(directory)
-            guard = OODGuard.from_tensors(_read_extras(directory), card.ood_threshold)
             path = ensure_onnx_file(directory, card)
             session = _onnx_session(path, threads)
             height_width = session.get_inputs()[0].shape[2:]
@@ -108,10 +110,12 @@ class Predictor:
                     card.image_size] * 2:
                 raise ValueError(f"{path} takes {height_width} pixels but the card says "
                                  f"{card.image_size}; re-export it with mri-tumor export")
-            if guard is not None and "ood_score" not in [o.name for o in session.get_outputs()]:
+            has_score = "ood_score" in [o.name for o in session.get_outputs()]
+            if card.ood_threshold is not None and not has_score:
                 raise ValueError(f"{path} has no ood_score output but the model has an "
                                  "out-of-distribution guard; re-export it with mri-tumor export")
-            return cls(card, "onnx", session, guard, directory)
+            return cls(card, "onnx", session, None, directory,
+                       ood_threshold=card.ood_threshold if has_score else None)
         import torch
 
         from mri_tumor.export import InferenceGraph
@@ -189,7 +193,7 @@ class Predictor:
     def _result(self, frame: Frame, probs: np.ndarray, score: float) -> Prediction:
         common = {"path": frame.name, "series": frame.series, "instance": frame.instance,
                   "ood_score": None if np.isnan(score) else round(score, 4)}
-        if self.guard is not None and score > self.guard.threshold:
+        if self.ood_threshold is not None and score > self.ood_threshold:
             return Prediction(status=REJECTED, message=NOT_MRI_MESSAGE, **common)
         index = int(np.argmax(probs))
         confidence = float(probs[index])
@@ -202,15 +206,6 @@ class Predictor:
             probabilities={n: round(float(p), 4) for n, p in zip(self.class_names, probs,
                                                                   strict=True)},
             message=message, **common)
-
-
-def _read_extras(directory: Path) -> dict[str, np.ndarray]:
-    """The ``extra.`` tensors stored beside the weights, read with numpy (no torch)."""
-    from safetensors import safe_open
-
-    with safe_open(str(directory / WEIGHTS_FILE), framework="numpy") as weights:
-        return {key.removeprefix("extra."): weights.get_tensor(key)
-                for key in weights.keys() if key.startswith("extra.")}  # noqa: SIM118
 
 
 def _cache_dir() -> Path:

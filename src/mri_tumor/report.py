@@ -415,7 +415,7 @@ def _write_predictions(evaluation: Evaluation, path: Path) -> None:
         writer.writerow([*PREDICTION_COLUMNS_START, *(f"p_{n}" for n in names), "ood_score",
                          "ood_rejected", "training_duplicate"])
         scores = evaluation.scored.ood_scores
-        guard = evaluation.predictor.guard
+        threshold = evaluation.predictor.ood_threshold
         for i, relative in enumerate(evaluation.scored.relative_paths):
             true_label, label = names[evaluation.scored.labels[i]], names[predicted[i]]
             duplicate = ""
@@ -426,8 +426,8 @@ def _write_predictions(evaluation: Evaluation, path: Path) -> None:
                              "yes" if true_label == label else "no",
                              *(f"{p:.4f}" for p in probabilities[i]),
                              "" if scores is None else f"{scores[i]:.4f}",
-                             "" if scores is None or guard is None
-                             else "yes" if scores[i] > guard.threshold else "no", duplicate])
+                             "" if scores is None or threshold is None
+                             else "yes" if scores[i] > threshold else "no", duplicate])
 
 
 def write_report(evaluation: Evaluation, out: Path) -> Path:
