@@ -39,8 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.set_num_threads(2)
     model, card, _ = load_model(args.model)
-    rows = [r for r in read_split_csv(args.model / card.training.get("split_file", "split.csv"))
-            if r.split == "val"]
+    rows = [r for r in read_split_csv(card.split_path(args.model)) if r.split == "val"]
     halves = np.array([r.group % 2 for r in rows])
     wrong: dict[int, np.ndarray] = {}
     print(f"{len(rows)} validation images; halves of {(halves == 0).sum()} and "

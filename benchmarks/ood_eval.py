@@ -62,9 +62,7 @@ def main() -> None:
 
     predictor = Predictor.load(args.model, backend="onnx")
     assert predictor.ood_threshold is not None, "this model has no out-of-distribution guard"
-    split = (args.model or predictor.model_dir) / predictor.card.training.get(
-        "split_file", "split.csv")
-    scores = mri_scores(predictor, args.data, split)
+    scores = mri_scores(predictor, args.data, predictor.card.split_path(predictor.model_dir))
     shipped = float((scores > predictor.ood_threshold).mean())
 
     per_category: dict[str, list[bool]] = defaultdict(list)

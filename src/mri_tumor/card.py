@@ -56,6 +56,10 @@ class ModelCard:
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         return path
 
+    def split_path(self, directory: Path) -> Path:
+        """The split CSV this model was trained on, in its model folder ``directory``."""
+        return Path(directory) / self.training.get("split_file", "split.csv")
+
     @classmethod
     def load(cls, directory: Path) -> ModelCard:
         """Read ``card.json`` from a model directory; unknown keys are ignored."""

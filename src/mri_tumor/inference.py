@@ -105,9 +105,9 @@ class Predictor:
             card = ModelCard.load(directory)
             path = ensure_onnx_file(directory, card)
             session = _onnx_session(path, threads)
-            height_width = session.get_inputs()[0].shape[2:]
-            if all(isinstance(d, int) for d in height_width) and height_width != [
-                    card.image_size] * 2:
+            height_width = session.get_inputs()[0].shape[2:]  # names when dynamic
+            fixed_size = all(isinstance(d, int) for d in height_width)
+            if fixed_size and height_width != [card.image_size, card.image_size]:
                 raise ValueError(f"{path} takes {height_width} pixels but the card says "
                                  f"{card.image_size}; re-export it with mri-tumor export")
             has_score = "ood_score" in [o.name for o in session.get_outputs()]

@@ -417,7 +417,7 @@ def refit(model_dir: Path, data_dir: Path, image_size: int | None = None) -> Mod
     if image_size is not None and image_size != card.image_size:
         card.training.setdefault("image_size", card.image_size)
         card.image_size = image_size
-    rows = read_split_csv(model_dir / card.training.get("split_file", "split.csv"))
+    rows = read_split_csv(card.split_path(model_dir))
     train_pixels, train_labels = load_pixels(data_dir, [r for r in rows if r.split == "train"],
                                              card.image_size)
     val_pixels, val_labels = load_pixels(data_dir, [r for r in rows if r.split == "val"],
