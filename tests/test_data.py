@@ -21,6 +21,7 @@ from mri_tumor.data import (
     scan_folder,
     to_model_pixels,
 )
+from mri_tumor.data.augment import AugmentConfig, augment_batch
 from mri_tumor.data.preprocess import preprocess
 from mri_tumor.data.splitting import (
     duplicate_groups,
@@ -200,3 +201,32 @@ def test_mirrored_hash_links_flipped_copies() -> None:
     mirrored[2] = hashes[0]  # image 2 is image 0 flipped
     groups = duplicate_groups(hashes, mirrored)
     assert groups[0] == groups[2] != groups[1]
+
+
+def _smooth_batch(n: int = 64, size: int = 32) -> torch.Tensor:
+    """Distinct, smooth test images in [0, 1]: a bright disc at a different place in each."""
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    centres = torch.linspace(8, size - 8, n)
+    discs = [((xx - c) ** 2 + (yy - size / 2) ** 2 < 36).float() for c in centres]
+    return torch.stack(discs).unsqueeze(1) * 0.8 + 0.1
+
+
+def test_augmentation_transforms_every_image_and_keeps_the_range() -> None:
+    torch.manual_seed(0)
+    pixels = _smooth_batch()
+    out = augment_batch(pixels, AugmentConfig())
+    assert out.shape == pixels.shape
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    changed = (out - pixels).abs().amax(dim=(1, 2, 3)) > 1e-3
+    assert changed.all()
+
+
+def test_augmentation_probability_leaves_the_other_images_untouched() -> None:
+    pixels = _smooth_batch()
+    torch.manual_seed(0)
+    assert torch.equal(augment_batch(pixels, AugmentConfig(probability=0.0)), pixels)
+    torch.manual_seed(0)
+    out = augment_batch(pixels, AugmentConfig(probability=0.5))
+    untouched = (out == pixels).flatten(1).all(dim=1)
+    # 64 images at one half each: both kinds occur unless the generator is broken.
+    assert 10 < int(untouched.sum()) < 54

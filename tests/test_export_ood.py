@@ -14,7 +14,7 @@ from PIL import Image
 from mri_tumor import Predictor
 from mri_tumor.cli import main
 from mri_tumor.data.preprocess import to_model_pixels
-from mri_tumor.data.reading import Frame
+from mri_tumor.data.reading import Frame, read_image
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 
@@ -59,8 +59,8 @@ def test_export_command_fp32_and_int8(torch_predictor: Predictor, fixture_paths:
     assert main(["export", str(int8), "--quantize", "int8"]) == 0
     assert main(["export", str(fp32)]) == 2  # refuses to overwrite without --force
     size = torch_predictor.spec.image_size
-    pixels = np.stack([np.asarray(Image.open(p).convert("L").resize((size, size)))
-                       for p in fixture_paths])
+    # The product's own decoding and resize: what a user's image becomes.
+    pixels = np.stack([to_model_pixels(read_image(p), size) for p in fixture_paths])
     import torch
 
     from mri_tumor.data.preprocess import normalize

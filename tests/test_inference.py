@@ -119,3 +119,13 @@ def test_cli_usage_errors_exit_2(capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["predict", "--backend", "tensorflow", "x.jpg"])
     assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize("grey", [0, 40, 128, 255])
+def test_blank_images_are_rejected_with_their_own_message(predictor: Predictor,
+                                                          grey: int) -> None:
+    blank = np.full((300, 300), grey, dtype=np.uint8)
+    blank[0, 0] = 255 - grey  # one odd pixel (e.g. a burnt-in mark) keeps it blank
+    result = predictor.predict([blank], names=["blank"])[0]
+    assert result.status == "rejected" and result.label is None, result
+    assert "blank" in result.message and "does not look like a brain MRI" in result.message

@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from mri_tumor.models import create_model
+from mri_tumor.card import ModelCard
+from mri_tumor.models import (
+    HALF_PRECISION_MIN_ELEMENTS,
+    create_model,
+    load_model,
+    save_weights,
+)
 from mri_tumor.models.efficientnet_lite import imagenet_checkpoint_path
 
 
@@ -80,3 +86,21 @@ def test_vgg_refuses_a_checkpoint_of_the_other_layout(tmp_path: Path) -> None:
     torch.save(_random_torchvision_checkpoint(batch_norm=True), path)
     with pytest.raises(ValueError, match="not a torchvision VGG16 checkpoint"):
         create_model("vgg16", init_weights=path)
+
+
+def test_fp16_weights_keep_small_tensors_exact(tmp_path: Path) -> None:
+    model = create_model("efficientnet_lite0", pretrained=False).eval()
+    ModelCard(architecture="efficientnet_lite0", class_names=["a", "b", "c", "d"],
+              image_size=64, mean=[0.5] * 3, std=[0.5] * 3).save(tmp_path)
+    path = save_weights(model, tmp_path, half=True)
+    assert path.stat().st_size < 0.55 * sum(
+        v.numel() * 4 for v in model.state_dict().values() if v.is_floating_point())
+    loaded, _, _ = load_model(tmp_path)
+    original, reloaded = model.state_dict(), loaded.state_dict()
+    for key, value in original.items():
+        if not value.is_floating_point():
+            continue
+        if value.numel() < HALF_PRECISION_MIN_ELEMENTS:
+            assert torch.equal(reloaded[key], value), key
+        else:
+            assert torch.equal(reloaded[key], value.half().float()), key

@@ -70,6 +70,8 @@ def test_bad_training_arguments_exit_2_with_a_message(dataset: Path, tmp_path: P
     for option in ("--max-minutes", "--early-stop-patience"):
         assert main(["train", str(dataset), option, "0"]) == 2
         assert "must be positive" in capsys.readouterr().err
+    assert main(["train", str(dataset), "--augment-probability", "1.5"]) == 2
+    assert "between 0 and 1" in capsys.readouterr().err
 
 
 def test_max_minutes_stops_training_and_still_exports(dataset: Path, tmp_path: Path) -> None:

@@ -44,6 +44,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="fraction (<=1) or number (>1) of training batches per epoch")
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
     p.add_argument("--rotation", type=float, default=40.0, help="max rotation, degrees")
+    p.add_argument("--augment-probability", type=float, default=1.0,
+                   help="share of training images augmented; the rest are used as they are")
     p.add_argument("--fp32-weights", action="store_true", help="never store weights in fp16")
 
 
@@ -68,8 +70,10 @@ def _run_train(args: argparse.Namespace) -> int:
                                                 and args.max_minutes <= 0)):
         raise UsageError("--epochs, --batch-size, --devices, --lr, --early-stop-patience and "
                          "--max-minutes must be positive")
+    if not 0 <= args.augment_probability <= 1:
+        raise UsageError("--augment-probability must be between 0 and 1")
     augment = (AugmentConfig(0, 0, 0, 0, False, 0, 0) if args.no_augment
-               else AugmentConfig(rotation=args.rotation))
+               else AugmentConfig(rotation=args.rotation, probability=args.augment_probability))
     max_batches = args.max_train_batches
     config = TrainConfig(
         data_dir=args.data_dir, arch=args.arch, out=args.out or Path("runs") / args.arch,

@@ -42,6 +42,12 @@ NETWORK_BATCH = 8
 OK, REJECTED, ERROR = "ok", "rejected", "error"
 RESULT_KEYS = ("path", "status", "label", "confidence", "probabilities", "ood_score", "message")
 NOT_MRI_MESSAGE = "This does not look like a brain MRI slice; no tumour class is given."
+BLANK_MESSAGE = ("This image is blank (almost one grey level), so it does not look like a brain "
+                 "MRI slice; no tumour class is given.")
+# Frames whose pixels, at the model's input size, vary less than this (standard deviation in
+# 8-bit grey levels) are blank: a network can still give them a confident class, and the
+# feature-space guard alone let a uniform grey image through. Brain slices vary by tens.
+BLANK_MAX_STD = 2.0
 
 
 @dataclass
@@ -163,8 +169,10 @@ class Predictor:
         pixels = np.stack([to_model_pixels(f.image, self.spec.image_size) for f in frames])
         logits, _, scores = self.forward(pixels)
         probabilities = softmax(logits, self.card.temperature)
-        return [self._result(frame, probs, float(score))
-                for frame, probs, score in zip(frames, probabilities, scores, strict=True)]
+        blank = pixels.reshape(len(pixels), -1).std(axis=1) < BLANK_MAX_STD
+        return [self._result(frame, probs, float(score), bool(is_blank))
+                for frame, probs, score, is_blank in zip(frames, probabilities, scores, blank,
+                                                         strict=True)]
 
     def forward(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """uint8 (B, H, W) pixels -> logits, pooled features and out-of-distribution scores
@@ -190,9 +198,12 @@ class Predictor:
         logits, features, scores = outputs
         return logits, features, scores.astype(np.float64)
 
-    def _result(self, frame: Frame, probs: np.ndarray, score: float) -> Prediction:
+    def _result(self, frame: Frame, probs: np.ndarray, score: float,
+                blank: bool = False) -> Prediction:
         common = {"path": frame.name, "series": frame.series, "instance": frame.instance,
                   "ood_score": None if np.isnan(score) else round(score, 4)}
+        if blank:
+            return Prediction(status=REJECTED, message=BLANK_MESSAGE, **common)
         if self.ood_threshold is not None and score > self.ood_threshold:
             return Prediction(status=REJECTED, message=NOT_MRI_MESSAGE, **common)
         index = int(np.argmax(probs))

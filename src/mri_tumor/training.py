@@ -46,7 +46,7 @@ from mri_tumor.data.splitting import (
     write_split_csv,
 )
 from mri_tumor.metrics import accuracy, expected_calibration_error, macro_f1
-from mri_tumor.models import ARCHITECTURES, create_model, save_weights
+from mri_tumor.models import ARCHITECTURES, create_model, half_precision_state, save_weights
 from mri_tumor.ood import OODGuard, fit_guard
 
 
@@ -387,7 +387,9 @@ def finalize(model: torch.nn.Module, card: ModelCard, train_pixels: torch.Tensor
     }
     extra = guard.to_tensors()
     if half:
-        half_model = copy.deepcopy(model).half().float()
+        half_model = copy.deepcopy(model)
+        half_model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                                    for k, v in half_precision_state(model).items()})
         half_logits, half_features = predict_outputs(half_model, val_pixels, spec)
         half_guard = OODGuard(guard.class_means.astype(np.float16).astype(np.float32),
                               guard.whitening.astype(np.float16).astype(np.float32),

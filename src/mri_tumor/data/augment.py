@@ -20,6 +20,9 @@ class AugmentConfig:
     horizontal_flip: bool = True
     brightness: float = 0.1  # added to [0, 1] pixels, uniform in [-b, b]
     contrast: float = 0.1  # multiplied around the image mean, uniform in [1 - c, 1 + c]
+    # Share of the images in a batch that are transformed; the rest pass through unchanged,
+    # so the network also sees images as they arrive at inference (never resampled).
+    probability: float = 1.0
 
     def to_dict(self) -> dict[str, float | bool]:
         return asdict(self)
@@ -52,7 +55,10 @@ def random_affine_matrices(n: int, config: AugmentConfig, device: torch.device) 
 
 
 def augment_batch(pixels: torch.Tensor, config: AugmentConfig) -> torch.Tensor:
-    """Randomly transform a (B, 1, H, W) float batch in [0, 1]; outside pixels become black."""
+    """Randomly transform a (B, 1, H, W) float batch in [0, 1]; outside pixels become black.
+
+    Each image is transformed with ``config.probability`` and otherwise returned as it is.
+    """
     n = pixels.shape[0]
     theta = random_affine_matrices(n, config, pixels.device).to(pixels.dtype)
     grid = F.affine_grid(theta, list(pixels.shape), align_corners=False)
@@ -63,4 +69,8 @@ def augment_batch(pixels: torch.Tensor, config: AugmentConfig) -> torch.Tensor:
         out = (out - mean) * factor + mean
     if config.brightness > 0:
         out = out + _uniform(n, config.brightness, pixels.device).view(n, 1, 1, 1)
-    return out.clamp(0.0, 1.0)
+    out = out.clamp(0.0, 1.0)
+    if config.probability < 1:
+        untouched = torch.rand(n, 1, 1, 1, device=pixels.device) >= config.probability
+        out = torch.where(untouched, pixels, out)
+    return out
