@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mri_tumor import Predictor
 from mri_tumor.card import SHIPPED_MODEL_DIR, ModelCard
 from mri_tumor.inference import NETWORK_BATCH, ensure_onnx_file
 
@@ -43,13 +44,9 @@ def timings(run: Callable[[np.ndarray], object], size: int) -> tuple[float, floa
     return statistics.median(single) * 1000, throughput
 
 
-def onnxruntime_runner(path: Path, threads: int) -> Callable[[np.ndarray], object]:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+def onnxruntime_runner(model_dir: Path, threads: int) -> Callable[[np.ndarray], object]:
+    """The ONNX Runtime session of the predictor's ONNX backend, with its settings."""
+    session = Predictor.load(model_dir, backend="onnx", threads=threads).network
     return lambda x: session.run(None, {"pixels": x})
 
 
@@ -80,7 +77,7 @@ def main() -> None:
     args = parser.parse_args()
     card = ModelCard.load(args.model)
     path = ensure_onnx_file(args.model, card)
-    runners = {"ONNX Runtime": onnxruntime_runner(path, args.threads)}
+    runners = {"ONNX Runtime": onnxruntime_runner(args.model, args.threads)}
     try:
         runners.update(openvino_runners(path, args.threads, card.image_size))
     except ImportError:

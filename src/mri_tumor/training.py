@@ -388,8 +388,7 @@ def finalize(model: torch.nn.Module, card: ModelCard, train_pixels: torch.Tensor
     extra = guard.to_tensors()
     if half:
         half_model = copy.deepcopy(model)
-        half_model.load_state_dict({k: v.float() if v.is_floating_point() else v
-                                    for k, v in half_precision_state(model).items()})
+        half_model.load_state_dict(half_precision_state(model))  # copied back into fp32
         half_logits, half_features = predict_outputs(half_model, val_pixels, spec)
         half_guard = OODGuard(guard.class_means.astype(np.float16).astype(np.float32),
                               guard.whitening.astype(np.float16).astype(np.float32),
