@@ -53,6 +53,26 @@ def test_two_step_run_writes_a_model_that_loads_and_predicts(dataset: Path, tmp_
     assert [r.probabilities for r in again] == [r.probabilities for r in results]
 
 
+def test_training_never_replaces_a_trained_model_unless_forced(dataset: Path, tmp_path: Path,
+                                                               capsys) -> None:
+    out = tmp_path / "run"
+    args = ["train", str(dataset), "--out", str(out), "--arch", "vgg16", "--image-size", "32",
+            "--batch-size", "4", "--epochs", "1", "--max-train-batches", "1"]
+    assert main(args) == 0
+    weights = (out / "model.safetensors").read_bytes()
+    card = (out / "card.json").read_text()
+    assert main([*args, "--seed", "3"]) == 2
+    assert "already holds a trained model" in capsys.readouterr().err
+    assert (out / "model.safetensors").read_bytes() == weights
+    assert (out / "card.json").read_text() == card
+    assert main([*args, "--seed", "3", "--force"]) == 0
+    assert json.loads((out / "card.json").read_text())["training"]["seed"] == 3
+    (tmp_path / "a-file").write_text("keep me")
+    assert main(["train", str(dataset), "--out", str(tmp_path / "a-file")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert (tmp_path / "a-file").read_text() == "keep me"
+
+
 def test_training_reuses_a_split_file(dataset: Path, tmp_path: Path) -> None:
     first, second = tmp_path / "a", tmp_path / "b"
     assert main(["train", str(dataset), "--out", str(first), *TINY]) == 0

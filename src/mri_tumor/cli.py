@@ -47,6 +47,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--augment-probability", type=float, default=1.0,
                    help="share of training images augmented; the rest are used as they are")
     p.add_argument("--fp32-weights", action="store_true", help="never store weights in fp16")
+    p.add_argument("--force", action="store_true",
+                   help="replace the trained model already in the --out folder")
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -72,11 +74,17 @@ def _run_train(args: argparse.Namespace) -> int:
                          "--max-minutes must be positive")
     if not 0 <= args.augment_probability <= 1:
         raise UsageError("--augment-probability must be between 0 and 1")
+    out = args.out or Path("runs") / args.arch
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: is a file, not a folder")
+    if (out / "card.json").is_file() and args.resume is None and not args.force:
+        raise UsageError(f"{out} already holds a trained model; choose another --out, "
+                         "or pass --force to replace it")
     augment = (AugmentConfig(0, 0, 0, 0, False, 0, 0) if args.no_augment
                else AugmentConfig(rotation=args.rotation, probability=args.augment_probability))
     max_batches = args.max_train_batches
     config = TrainConfig(
-        data_dir=args.data_dir, arch=args.arch, out=args.out or Path("runs") / args.arch,
+        data_dir=args.data_dir, arch=args.arch, out=out,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, seed=args.seed, image_size=args.image_size,
         devices=args.devices, resume=args.resume, init_weights=args.init_weights,
