@@ -121,6 +121,40 @@ def test_cli_usage_errors_exit_2(capsys) -> None:
     assert exit_info.value.code == 2
 
 
+def test_a_broken_model_folder_is_named_with_what_is_wrong(tmp_path: Path, capsys,
+                                                          monkeypatch) -> None:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from mri_tumor.card import SHIPPED_MODEL_DIR
+
+    monkeypatch.setenv("MRI_TUMOR_CACHE", str(tmp_path / "cache"))
+    sample = str(SHIPPED_MODEL_DIR.parent.parent / "samples" / "glioma.jpg")
+    model = tmp_path / "model"
+    model.mkdir()
+
+    def predict_error(backend: str = "torch") -> str:
+        assert main(["predict", sample, "--model", str(model), "--backend", backend]) == 2
+        return capsys.readouterr().err
+
+    (model / "card.json").write_text("{not json")
+    assert "card.json: not a valid model card" in predict_error()
+    (model / "card.json").write_text('{"architecture": "efficientnet_lite0"}')
+    assert "missing class_names, image_size, mean, std" in predict_error()
+    (model / "card.json").write_text((SHIPPED_MODEL_DIR / "card.json").read_text())
+    for backend in ("torch", "onnx"):
+        assert "no weights at" in predict_error(backend)
+    (model / "model.safetensors").write_text("not weights")
+    for backend in ("torch", "onnx"):
+        assert "not a readable safetensors file" in predict_error(backend)
+    tensors = load_file(str(SHIPPED_MODEL_DIR / "model.safetensors"))
+    tensors["_fc.weight"] = torch.zeros(5, tensors["_fc.weight"].shape[1])  # a 5-class head
+    save_file(tensors, str(model / "model.safetensors"))
+    error = predict_error()
+    assert "do not fit the model card.json describes" in error and "_fc.weight" in error
+    assert "Traceback" not in error
+
+
 @pytest.mark.parametrize("grey", [0, 40, 128, 255])
 def test_blank_images_are_rejected_with_their_own_message(predictor: Predictor,
                                                           grey: int) -> None:

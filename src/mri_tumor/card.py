@@ -8,7 +8,7 @@ its parameters from here instead of hard-coding them.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,15 @@ class ModelCard:
         if not path.is_file():
             raise FileNotFoundError(f"no model card at {path}: is {directory} a model folder "
                                     f"(it should hold {CARD_FILE} and {WEIGHTS_FILE})?")
-        raw = json.loads(path.read_text())
+        try:
+            raw = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"{path}: not a valid model card ({error})") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: not a valid model card (expected a JSON object)")
+        required = {f.name for f in fields(cls) if f.default is MISSING
+                    and f.default_factory is MISSING}
+        if missing := sorted(required - raw.keys()):
+            raise ValueError(f"{path}: not a valid model card (missing {', '.join(missing)})")
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in known})

@@ -232,7 +232,10 @@ def ensure_onnx_file(model_dir: Path, card: ModelCard) -> Path:
     path = model_dir / ONNX_FILE
     if path.is_file():
         return path
-    digest = hashlib.sha256((model_dir / WEIGHTS_FILE).read_bytes()).hexdigest()[:16]
+    weights = model_dir / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"no weights at {weights}")
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
     path = _cache_dir() / (f"{card.architecture}-{card.image_size}px-{digest}"
                            f"-v{ONNX_GRAPH_VERSION}.onnx")
     if path.is_file():

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -129,11 +130,22 @@ def load_model(directory: str | Path) -> tuple[nn.Module, ModelCard, dict[str, t
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise FileNotFoundError(f"no weights at {weights}")
-    tensors = load_file(str(weights))
+    try:
+        tensors = load_file(str(weights))
+    except SafetensorError as error:
+        raise ValueError(f"{weights}: not a readable safetensors file ({error})") from None
     model = create_model(card.architecture, num_classes=len(card.class_names), pretrained=False)
     state = {k: v.float() if v.is_floating_point() else v
              for k, v in tensors.items() if not k.startswith("extra.")}
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:  # its message lists every key: name the first problem only
+        lines = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
+        reason = lines[0] if lines else str(error)
+        reason = reason if len(reason) <= 160 else reason[:160] + "..."
+        raise ValueError(f"{weights}: these weights do not fit the model card.json describes "
+                         f"({card.architecture}, {len(card.class_names)} classes): "
+                         f"{reason}") from None
     extras = {k.removeprefix("extra."): v.float() for k, v in tensors.items()
               if k.startswith("extra.")}
     return model.eval(), card, extras
