@@ -121,15 +121,15 @@ def test_cli_usage_errors_exit_2(capsys) -> None:
     assert exit_info.value.code == 2
 
 
-def test_a_broken_model_folder_is_named_with_what_is_wrong(tmp_path: Path, capsys,
-                                                          monkeypatch) -> None:
+def test_a_broken_model_folder_is_named_with_what_is_wrong(tmp_path: Path, capsys, monkeypatch,
+                                                          fixture_paths: list[Path]) -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
     from mri_tumor.card import SHIPPED_MODEL_DIR
 
     monkeypatch.setenv("MRI_TUMOR_CACHE", str(tmp_path / "cache"))
-    sample = str(SHIPPED_MODEL_DIR.parent.parent / "samples" / "glioma.jpg")
+    sample = str(fixture_paths[0])
     model = tmp_path / "model"
     model.mkdir()
 

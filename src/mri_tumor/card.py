@@ -56,6 +56,14 @@ class ModelCard:
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         return path
 
+    @staticmethod
+    def weights_path(directory: Path) -> Path:
+        """``model.safetensors`` in a model folder; FileNotFoundError if it is not there."""
+        path = Path(directory) / WEIGHTS_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"no weights at {path}")
+        return path
+
     def split_path(self, directory: Path) -> Path:
         """The split CSV this model was trained on, in its model folder ``directory``."""
         return Path(directory) / self.training.get("split_file", "split.csv")

@@ -27,7 +27,6 @@ from mri_tumor.card import (
     ONNX_FILE,
     ONNX_GRAPH_VERSION,
     SHIPPED_MODEL_DIR,
-    WEIGHTS_FILE,
     ModelCard,
 )
 from mri_tumor.data.folders import DISPLAY_NAMES
@@ -232,10 +231,7 @@ def ensure_onnx_file(model_dir: Path, card: ModelCard) -> Path:
     path = model_dir / ONNX_FILE
     if path.is_file():
         return path
-    weights = model_dir / WEIGHTS_FILE
-    if not weights.is_file():
-        raise FileNotFoundError(f"no weights at {weights}")
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    digest = hashlib.sha256(ModelCard.weights_path(model_dir).read_bytes()).hexdigest()[:16]
     path = _cache_dir() / (f"{card.architecture}-{card.image_size}px-{digest}"
                            f"-v{ONNX_GRAPH_VERSION}.onnx")
     if path.is_file():

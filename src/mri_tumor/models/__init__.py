@@ -127,9 +127,7 @@ def load_model(directory: str | Path) -> tuple[nn.Module, ModelCard, dict[str, t
     """
     directory = Path(directory)
     card = ModelCard.load(directory)
-    weights = directory / WEIGHTS_FILE
-    if not weights.is_file():
-        raise FileNotFoundError(f"no weights at {weights}")
+    weights = ModelCard.weights_path(directory)
     try:
         tensors = load_file(str(weights))
     except SafetensorError as error:
