@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import EarlyStopping
 from PIL import Image
 
 from mri_tumor import Predictor
-from mri_tumor.card import ModelCard
+from mri_tumor.card import SHIPPED_MODEL_DIR, ModelCard
 from mri_tumor.cli import main
 from mri_tumor.data.splitting import read_split_csv
 from mri_tumor.training import RestoreBestWeights
@@ -193,3 +193,18 @@ def test_calibrate_can_serve_a_model_at_another_input_size(dataset: Path, tmp_pa
     assert "between 32 and 1024" in capsys.readouterr().err
     assert main(["calibrate", str(tmp_path), str(dataset)]) == 2
     assert "not a model folder" in capsys.readouterr().err
+
+
+def test_calibrate_names_a_missing_split_or_missing_images(dataset: Path, tmp_path: Path,
+                                                           capsys) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    for name in ("card.json", "model.safetensors"):
+        shutil.copy(SHIPPED_MODEL_DIR / name, model / name)
+    before = (model / "card.json").read_text()
+    assert main(["calibrate", str(model), str(dataset)]) == 2
+    assert f"no split file at {model / 'split.csv'}" in capsys.readouterr().err
+    shutil.copy(SHIPPED_MODEL_DIR / "split.csv", model / "split.csv")
+    assert main(["calibrate", str(model), str(dataset)]) == 2
+    assert f"are not under {dataset}" in capsys.readouterr().err
+    assert (model / "card.json").read_text() == before  # nothing rewritten

@@ -201,18 +201,25 @@ class History(Callback):
 def prepare_split(config: TrainConfig) -> list[SplitRow]:
     """Reuse ``config.split`` if given, else make a duplicate-aware split of the folder."""
     if config.split is not None:
-        rows = read_split_csv(config.split)
-        missing = [r.path for r in rows if not (config.data_dir / r.path).is_file()]
-        if missing:
-            raise FileNotFoundError(f"{len(missing)} file(s) of split {config.split} are not under "
-                                    f"{config.data_dir}, e.g. {missing[0]}")
-        return rows
+        return read_split_under(config.split, config.data_dir)
     scan = scan_folder(config.data_dir)
     rows = split_folder(scan, val_fraction=config.val_fraction, seed=config.seed)
     if scan.skipped:
         print(f"skipped {len(scan.skipped)} file(s):")
         for name, reason in scan.skipped:
             print(f"  {name}: {reason}")
+    return rows
+
+
+def read_split_under(split: Path, data_dir: Path) -> list[SplitRow]:
+    """Read a split CSV and check that every file it lists is under ``data_dir``."""
+    if not split.is_file():
+        raise FileNotFoundError(f"no split file at {split}")
+    rows = read_split_csv(split)
+    missing = [r.path for r in rows if not (data_dir / r.path).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} file(s) of split {split} are not under "
+                                f"{data_dir}, e.g. {missing[0]}")
     return rows
 
 
@@ -418,7 +425,7 @@ def refit(model_dir: Path, data_dir: Path, image_size: int | None = None) -> Mod
     if image_size is not None and image_size != card.image_size:
         card.training.setdefault("image_size", card.image_size)
         card.image_size = image_size
-    rows = read_split_csv(card.split_path(model_dir))
+    rows = read_split_under(card.split_path(model_dir), data_dir)
     train_pixels, train_labels = load_pixels(data_dir, [r for r in rows if r.split == "train"],
                                              card.image_size)
     val_pixels, val_labels = load_pixels(data_dir, [r for r in rows if r.split == "val"],
