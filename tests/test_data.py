@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,16 @@ def test_unreadable_and_empty_files_are_skipped_and_listed(dataset: Path) -> Non
     assert "glioma/broken.png" in skipped
     assert "notumor/truncated.jpg" in skipped
     assert len(kept) == 20  # the 20 real images, nothing else
+
+
+def test_links_and_pipes_in_a_class_folder_are_listed_never_opened(dataset: Path) -> None:
+    (dataset / "glioma" / "gone.jpg").symlink_to(dataset / "nowhere.jpg")
+    os.mkfifo(dataset / "glioma" / "pipe.jpg")  # opening it for reading would block
+    scan = scan_folder(dataset)
+    skipped = dict(scan.skipped)
+    assert skipped["glioma/gone.jpg"] == "broken link"
+    assert skipped["glioma/pipe.jpg"].startswith("not a regular file")
+    assert len(scan.images) == 20
 
 
 def _png_bytes(image: Image.Image, **kwargs) -> bytes:

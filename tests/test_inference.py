@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +93,23 @@ def test_cli_csv_and_exit_code_1_when_an_input_is_unreadable(
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [r["status"] != "error" for r in rows] == [True, False]
     assert tuple(rows[0]) == RESULT_KEYS
+
+
+def test_cli_reports_broken_links_and_pipes_named_as_images(tmp_path: Path,
+                                                            fixture_paths: list[Path],
+                                                            capsys) -> None:
+    folder = tmp_path / "study"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(fixture_paths[0].read_bytes())
+    (folder / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    os.mkfifo(folder / "pipe.dcm")  # opening it for reading would block the whole batch
+    assert main(["predict", "--json", str(folder), str(folder / "pipe.dcm")]) == 1
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    by_name = [(Path(r["path"]).name, r["status"], r["message"]) for r in records]
+    assert by_name[0][:2] == ("a.jpg", "ok")
+    assert by_name[1] == ("gone.jpg", "error", f"{folder / 'gone.jpg'}: broken link")
+    assert by_name[2][:2] == by_name[3][:2] == ("pipe.dcm", "error")
+    assert "not a regular file" in by_name[3][2]
 
 
 def test_cli_folders_recursive_and_table(tmp_path: Path, fixture_paths: list[Path],

@@ -33,7 +33,7 @@ def _is_candidate(path: Path) -> bool:
     suffix = path.suffix.lower()
     if suffix in IMAGE_EXTENSIONS or suffix in DICOM_EXTENSIONS:
         return True
-    if suffix:
+    if suffix or not path.is_file():
         return False
     try:  # extension-less files are taken when they are DICOM by content
         with path.open("rb") as handle:
@@ -56,8 +56,10 @@ def expand_inputs(paths: Sequence[Path], recursive: bool = False) -> tuple[list[
             continue
         found = path.rglob("*") if recursive else path.iterdir()
         for child in sorted(found):
-            if not child.is_file() or child.name.startswith("."):
+            if child.is_dir() or child.name.startswith("."):
                 continue
+            # A broken link or a pipe named like an image is kept, so that its result says why
+            # it could not be read.
             (inputs if _is_candidate(child) else skipped).append(child)
     return inputs, skipped
 

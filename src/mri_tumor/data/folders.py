@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mri_tumor.data.reading import DICOM_EXTENSIONS, IMAGE_EXTENSIONS
+from mri_tumor.data.reading import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, not_a_file_reason
 
 # Output order of every model this project trains (the Kaggle folder names).
 CLASS_NAMES = ("glioma", "meningioma", "notumor", "pituitary")
@@ -79,9 +79,11 @@ def scan_folder(root: str | Path) -> FolderScan:
     for class_dir in class_dirs:
         label = FOLDER_ALIASES[class_dir.name.lower()]
         for path in sorted(class_dir.rglob("*")):
-            if not path.is_file() or path.name.startswith("."):
+            if path.is_dir() or path.name.startswith("."):
                 continue
-            if path.suffix.lower() not in IMAGE_EXTENSIONS + DICOM_EXTENSIONS:
+            if not path.is_file():
+                scan.skipped.append((scan.relative(path), not_a_file_reason(path)))
+            elif path.suffix.lower() not in IMAGE_EXTENSIONS + DICOM_EXTENSIONS:
                 scan.skipped.append((scan.relative(path), "unsupported file type"))
             elif path.stat().st_size == 0:
                 scan.skipped.append((scan.relative(path), "empty file"))

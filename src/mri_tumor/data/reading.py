@@ -65,6 +65,15 @@ def read_image(source: ImageSource) -> Image.Image:
     return read_frames(source)[0].image
 
 
+def not_a_file_reason(path: Path) -> str:
+    """Why a path is not a readable regular file."""
+    if not path.exists():
+        return "broken link" if path.is_symlink() else "no such file"
+    if path.is_dir():
+        return "is a folder, not an image"
+    return "not a regular file (a pipe, socket or device)"
+
+
 def looks_like_dicom_bytes(data: bytes) -> bool:
     """True when the bytes carry the DICOM preamble magic ("DICM" at offset 128)."""
     return len(data) >= 132 and data[128:132] == b"DICM"
@@ -78,10 +87,8 @@ def _load_bytes(source: str | Path | bytes | bytearray | memoryview,
     else:
         path = Path(source)
         label = name or str(path)
-        if not path.exists():
-            raise ImageReadError(f"{label}: no such file")
-        if path.is_dir():
-            raise ImageReadError(f"{label}: is a folder, not an image")
+        if not path.is_file():  # never open a pipe or device: reading it could block
+            raise ImageReadError(f"{label}: {not_a_file_reason(path)}")
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
             raise ImageReadError(f"{label}: file is {size // 1_000_000} MB, larger than the "
