@@ -51,13 +51,19 @@ def test_onnx_backend_matches_torch(torch_predictor: Predictor, fixture_paths: l
 
 
 def test_export_command_fp32_and_int8(torch_predictor: Predictor, fixture_paths: list[Path],
-                                      tmp_path: Path) -> None:
+                                      tmp_path: Path, capsys) -> None:
     import onnxruntime as ort
 
     fp32, int8 = tmp_path / "model.onnx", tmp_path / "model-int8.onnx"
     assert main(["export", str(fp32)]) == 0
     assert main(["export", str(int8), "--quantize", "int8"]) == 0
     assert main(["export", str(fp32)]) == 2  # refuses to overwrite without --force
+    in_the_way = tmp_path / "a-file"
+    in_the_way.write_text("keep me")
+    capsys.readouterr()
+    assert main(["export", str(in_the_way / "model.onnx")]) == 1
+    assert capsys.readouterr().err.startswith(f"mri-tumor export: error: File exists: {in_the_way}")
+    assert in_the_way.read_text() == "keep me"
     size = torch_predictor.spec.image_size
     # The product's own decoding and resize: what a user's image becomes.
     pixels = np.stack([to_model_pixels(read_image(p), size) for p in fixture_paths])

@@ -262,5 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, ImportError) as error:
         print(f"mri-tumor {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # cannot write an output: no space, no permission, a file in the way
+        where = f": {error.filename}" if error.filename else ""
+        print(f"mri-tumor {args.command}: error: {error.strerror or error}{where}",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
