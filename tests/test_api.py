@@ -527,10 +527,14 @@ def test_settings_from_environment_are_checked() -> None:
             Settings.from_env({name: value})
 
 
-def test_serve_refuses_a_missing_model_folder(tmp_path: Path) -> None:
+def test_serve_refuses_a_missing_or_damaged_model_folder(tmp_path: Path, capsys) -> None:
     from mri_tumor.cli import main
 
     assert main(["serve", "--model", str(tmp_path / "missing")]) == 2
+    assert "no model card at" in capsys.readouterr().err
+    (tmp_path / "card.json").write_text("[]")
+    assert main(["serve", "--model", str(tmp_path)]) == 2
+    assert "not a valid model card (expected a JSON object)" in capsys.readouterr().err
     assert main(["serve", "--workers", "0"]) == 2
 
 

@@ -256,6 +256,19 @@ def test_missing_model_folder_is_reported_on_the_page(monkeypatch: pytest.Monkey
     assert any("could not be loaded" in e.value and "nowhere" in e.value for e in at.error)
 
 
+def test_app_command_refuses_a_bad_port_or_model_folder_before_starting(tmp_path: Path,
+                                                                        capsys) -> None:
+    from mri_tumor.cli import main
+
+    assert main(["app", "--port", "99999"]) == 2
+    assert "--port must be between 1 and 65535" in capsys.readouterr().err
+    assert main(["app", "--model", str(tmp_path / "nowhere")]) == 2
+    assert "no model card at" in capsys.readouterr().err
+    (tmp_path / "card.json").write_text("{")
+    assert main(["app", "--model", str(tmp_path)]) == 2
+    assert "not a valid model card" in capsys.readouterr().err
+
+
 # -- heat-map controls -------------------------------------------------------------------------
 def test_heatmap_toggle_and_opacity(app: AppTest) -> None:
     app.pills[0].set_value(["pituitary.jpg"]).run()

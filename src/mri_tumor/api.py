@@ -45,7 +45,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mri_tumor import __version__
-from mri_tumor.card import CARD_FILE, DISCLAIMER, SHIPPED_MODEL_DIR
+from mri_tumor.card import DISCLAIMER, SHIPPED_MODEL_DIR, ModelCard
 from mri_tumor.data.reading import ImageReadError, read_frames
 from mri_tumor.inference import ERROR, Prediction, Predictor
 
@@ -801,8 +801,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
         raise ValueError("--port must be between 1 and 65535")
     directory = Path(model_dir) if model_dir else Path(os.environ.get(ENV_MODEL_DIR)
                                                            or SHIPPED_MODEL_DIR)
-    if not (directory / CARD_FILE).is_file():
-        raise FileNotFoundError(f"{directory}: not a model folder (no {CARD_FILE})")
+    ModelCard.load(directory)  # a missing or damaged model folder stops here, with its reason
     # Worker processes rebuild the app from the environment (uvicorn's factory import string).
     os.environ[ENV_MODEL_DIR] = str(directory.resolve())
     if workers > 1 and not os.environ.get(ENV_THREADS):

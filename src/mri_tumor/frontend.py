@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mri_tumor.card import SHIPPED_MODEL_DIR
+from mri_tumor.card import SHIPPED_MODEL_DIR, ModelCard
 from mri_tumor.data.reading import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, looks_like_dicom_bytes
 
 if TYPE_CHECKING:  # torch is imported only when a model is needed (fast `mri-tumor app` start)
@@ -137,7 +137,15 @@ def calibration_batch(card) -> object:
 
 
 def launch_app(port: int = 8501, host: str = "127.0.0.1", model_dir: Path | None = None) -> int:
-    """Run the Streamlit app in this process' Python; returns streamlit's exit status."""
+    """Run the Streamlit app in this process' Python; returns streamlit's exit status.
+
+    Raises ValueError for a bad port and FileNotFoundError or ValueError for a model folder
+    that cannot be loaded, before anything starts.
+    """
+    if not 0 < port < 65536:
+        raise ValueError("--port must be between 1 and 65535")
+    if model_dir:
+        ModelCard.load(Path(model_dir))
     script = Path(__file__).with_name("app.py")
     command = [sys.executable, "-m", "streamlit", "run", str(script),
                "--server.port", str(port), "--server.address", host,
