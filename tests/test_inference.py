@@ -171,6 +171,8 @@ def test_a_broken_model_folder_is_named_with_what_is_wrong(tmp_path: Path, capsy
     error = predict_error()
     assert "do not fit the model card.json describes" in error and "_fc.weight" in error
     assert "Traceback" not in error
+    (model / "model.onnx").write_text("not a graph")  # an export beside the weights, damaged
+    assert "ONNX Runtime cannot load it" in predict_error("onnx")
 
 
 @pytest.mark.parametrize("grey", [0, 40, 128, 255])

@@ -109,7 +109,12 @@ class Predictor:
         if backend == "onnx":
             card = ModelCard.load(directory)
             path = ensure_onnx_file(directory, card)
-            session = _onnx_session(path, threads)
+            try:
+                session = _onnx_session(path, threads)
+            except Exception as error:  # onnxruntime raises its own types, e.g. InvalidProtobuf
+                reason = str(error).splitlines()[0][:200]
+                raise ValueError(f"{path}: ONNX Runtime cannot load it ({reason}); delete it, "
+                                 "or write it again with mri-tumor export --force") from None
             height_width = session.get_inputs()[0].shape[2:]  # names when dynamic
             fixed_size = all(isinstance(d, int) for d in height_width)
             if fixed_size and height_width != [card.image_size, card.image_size]:
