@@ -86,6 +86,9 @@ def test_vgg_refuses_a_checkpoint_of_the_other_layout(tmp_path: Path) -> None:
     torch.save(_random_torchvision_checkpoint(batch_norm=True), path)
     with pytest.raises(ValueError, match="not a torchvision VGG16 checkpoint"):
         create_model("vgg16", init_weights=path)
+    path.write_bytes(b"PK\x03\x04 a damaged download")
+    with pytest.raises(ValueError, match=r"vgg_bn\.pth: not a readable PyTorch checkpoint"):
+        create_model("vgg16", init_weights=path)
 
 
 def test_fp16_weights_keep_small_tensors_exact(tmp_path: Path) -> None:

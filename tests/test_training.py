@@ -92,6 +92,13 @@ def test_bad_training_arguments_exit_2_with_a_message(dataset: Path, tmp_path: P
         assert "must be positive" in capsys.readouterr().err
     assert main(["train", str(dataset), "--augment-probability", "1.5"]) == 2
     assert "between 0 and 1" in capsys.readouterr().err
+    damaged = tmp_path / "last.ckpt"
+    damaged.write_bytes(b"not a checkpoint")
+    assert main(["train", str(dataset), "--resume", str(damaged)]) == 2
+    assert "last.ckpt: not a readable PyTorch checkpoint" in capsys.readouterr().err
+    torch.save({"weights": torch.zeros(2)}, damaged)  # readable, but not from mri-tumor train
+    assert main(["train", str(dataset), "--resume", str(damaged)]) == 2
+    assert "not a checkpoint written by mri-tumor train" in capsys.readouterr().err
 
 
 def test_max_minutes_stops_training_and_still_exports(dataset: Path, tmp_path: Path) -> None:

@@ -74,6 +74,13 @@ def _run_train(args: argparse.Namespace) -> int:
                          "--max-minutes must be positive")
     if not 0 <= args.augment_probability <= 1:
         raise UsageError("--augment-probability must be between 0 and 1")
+    if args.resume is not None:
+        from mri_tumor.models.checkpoint import read_checkpoint
+
+        checkpoint = read_checkpoint(args.resume)
+        if not isinstance(checkpoint, dict) or not {"state_dict", "epoch"} <= checkpoint.keys():
+            raise UsageError(f"--resume {args.resume}: not a checkpoint written by "
+                             "mri-tumor train (runs/NAME/checkpoints/last.ckpt)")
     out = args.out or Path("runs") / args.arch
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: is a file, not a folder")

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mri_tumor.models.checkpoint import read_checkpoint
+
 # Channels per conv layer; "M" is a 2x2 max-pool. The 13-conv "D" configuration.
 VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
                 512, 512, 512, "M")
@@ -72,7 +74,7 @@ def load_torchvision_checkpoint(model: VGG16GAP, path: str | Path) -> None:
     this network pools globally and has its own head. Raises ValueError when the conv layers
     do not match (e.g. a ``vgg16_bn`` checkpoint given to ``vgg16``).
     """
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_checkpoint(path)
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
