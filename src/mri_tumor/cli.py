@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from mri_tumor import __version__
+from mri_tumor.card import CARD_FILE
 
 
 class UsageError(Exception):
@@ -84,7 +85,7 @@ def _run_train(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / args.arch
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: is a file, not a folder")
-    if (out / "card.json").is_file() and args.resume is None and not args.force:
+    if (out / CARD_FILE).is_file() and args.resume is None and not args.force:
         raise UsageError(f"{out} already holds a trained model; choose another --out, "
                          "or pass --force to replace it")
     augment = (AugmentConfig(0, 0, 0, 0, False, 0, 0) if args.no_augment

@@ -47,6 +47,7 @@ from mri_tumor.data.splitting import (
 )
 from mri_tumor.metrics import accuracy, expected_calibration_error, macro_f1
 from mri_tumor.models import ARCHITECTURES, create_model, half_precision_state, save_weights
+from mri_tumor.models.checkpoint import read_checkpoint
 from mri_tumor.ood import OODGuard, fit_guard
 
 
@@ -320,8 +321,7 @@ def train(config: TrainConfig) -> Path | None:
     # Export the checkpoint with the best validation accuracy, as the seed served it.
     model = module.model.cpu()
     if best_checkpoint.best_model_path:
-        state = torch.load(best_checkpoint.best_model_path, map_location="cpu",
-                           weights_only=True)["state_dict"]
+        state = read_checkpoint(best_checkpoint.best_model_path)["state_dict"]
         model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
     model = model.to(memory_format=torch.contiguous_format).eval()
     card = ModelCard(

@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mri_tumor.models.checkpoint import read_checkpoint
+
 # (repeats, kernel, stride, expand ratio, in channels, out channels) per stage, as in the paper.
 LITE0_STAGES = (
     (1, 3, 1, 1, 32, 16),
@@ -120,7 +122,7 @@ def efficientnet_lite0(num_classes: int = 4, pretrained: bool = True) -> Efficie
     """EfficientNet-Lite0; with ``pretrained`` the backbone starts from ImageNet weights."""
     model = EfficientNetLite(num_classes=num_classes)
     if pretrained:
-        state = torch.load(imagenet_checkpoint_path(), map_location="cpu", weights_only=True)
+        state = read_checkpoint(imagenet_checkpoint_path())
         state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
         missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected or set(missing) != {"_fc.weight", "_fc.bias"}:
