@@ -1,0 +1,23 @@
+"""The HTTP API (FastAPI on uvicorn) for clinical systems and PACS integration.
+
+    mri-tumor serve --host 127.0.0.1 --port 8000 --workers 2
+
+Endpoints: ``POST /v1/predict`` (multipart field ``files`` or one raw image body),
+``GET /v1/model``, ``GET /healthz``, ``GET /readyz``; OpenAPI at ``/openapi.json`` and
+``/docs``. Research tool, not a diagnosis: every prediction response carries the disclaimer.
+
+Design: request handlers only read and check the upload, in memory and size-bounded (nothing
+is written to disk). The work goes to one :class:`InferenceQueue` per process: a bounded
+count of waiting files and one background thread that takes every waiting request (up to
+``max_batch`` files), decodes the files and runs the predictor once for all their slices,
+then resolves each request's future. A full queue answers 503 with ``Retry-After`` at once,
+so memory stays bounded under any load. Logs never carry file contents, DICOM headers,
+file names or request headers.
+"""
+
+from __future__ import annotations
+
+from mri_tumor.api.server import create_app, serve
+from mri_tumor.api.settings import DISCLAIMER_HEADER, MIB, Settings
+
+__all__ = ["DISCLAIMER_HEADER", "MIB", "Settings", "create_app", "serve"]

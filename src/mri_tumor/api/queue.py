@@ -1,0 +1,183 @@
+"""The inference queue: bounded admission of uploaded files and one worker thread that
+predicts them in batches (see the package docstring for the design)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import traceback
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import HTTPException
+
+from mri_tumor.api.settings import QUEUE_FULL_RETRY_S
+from mri_tumor.data.reading import ImageReadError, read_frames
+from mri_tumor.inference import ERROR, Prediction, Predictor
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Job:
+    """One request's files, waiting for the worker thread."""
+
+    files: list[tuple[str, bytes]]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[list[Prediction]]
+    slots: int
+    results: list[list[Prediction | None]] = field(default_factory=list)
+
+
+class InferenceQueue:
+    """A bounded queue of uploaded files and one worker thread that predicts them in batches.
+
+    ``capacity`` counts files (waiting or being predicted) over all requests; requests
+    reserve their slots before they are queued and the worker frees them when done.
+    """
+
+    def __init__(self, predictor: Predictor, capacity: int, max_batch: int) -> None:
+        self.predictor = predictor
+        self.capacity = capacity
+        self.max_batch = max_batch
+        self._reserved = 0
+        self._jobs: deque[_Job] = deque()
+        self._lock = threading.Lock()
+        self._wakeup = threading.Condition(self._lock)
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="mri-tumor-inference",
+                                        daemon=True)
+
+    @property
+    def reserved(self) -> int:
+        """Files currently admitted (waiting or being predicted)."""
+        return self._reserved
+
+    def start(self) -> None:
+        """Start the worker thread."""
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Let the worker finish what is queued, then stop it."""
+        with self._wakeup:
+            self._stopping = True
+            self._wakeup.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def try_reserve(self, count: int) -> bool:
+        """Reserve room for ``count`` files; False when the queue is full."""
+        with self._lock:
+            if self._stopping or self._reserved + count > self.capacity:
+                return False
+            self._reserved += count
+            return True
+
+    def release(self, count: int) -> None:
+        """Give back slots reserved by a request that was not queued after all."""
+        with self._lock:
+            self._reserved = max(0, self._reserved - count)
+
+    async def predict(self, files: list[tuple[str, bytes]], slots: int) -> list[Prediction]:
+        """Queue ``(name, bytes)`` files (their ``slots`` already reserved) and await the
+        results: one per file, or one per frame of a multi-frame DICOM file, in order.
+
+        The slots belong to the queue from here on; the worker frees them.
+        """
+        loop = asyncio.get_running_loop()
+        job = _Job(files, loop, loop.create_future(), slots)
+        with self._wakeup:
+            if self._stopping:  # the worker may be gone: nobody would answer
+                self._reserved = max(0, self._reserved - slots)
+                raise HTTPException(503, "The server is shutting down; retry shortly.",
+                                    headers={"Retry-After": str(QUEUE_FULL_RETRY_S)})
+            self._jobs.append(job)
+            self._wakeup.notify()
+        return await job.future
+
+    # -- worker thread ------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._wakeup:
+                while not self._jobs and not self._stopping:
+                    self._wakeup.wait()
+                if not self._jobs:
+                    return
+                batch = [self._jobs.popleft()]
+                count = len(batch[0].files)
+                while self._jobs and count + len(self._jobs[0].files) <= self.max_batch:
+                    count += len(self._jobs[0].files)
+                    batch.append(self._jobs.popleft())
+            try:
+                self._process(batch)
+            except BaseException as error:  # never let the worker die; fail just this batch
+                logger.error("inference batch failed: %s\n%s", type(error).__name__,
+                             "".join(traceback.format_tb(error.__traceback__)))
+                for job in batch:
+                    _resolve(job, error=RuntimeError("inference failed"))
+            finally:
+                for job in batch:
+                    job.files = []  # drop the upload bytes now, not when the request ends
+                    self.release(job.slots)
+
+    def _process(self, batch: list[_Job]) -> None:
+        pending: list[tuple[list[Prediction | None], int, Any]] = []  # (slots, index, frame)
+        for job in batch:
+            if job.future.cancelled():  # the client went away while it waited
+                continue
+            for name, data in job.files:
+                per_file = self._decode(name, data, pending)
+                job.results.append(per_file)
+        for start in range(0, len(pending), self.max_batch):
+            chunk = pending[start:start + self.max_batch]
+            for (slots, index, _), prediction in zip(chunk, self._predict([f for *_, f in chunk]),
+                                                     strict=True):
+                slots[index] = prediction
+        for job in batch:
+            if not job.future.cancelled():
+                _resolve(job, [p for per_file in job.results for p in per_file if p is not None])
+
+    def _decode(self, name: str, data: bytes,
+                pending: list[tuple[list[Prediction | None], int, Any]]
+                ) -> list[Prediction | None]:
+        try:
+            frames = read_frames(data, name)
+        except ImageReadError as error:
+            return [Prediction(name, ERROR, message=str(error))]
+        except Exception as error:  # any decoder failure is a bad file, never a server error
+            logger.warning("decoding an upload failed: %s", type(error).__name__)
+            return [Prediction(name, ERROR, message=f"{name}: cannot read this file")]
+        if not frames:
+            return [Prediction(name, ERROR, message=f"{name}: holds no image")]
+        slots: list[Prediction | None] = [None] * len(frames)
+        pending.extend((slots, index, frame) for index, frame in enumerate(frames))
+        return slots
+
+    def _predict(self, frames: Sequence[Any]) -> list[Prediction]:
+        try:
+            return self.predictor.predict_frames(frames)
+        except Exception as error:
+            if len(frames) == 1:
+                logger.warning("prediction failed for one image: %s", type(error).__name__)
+                return [Prediction(frames[0].name, ERROR,
+                                   message=f"{frames[0].name}: this image could not be analysed")]
+        # One bad frame must not fail the others: retry one by one.
+        return [p for frame in frames for p in self._predict([frame])]
+
+
+def _resolve(job: _Job, results: list[Prediction] | None = None,
+             error: BaseException | None = None) -> None:
+    def settle() -> None:
+        if job.future.done():
+            return
+        if error is not None:
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(results or [])
+
+    with contextlib.suppress(RuntimeError):  # the event loop has closed (shutting down)
+        job.loop.call_soon_threadsafe(settle)

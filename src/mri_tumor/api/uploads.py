@@ -1,0 +1,184 @@
+"""Reading uploads: raw bodies and multipart/form-data, in memory and size-bounded;
+nothing is written to disk."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import HTTPException, Request
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from mri_tumor.api.settings import ENV_MAX_UPLOAD_MB, ENV_QUEUE_SIZE, MIB
+
+MULTIPART = "multipart/form-data"
+FILES_FIELD = "files"
+MAX_NAME_LENGTH = 255
+# Declared types accepted for an image; the decoder then goes by the bytes, so a JPEG sent as
+# image/png still works. application/octet-stream is what most clients send for .dcm files.
+IMAGE_MEDIA_TYPES = {
+    "image/jpeg": "JPEG", "image/jpg": "JPEG", "image/pjpeg": "JPEG",
+    "image/png": "PNG", "image/x-png": "PNG",
+    "image/bmp": "BMP", "image/x-bmp": "BMP", "image/x-ms-bmp": "BMP",
+    "image/tiff": "TIFF", "image/tif": "TIFF",
+    "application/dicom": "DICOM",
+    "application/octet-stream": "any of these, recognised by content",
+}
+ACCEPTED_TYPES_TEXT = ("image/jpeg, image/png, image/bmp, image/tiff, application/dicom or "
+                       "application/octet-stream")
+
+
+
+def _media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def check_declared_length(request: Request, limit: int) -> None:
+    declared = request.headers.get("content-length")
+    if declared is None:
+        return
+    try:
+        length = int(declared)
+    except ValueError:
+        raise HTTPException(400, "The Content-Length header is not a number.") from None
+    if length > limit:
+        raise HTTPException(413, _too_large(limit))
+
+
+def _too_large(limit: int) -> str:
+    return (f"The upload is larger than the {limit / MIB:g} MB limit per request "
+            f"(set by {ENV_MAX_UPLOAD_MB}); send fewer or smaller files per request.")
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body in memory, refusing with 413 as soon as it passes ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, _too_large(limit))
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@dataclass
+class _Part:
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    data: list[bytes] = field(default_factory=list)
+
+
+def parse_multipart(body: bytes, content_type: str, max_parts: int
+                    ) -> list[tuple[str | None, str | None, str, bytes]]:
+    """Split a multipart/form-data body in memory.
+
+    Returns ``(field name, file name, part media type, bytes)`` per part. Raises
+    HTTPException 400 for a malformed body and 413 for more than ``max_parts`` parts.
+    """
+    _, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise HTTPException(400, "The multipart/form-data Content-Type has no boundary.")
+    parts: list[_Part] = []
+    header_name, header_value = bytearray(), bytearray()
+
+    def on_part_begin() -> None:
+        if len(parts) >= max_parts:
+            raise HTTPException(413, _too_many_files(max_parts))
+        parts.append(_Part())
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        header_name.extend(data[start:end])
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        header_value.extend(data[start:end])
+
+    def on_header_end() -> None:
+        parts[-1].headers.append((bytes(header_name).lower(), bytes(header_value)))
+        header_name.clear()
+        header_value.clear()
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        parts[-1].data.append(data[start:end])
+
+    callbacks: Any = {"on_part_begin": on_part_begin, "on_header_field": on_header_field,
+                      "on_header_value": on_header_value, "on_header_end": on_header_end,
+                      "on_part_data": on_part_data}
+    try:
+        parser = MultipartParser(boundary, callbacks)
+        parser.write(body)
+        parser.finalize()
+    except (FormParserError, ValueError) as error:
+        raise HTTPException(400, f"Malformed multipart/form-data body ({type(error).__name__}); "
+                                 f"send images in the form field '{FILES_FIELD}'.") from None
+    if body.strip() and not parts:
+        raise HTTPException(400, "Malformed multipart/form-data body: no part found; check "
+                                 "the boundary.")
+    out = []
+    for part in parts:
+        headers = dict(part.headers)
+        _, disposition = parse_options_header(headers.get(b"content-disposition", b""))
+        field_name = _decode_header(disposition.get(b"name"))
+        file_name = _decode_header(disposition.get(b"filename"))
+        media = _media_type(headers.get(b"content-type", b"").decode("latin-1"))
+        out.append((field_name, file_name, media, b"".join(part.data)))
+    return out
+
+
+def _decode_header(value: bytes | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
+
+
+def _too_many_files(limit: int) -> str:
+    return (f"Too many files in one request: the limit is {limit} (the queue size, "
+            f"{ENV_QUEUE_SIZE}); split the upload into several requests.")
+
+
+def _check_media_type(media: str, name: str) -> None:
+    if media and media not in IMAGE_MEDIA_TYPES:
+        raise HTTPException(415, f"{name}: unsupported content type '{media}'; send "
+                                 f"{ACCEPTED_TYPES_TEXT}.")
+
+
+def _clean_name(name: str | None, fallback: str) -> str:
+    name = (name or "").strip().replace("\x00", "")
+    return name[:MAX_NAME_LENGTH] if name else fallback
+
+
+async def uploaded_files(request: Request, filename: str | None, limit: int, max_files: int
+                          ) -> list[tuple[str, bytes]]:
+    """``(name, bytes)`` for each uploaded file, checked for type and size; in memory only."""
+    content_type = request.headers.get("content-type")
+    media = _media_type(content_type)
+    if not media:
+        raise HTTPException(415, "The request has no Content-Type: send multipart/form-data "
+                                 f"with the field '{FILES_FIELD}', or one image as the body with "
+                                 f"its type ({ACCEPTED_TYPES_TEXT}).")
+    if media != MULTIPART:
+        _check_media_type(media, "request body")
+        body = await _read_body(request, limit)
+        if not body:
+            raise HTTPException(422, "The request body is empty: send an image.")
+        default = "upload.dcm" if media == "application/dicom" else "upload"
+        return [(_clean_name(filename, default), body)]
+
+    body = await _read_body(request, limit)
+    files: list[tuple[str, bytes]] = []
+    for field_name, file_name, part_media, data in parse_multipart(body, content_type or "",
+                                                                    max_parts=max_files):
+        if field_name != FILES_FIELD:
+            raise HTTPException(422, f"Unexpected form field '{_clean_name(field_name, '')}': "
+                                     f"send images in the field '{FILES_FIELD}'.")
+        name = _clean_name(file_name, f"file-{len(files)}")
+        _check_media_type(part_media, name)
+        files.append((name, data))
+    if not files:
+        raise HTTPException(422, f"No file in the request: send one or more images in the "
+                                 f"multipart form field '{FILES_FIELD}'.")
+    return files
