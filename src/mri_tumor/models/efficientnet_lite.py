@@ -10,6 +10,7 @@ are deeper (21 blocks instead of 16) and Lite2 also wider. Parameter names follo
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -17,8 +18,7 @@ from torch import nn
 
 from mri_tumor.models.checkpoint import read_checkpoint
 
-# (repeats, kernel, stride, expand ratio, in channels, out channels) per stage, as in the paper
-# (Lite1 and Lite2 read off their ImageNet checkpoints: first and last stage keep one block).
+# (repeats, kernel, stride, expand ratio, in channels, out channels) per stage, as in the paper.
 Stages = tuple[tuple[int, int, int, int, int, int], ...]
 LITE0_STAGES: Stages = (
     (1, 3, 1, 1, 32, 16),
@@ -29,24 +29,26 @@ LITE0_STAGES: Stages = (
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 )
-LITE1_STAGES: Stages = (
-    (1, 3, 1, 1, 32, 16),
-    (3, 3, 2, 6, 16, 24),
-    (3, 5, 2, 6, 24, 40),
-    (4, 3, 2, 6, 40, 80),
-    (4, 5, 1, 6, 80, 112),
-    (5, 5, 2, 6, 112, 192),
-    (1, 3, 1, 6, 192, 320),
-)
-LITE2_STAGES: Stages = (
-    (1, 3, 1, 1, 32, 16),
-    (3, 3, 2, 6, 16, 24),
-    (3, 5, 2, 6, 24, 48),
-    (4, 3, 2, 6, 48, 88),
-    (4, 5, 1, 6, 88, 120),
-    (5, 5, 2, 6, 120, 208),
-    (1, 3, 1, 6, 208, 352),
-)
+STEM_CHANNELS = 32
+
+
+def _scale_channels(channels: int, width: float, divisor: int = 8) -> int:
+    """``channels * width`` rounded to a multiple of 8, never more than 10% below it."""
+    scaled = channels * width
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * scaled else rounded
+
+
+def scaled_stages(width: float, depth: float) -> Stages:
+    """Lite0's stages under EfficientNet's compound scaling (more blocks by ``depth``, more
+    channels by ``width``); Lite keeps the stem and one block in the first and last stage."""
+    last = len(LITE0_STAGES) - 1
+    return tuple(
+        (repeats if i in (0, last) else math.ceil(repeats * depth), kernel, stride, expand,
+         STEM_CHANNELS if i == 0 else _scale_channels(c_in, width), _scale_channels(c_out, width))
+        for i, (repeats, kernel, stride, expand, c_in, c_out) in enumerate(LITE0_STAGES))
+
+
 FEATURE_DIM = 1280
 # TensorFlow's defaults, which the pretrained weights were trained with.
 BN_EPS = 1e-3
@@ -98,8 +100,8 @@ class EfficientNetLite(nn.Module):
     def __init__(self, num_classes: int = 4, stages: Stages = LITE0_STAGES,
                  dropout: float = 0.2, drop_connect: float = 0.2) -> None:
         super().__init__()
-        self._conv_stem = nn.Conv2d(3, 32, 3, 2, padding=1, bias=False)
-        self._bn0 = _bn(32)
+        self._conv_stem = nn.Conv2d(3, STEM_CHANNELS, 3, 2, padding=1, bias=False)
+        self._bn0 = _bn(STEM_CHANNELS)
         total = sum(stage[0] for stage in stages)
         blocks: list[nn.Module] = []
         for repeats, kernel, stride, expand, c_in, c_out in stages:
@@ -169,9 +171,9 @@ def efficientnet_lite0(num_classes: int = 4, pretrained: bool = True) -> Efficie
 
 def efficientnet_lite1(num_classes: int = 4, pretrained: bool = True) -> EfficientNetLite:
     """EfficientNet-Lite1 (4.2 M parameters): Lite0 with five more blocks."""
-    return _efficientnet_lite(1, LITE1_STAGES, num_classes, pretrained)
+    return _efficientnet_lite(1, scaled_stages(width=1.0, depth=1.1), num_classes, pretrained)
 
 
 def efficientnet_lite2(num_classes: int = 4, pretrained: bool = True) -> EfficientNetLite:
     """EfficientNet-Lite2 (4.9 M parameters): Lite1, about 10% wider."""
-    return _efficientnet_lite(2, LITE2_STAGES, num_classes, pretrained)
+    return _efficientnet_lite(2, scaled_stages(width=1.1, depth=1.2), num_classes, pretrained)
