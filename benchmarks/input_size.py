@@ -15,6 +15,7 @@ both ways, and add up the errors.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -23,23 +24,26 @@ import torch
 
 from mri_tumor.card import SHIPPED_MODEL_DIR
 from mri_tumor.data.preprocess import PreprocessSpec
-from mri_tumor.data.splitting import read_split_csv
 from mri_tumor.models import load_model
-from mri_tumor.training import load_pixels, predict_outputs
+from mri_tumor.training import load_pixels, predict_outputs, read_split_under, source_roots
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("data_dir", type=Path, help="the folder the model was trained on")
+    parser.add_argument("data_dirs", type=Path, nargs="+",
+                        help="the folder(s) the model was trained on")
     parser.add_argument("--model", type=Path, default=SHIPPED_MODEL_DIR)
     parser.add_argument("--sizes", type=int, nargs="+", default=[192, 200, 208, 216, 224])
     args = parser.parse_args(argv)
-    if not args.data_dir.is_dir():
-        print(f"{args.data_dir}: no such folder", file=sys.stderr)
-        return 2
+    for data_dir in args.data_dirs:
+        if not data_dir.is_dir():
+            print(f"{data_dir}: no such folder", file=sys.stderr)
+            return 2
     torch.set_num_threads(2)
     model, card, _ = load_model(args.model)
-    rows = [r for r in read_split_csv(card.split_path(args.model)) if r.split == "val"]
+    rows = [r for r in read_split_under(card.split_path(args.model), args.data_dirs)
+            if r.split == "val"]
+    roots = source_roots(args.data_dirs)
     halves = np.array([r.group % 2 for r in rows])
     wrong: dict[int, np.ndarray] = {}
     print(f"{len(rows)} validation images; halves of {(halves == 0).sum()} and "
@@ -47,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| input px | accuracy | wrong | half 0 wrong | half 1 wrong |")
     print("|---|---|---|---|---|")
     for size in args.sizes:
-        pixels, labels = load_pixels(args.data_dir, rows, size)
-        spec = PreprocessSpec(size, tuple(card.mean), tuple(card.std), card.input_channels)
+        pixels, labels = load_pixels(roots, rows, size)
+        spec = dataclasses.replace(PreprocessSpec.from_card(card), image_size=size)
         logits, _ = predict_outputs(model, pixels, spec)
         wrong[size] = logits.argmax(1) != labels.numpy()
         print(f"| {size} | {1 - wrong[size].mean():.2%} | {wrong[size].sum()} | "

@@ -66,8 +66,13 @@ def documents() -> Iterator[tuple[str, str, Image.Image]]:
 
 
 def other_modalities() -> Iterator[tuple[str, str, Image.Image]]:
-    """CT, phantom and other non-MR medical images that pydicom and scikit-image ship."""
-    from mri_tumor.data.reading import ImageReadError, read_frames
+    """CT, phantom and other non-MR medical images that pydicom and scikit-image ship.
+
+    The DICOM files are decoded despite their header (the predictor refuses them by their
+    Modality), so that the pixel-level guard is still tried on them, as on a CT exported
+    to PNG."""
+    from mri_tumor.data.dicom import read_dicom
+    from mri_tumor.data.reading import ImageReadError
 
     phantom = _package_dir("skimage.data") / "phantom.png"
     yield "ct/phantom", "skimage/phantom.png", Image.open(phantom)
@@ -78,8 +83,9 @@ def other_modalities() -> Iterator[tuple[str, str, Image.Image]]:
         if not path.is_file():
             continue
         try:
-            for frame in read_frames(path)[:3]:
-                yield "ct/other-dicom", f"pydicom/{frame.name.split('/')[-1]}", frame.image
+            for frame in read_dicom(path.read_bytes(), name, any_modality=True)[:3]:
+                label = name if frame.frame is None else f"{name}#{frame.frame}"
+                yield "ct/other-dicom", f"pydicom/{label}", frame.image
         except ImageReadError:
             continue
 
@@ -132,3 +138,29 @@ def non_mri_images(expand: bool = True) -> list[tuple[str, str, Image.Image]]:
         else:
             out.append((category, name, image))
     return out
+
+
+def export(directory: Path) -> int:
+    """Write every non-blank image as an 8-bit grey PNG into ``directory`` (as the predictor
+    sees it), named ``<category>__<name>.png``, to fit the guard's refusal direction on
+    (``mri-tumor calibrate ... --refuse DIR``). Returns how many were written."""
+    from mri_tumor.data.reading import to_grayscale
+
+    directory.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for category, name, image in non_mri_images():
+        grey = to_grayscale(image)
+        if np.asarray(grey).std() < 2.0:  # blank: refused before the guard anyway
+            continue
+        safe = "".join(c if c.isalnum() or c in "-_.#+" else "_" for c in f"{category}__{name}")
+        grey.save(directory / f"{safe}.png")
+        written += 1
+    return written
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Export the non-MRI image set as PNG files.")
+    parser.add_argument("--export", type=Path, required=True, metavar="DIR")
+    print(f"wrote {export(parser.parse_args().export)} images")

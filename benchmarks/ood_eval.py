@@ -1,7 +1,7 @@
 """How well the out-of-distribution guard separates brain MRI slices from everything else.
 
     python benchmarks/ood_eval.py --data ../shared/data/brain-tumor-mri/Training \
-        [--model DIR] [--json out.json]
+        ../shared/data/brain-mri-44-types [--model DIR] [--json out.json]
 
 - Brain MRIs: the validation rows of the model's own split (never seen in training). The
   shipped threshold was set on all of them, so to measure honestly the threshold is re-set on
@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from collections import defaultdict
@@ -31,11 +30,14 @@ from mri_tumor.data.reading import Frame, read_image, to_grayscale
 from mri_tumor.ood import DEFAULT_REJECT_RATE
 
 
-def mri_scores(predictor: Predictor, data: Path, split: Path) -> np.ndarray:
-    rows = [r for r in csv.DictReader(split.open()) if r["split"] == "val"]
+def mri_scores(predictor: Predictor, data: list[Path], split: Path) -> np.ndarray:
+    from mri_tumor.training import read_split_under, row_path, source_roots
+
+    rows = [r for r in read_split_under(split, data) if r.split == "val"]
+    roots = source_roots(data)
     scores = []
     for start in range(0, len(rows), 64):
-        pixels = np.stack([to_model_pixels(read_image(data / r["path"]),
+        pixels = np.stack([to_model_pixels(read_image(row_path(r, roots)),
                                            predictor.spec.image_size)
                            for r in rows[start:start + 64]])
         scores.append(predictor.forward(pixels)[2])
@@ -55,7 +57,8 @@ def cross_fitted_rejection(scores: np.ndarray, seed: int = 0) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, required=True, help="the training image folder")
+    parser.add_argument("--data", type=Path, nargs="+", required=True,
+                        help="the training image folder(s) the model's split refers to")
     parser.add_argument("--model", type=Path, help="model folder (default: shipped)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()

@@ -23,9 +23,9 @@ def dicom_bytes(pixels: np.ndarray, **options: object) -> bytes:
 def make_dicom(pixels: np.ndarray, path: Path | io.BytesIO, *, bits: int = 16,
                photometric: str = "MONOCHROME2", slope: float = 1.0, intercept: float = 0.0,
                window: tuple[float, float] | None = None, series_uid: str | None = None,
-               instance: int = 1, preamble: bool = True) -> Path:
-    """Write ``pixels`` (H, W) or (frames, H, W) as an MR DICOM file with patient fields set
-    (``PATIENT``), to a path or a binary buffer."""
+               instance: int = 1, preamble: bool = True, modality: str | None = "MR") -> Path:
+    """Write ``pixels`` (H, W) or (frames, H, W) as a DICOM file with patient fields set
+    (``PATIENT``), to a path or a binary buffer; ``modality`` None leaves the tag out."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MRImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -34,7 +34,8 @@ def make_dicom(pixels: np.ndarray, path: Path | io.BytesIO, *, bits: int = 16,
     ds.file_meta = meta
     ds.SOPClassUID = MRImageStorage
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "MR"
+    if modality is not None:
+        ds.Modality = modality
     ds.SeriesInstanceUID = series_uid or generate_uid()
     ds.StudyInstanceUID = generate_uid()
     ds.InstanceNumber = instance

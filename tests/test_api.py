@@ -74,13 +74,13 @@ def encode(image: Image.Image, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
-def make_dicom(source: Path, frames: int = 1) -> bytes:
-    """A 16-bit (12 bits stored) MR DICOM file built from a fixture JPEG, carrying the
+def make_dicom(source: Path, frames: int = 1, modality: str | None = "MR") -> bytes:
+    """A 16-bit (12 bits stored) DICOM file built from a fixture JPEG, carrying the
     distinctive patient identifiers of ``PATIENT``; frames differ by a horizontal roll."""
     pixels = np.asarray(Image.open(source).convert("L")).astype(np.uint16) * 16
     if frames > 1:
         pixels = np.stack([np.roll(pixels, 8 * k, axis=1) for k in range(frames)])
-    return dicom_bytes(pixels)
+    return dicom_bytes(pixels, modality=modality)
 
 
 def as_files(items: list[tuple[str, bytes, str]]) -> list[tuple[str, tuple[str, bytes, str]]]:
@@ -252,6 +252,33 @@ def test_multi_frame_dicom_gives_one_result_per_frame(client: TestClient) -> Non
     paths = [r["path"] for r in answer.json()]
     assert paths == ["first.jpg", "series.dcm#0", "series.dcm#1", "series.dcm#2", "last.jpg"]
     assert all(r["status"] == "ok" for r in answer.json())
+
+
+def test_non_mr_dicom_is_rejected_not_an_error(client: TestClient,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    source = fixture_of("glioma")
+    answer = client.post("/v1/predict", files=as_files([
+        ("ct.dcm", make_dicom(source, modality="CT"), "application/dicom"),
+        ("us.dcm", make_dicom(source, modality="US"), "application/dicom"),
+        ("mr.dcm", make_dicom(source), "application/dicom"),
+        ("untagged.dcm", make_dicom(source, modality=None), "application/dicom")]))
+    assert answer.status_code == 200, answer.text
+    results = answer.json()
+    assert [r["status"] for r in results] == ["rejected", "rejected", "ok", "ok"]
+    assert "DICOM Modality is CT (computed tomography), not MR" in results[0]["message"]
+    assert "DICOM Modality is US (ultrasound), not MR" in results[1]["message"]
+    assert all(r["label"] is None for r in results[:2])
+    assert all(r["label"] in CLASSES for r in results[2:])
+    # A request of only a CT slice is answered, not refused as unreadable (422).
+    raw = client.post("/v1/predict", content=make_dicom(source, modality="CT"),
+                      headers={"Content-Type": "application/dicom"})
+    assert raw.status_code == 200, raw.text
+    assert [r["status"] for r in raw.json()] == ["rejected"]
+    assert "Modality is CT" in raw.json()[0]["message"]
+    for secret in (PATIENT_NAME, PATIENT_ID, BIRTH_DATE):
+        assert secret not in answer.text and secret not in raw.text
+        assert secret not in caplog.text
 
 
 # -- errors -----------------------------------------------------------------------------------

@@ -195,6 +195,24 @@ def test_multiframe_dicom_gives_a_row_per_frame_and_no_patient_identifiers(
         assert identifier not in shown
 
 
+def test_ct_dicom_is_refused_by_its_header_on_the_page(app: AppTest,
+                                                      predictor: Predictor) -> None:
+    pixels = np.asarray(Image.open(_fixture("glioma")).convert("L"), dtype=np.uint16) * 16
+    ct = dicom_bytes(pixels, modality="CT")
+    [item] = analyse_upload(predictor, "head.dcm", ct)
+    assert item.prediction.status == "rejected" and item.image is None
+    assert "DICOM Modality is CT (computed tomography)" in item.prediction.message
+    _upload(app, [("head.dcm", ct), ("scan.dcm", dicom_bytes(pixels))])
+    assert not app.exception
+    warnings = [w.value for w in app.main.warning if NOT_MRI_TEXT in w.value]
+    assert len(warnings) == 1 and "Modality is CT" in warnings[0]
+    assert not app.main.error
+    assert list(app.dataframe[0].value["Result"]) == ["Not a brain MRI", "Glioma"]
+    shown = _sent_text(app)
+    for identifier in ("Doe", "Sensitive", *PATIENT.values()):
+        assert identifier not in shown
+
+
 def test_csv_download_holds_one_row_per_upload(app: AppTest, downloads: list[bytes]) -> None:
     good = _fixture("meningioma").read_bytes()
     app.pills[0].set_value(["glioma.jpg"])

@@ -12,7 +12,7 @@ from PIL import Image
 from tests.dicom_factory import PATIENT, make_dicom
 
 from mri_tumor.cli import main
-from mri_tumor.data.reading import ImageReadError, read_frames, read_image
+from mri_tumor.data.reading import ImageReadError, NotMRIError, read_frames, read_image
 
 PYDICOM_FILES = Path(pydicom.data.__file__).parent / "test_files"
 
@@ -68,9 +68,12 @@ def test_pydicom_sample_mr_files_decode() -> None:
         assert image.size == (64, 64) and np.asarray(image).std() > 10, name
 
 
-def test_undecodable_syntax_and_truncated_file_give_clear_messages() -> None:
+def test_undecodable_syntax_and_truncated_file_give_clear_messages(tmp_path: Path) -> None:
+    lossy = pydicom.dcmread(PYDICOM_FILES / "JPEG-lossy.dcm")  # a nuclear medicine image
+    lossy.Modality = "MR"  # so that the pixels are tried, not refused by the header
+    lossy.save_as(tmp_path / "lossy.dcm")
     with pytest.raises(ImageReadError, match="JPEG Extended"):
-        read_image(PYDICOM_FILES / "JPEG-lossy.dcm")
+        read_image(tmp_path / "lossy.dcm")
     with pytest.raises(ImageReadError, match="damaged or truncated"):
         read_image(PYDICOM_FILES / "MR_truncated.dcm")
 
@@ -98,3 +101,56 @@ def test_cli_series_summary_and_no_patient_data(tmp_path: Path, slice_pixels: np
     table = capsys.readouterr().out
     assert "series" in table and "3 slices" in table
     assert all(value not in table for value in PATIENT.values())
+
+
+@pytest.mark.parametrize(("modality", "shown"), [
+    ("CT", "CT (computed tomography)"), ("US", "US (ultrasound)"),
+    ("CR", "CR (computed radiography)"), ("ZZ", "ZZ, not MR")])
+def test_non_mr_modality_is_refused_by_the_header(tmp_path: Path, slice_pixels: np.ndarray,
+                                                   modality: str, shown: str) -> None:
+    path = make_dicom(slice_pixels, tmp_path / "slice.dcm", modality=modality)
+    with pytest.raises(NotMRIError) as refused:
+        read_frames(path, "slice.dcm")
+    message = str(refused.value)
+    assert isinstance(refused.value, ImageReadError) and refused.value.modality == modality
+    assert message.startswith(f"slice.dcm: DICOM Modality is {shown}")
+    assert "brain MRI only" in message and "\n" not in message
+    assert all(value not in message for value in PATIENT.values())
+
+
+def test_real_non_mr_samples_are_refused_naming_their_modality() -> None:
+    for name, modality in (("CT_small.dcm", "CT"), ("JPEG-lossy.dcm", "NM")):
+        with pytest.raises(NotMRIError, match=f"Modality is {modality} "):
+            read_image(PYDICOM_FILES / name)
+
+
+@pytest.mark.parametrize("modality", [
+    "MR", "", None, "OT", "SC",  # OT/SC (secondary capture): judged by content, not the header
+    pytest.param("mr", marks=pytest.mark.filterwarnings("ignore:Invalid value for VR CS"))])
+def test_mr_and_untagged_dicom_are_still_read(tmp_path: Path, slice_pixels: np.ndarray,
+                                              modality: str | None) -> None:
+    path = make_dicom(slice_pixels, tmp_path / "slice.dcm", bits=8, modality=modality)
+    assert ("Modality" in pydicom.dcmread(path)) == (modality is not None)
+    [frame] = read_frames(path)
+    assert frame.image.size == (slice_pixels.shape[1], slice_pixels.shape[0])
+
+
+def test_cli_rejects_non_mr_dicom_and_exits_0(tmp_path: Path, fixture_paths: list[Path],
+                                              capsys) -> None:
+    pixels = np.asarray(Image.open(fixture_paths[0]).convert("L")).astype(np.uint16) * 16
+    for name, modality in (("ct.dcm", "CT"), ("us.dcm", "US"), ("mr.dcm", "MR"),
+                           ("untagged.dcm", None)):
+        make_dicom(pixels, tmp_path / name, modality=modality)
+    files = [str(tmp_path / n) for n in ("ct.dcm", "us.dcm", "mr.dcm", "untagged.dcm")]
+    assert main(["predict", "--json", *files]) == 0  # a rejection is not a read failure
+    captured = capsys.readouterr()
+    results = [json.loads(line) for line in captured.out.splitlines()]
+    assert [r["status"] for r in results] == ["rejected", "rejected", "ok", "ok"]
+    assert "Modality is CT (computed tomography)" in results[0]["message"]
+    assert "Modality is US (ultrasound)" in results[1]["message"]
+    assert results[0]["label"] is None and results[0]["probabilities"] is None
+    for value in PATIENT.values():
+        assert value not in captured.out and value not in captured.err
+    assert main(["predict", files[0]]) == 0
+    table = capsys.readouterr().out
+    assert "rejected" in table and "DICOM Modality is CT" in table

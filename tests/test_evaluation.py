@@ -20,15 +20,25 @@ from mri_tumor import metrics
 from mri_tumor.calibration import fit_temperature
 from mri_tumor.card import DISCLAIMER
 from mri_tumor.cli import main
+from mri_tumor.data.folders import class_of_folder, source_name
 from mri_tumor.data.reading import read_image
-from mri_tumor.data.splitting import NEAR_DUPLICATE_BITS
+from mri_tumor.data.splitting import NEAR_DUPLICATE_BITS, SplitRow, write_split_csv
 from mri_tumor.evaluation import (
     JSON_KEYS,
+    STRESS_KEYS,
     Evaluation,
+    ScoredImages,
     _forward,
     compute_metrics,
     evaluate,
+    fit_shortcut_classifier,
+    gamma_pixels,
+    intensity_features,
+    match_histogram_pixels,
     ordered_parallel_map,
+    pick_references,
+    shift_checks,
+    shift_message,
 )
 from mri_tumor.inference import Predictor
 from mri_tumor.report import (
@@ -40,6 +50,9 @@ from mri_tumor.report import (
 )
 
 FIXTURE_IMAGES = Path(__file__).parent / "fixtures" / "images"
+FIXTURE_TYPES = Path(__file__).parent / "fixtures" / "types"  # '<Type> <Sequence>' layout
+# In-scope images of the type-and-sequence fixture per sequence (Schwannoma T1 is skipped).
+TYPES_PER_SEQUENCE = {"T1": 6, "T1C+": 3, "T2": 9}
 CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
 
 
@@ -59,6 +72,11 @@ def copy_fixtures(target: Path) -> Path:
 @pytest.fixture(scope="module")
 def predictor() -> Predictor:
     return Predictor.load()
+
+
+@pytest.fixture(scope="module")
+def onnx_predictor() -> Predictor:
+    return Predictor.load(backend="onnx")
 
 
 @pytest.fixture(scope="module")
@@ -224,6 +242,10 @@ def test_command_json_has_exactly_the_documented_keys_and_writes_the_report(tmp_
     assert 0 <= result["ece"] <= 1 and 0 <= result["ece_uncalibrated"] <= 1
     assert set(result["leak_free"]) == {"n", "accuracy", "macro_f1"}
     assert result["leak_free"]["n"] == 20 - len(planted)
+    assert result["by_group"] == {}  # one source, and the Kaggle layout tells no sequence
+    assert [(c["class"], c["n"]) for c in result["by_cell"]] == [(c, 5) for c in CLASSES]
+    assert result["stress"] is None  # not asked for
+    assert 0 <= result["shortcut_baseline_accuracy"] <= 1
     skipped = {item["path"]: item["reason"] for item in result["skipped"]}
     assert skipped.keys() == {"glioma/broken.jpg", "notumor/notes.txt"}
     assert "damaged" in skipped["glioma/broken.jpg"] or "not a supported" in skipped[
@@ -298,7 +320,7 @@ def planted_training_folder(root: Path) -> dict[str, str]:
 def test_leakage_check_finds_planted_duplicates_and_only_those(predictor: Predictor,
                                                                tmp_path: Path) -> None:
     planted = planted_training_folder(tmp_path / "train")
-    evaluation = evaluate(predictor, FIXTURE_IMAGES, train_dir=tmp_path / "train",
+    evaluation = evaluate(predictor, FIXTURE_IMAGES, train_dirs=tmp_path / "train",
                           batch_size=16, progress=False)
     found = {path: matches for path, matches in
              zip(evaluation.scored.relative_paths, evaluation.duplicates, strict=True) if matches}
@@ -392,3 +414,241 @@ def test_real_model_is_accurate_on_the_fixtures(fixture_evaluation: Evaluation) 
 def test_real_model_guard_is_active_and_keeps_real_mris(fixture_evaluation: Evaluation) -> None:
     assert fixture_evaluation.rejected is not None  # the model ships an OOD guard
     assert fixture_evaluation.rejected <= 1
+
+
+# -- several sources, groups and cells ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def two_source_json(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """``evaluate --json --stress --train-dir`` on both fixture folders (38 images)."""
+    train = tmp_path_factory.mktemp("planted") / "train"
+    planted_training_folder(train)
+    status, stdout, stderr = run_cli("evaluate", str(FIXTURE_IMAGES), str(FIXTURE_TYPES),
+                                     "--json", "--stress", "--batch-size", "16",
+                                     "--backend", "onnx", "--train-dir", str(train))
+    assert status == 0, stderr
+    return json.loads(stdout)
+
+
+def test_by_group_has_each_source_and_sequence_and_the_counts_add_up(
+        two_source_json: dict) -> None:
+    result = two_source_json
+    assert tuple(result) == JSON_KEYS
+    in_types = sum(TYPES_PER_SEQUENCE.values())
+    assert result["n"] == 20 + in_types
+    groups = result["by_group"]
+    sources = {name: g["n"] for name, g in groups.items() if name.startswith("source:")}
+    sequences = {name.removeprefix("sequence:"): g["n"] for name, g in groups.items()
+                 if name.startswith("sequence:")}
+    assert sources == {f"source:{source_name(FIXTURE_IMAGES)}": 20,
+                       f"source:{source_name(FIXTURE_TYPES)}": in_types}
+    assert sum(sources.values()) == result["n"]
+    assert sequences == TYPES_PER_SEQUENCE  # Kaggle images have no sequence group
+    assert len(groups) == len(sources) + len(sequences)
+    for group in groups.values():
+        assert set(group) == {"n", "accuracy", "macro_f1"}
+        assert 0 <= group["accuracy"] <= 1 and 0 <= group["macro_f1"] <= 1
+    # the cells partition the images, and every group's accuracy is its cells' weighted mean
+    cells = result["by_cell"]
+    assert sum(cell["n"] for cell in cells) == result["n"]
+    assert len({(c["source"], c["sequence"], c["class"]) for c in cells}) == len(cells)
+    for name, group in groups.items():
+        kind, value = name.split(":", 1)
+        members = [cell for cell in cells if cell[kind] == value]
+        assert sum(cell["n"] for cell in members) == group["n"]
+        assert (sum(cell["n"] * cell["accuracy"] for cell in members) / group["n"]
+                == pytest.approx(group["accuracy"]))
+    assert (sum(cell["n"] * cell["accuracy"] for cell in cells) / result["n"]
+            == pytest.approx(result["accuracy"]))
+    types_cells = {(c["sequence"], c["class"]): c["n"] for c in cells
+                   if c["source"] == source_name(FIXTURE_TYPES)}
+    assert types_cells == {("T1", "meningioma"): 3, ("T1", "notumor"): 3, ("T1C+", "glioma"): 3,
+                           ("T2", "glioma"): 3, ("T2", "meningioma"): 3, ("T2", "notumor"): 3}
+
+
+def test_stress_json_has_the_five_perturbations_on_the_leak_free_images(
+        two_source_json: dict) -> None:
+    stress = two_source_json["stress"]
+    assert set(stress) == {*STRESS_KEYS, "n", "subset", "unperturbed"}
+    assert len(STRESS_KEYS) == 5
+    # with --train-dir the stress test runs on the leak-free images (3 planted duplicates)
+    assert stress["subset"] == "leak_free"
+    assert stress["n"] == two_source_json["leak_free"]["n"] == 38 - 3
+    assert stress["unperturbed"] == pytest.approx(two_source_json["leak_free"]["accuracy"])
+    for key in STRESS_KEYS:
+        assert 0 <= stress[key] <= 1
+        assert stress[key] * stress["n"] == pytest.approx(round(stress[key] * stress["n"]))
+
+
+def test_train_dir_gives_a_shortcut_baseline_and_the_shift_check_runs(
+        two_source_json: dict) -> None:
+    assert 0 <= two_source_json["shortcut_baseline_accuracy"] <= 1
+    warning = two_source_json["shift_warning"]
+    assert warning is None or warning.startswith("Distribution shift:")
+
+
+def test_stress_flip_equals_scoring_a_folder_of_mirrored_images(onnx_predictor: Predictor,
+                                                                tmp_path: Path) -> None:
+    predictor = onnx_predictor
+    mirrored = tmp_path / "types"
+    for path in FIXTURE_TYPES.glob("*/*.jpg"):
+        (mirrored / path.parent.name).mkdir(parents=True, exist_ok=True)
+        with Image.open(path) as image:  # mirrored at full size, saved losslessly
+            ImageOps.mirror(image).save(mirrored / path.parent.name / f"{path.stem}.png")
+    original = evaluate(predictor, FIXTURE_TYPES, batch_size=8, progress=False, stress=True)
+    flipped = evaluate(predictor, mirrored, batch_size=8, progress=False)
+    assert original.stress is not None
+    assert (original.stress["subset"], original.stress["n"]) == ("all", 18)
+    assert original.stress["unperturbed"] == pytest.approx(original.metrics["accuracy"])
+    # the mirror does change the network's output, and the stress test sees the same change
+    assert np.abs(original.scored.logits - flipped.scored.logits).max() > 1e-3
+    assert original.stress["flip"] == pytest.approx(flipped.metrics["accuracy"])
+    assert original.scored.pixels is None  # the kept pixels are dropped afterwards
+
+
+def test_perturbations_gamma_histogram_swap_and_reference_choice() -> None:
+    levels = np.array([[[0, 64, 255]]], dtype=np.uint8)
+    assert gamma_pixels(levels, 0.5).tolist() == [[[0, 128, 255]]]  # 255 * sqrt(64/255)
+    assert gamma_pixels(levels, 2.0).tolist() == [[[0, 16, 255]]]  # 255 * (64/255)^2
+    rng = np.random.default_rng(0)
+    dark = rng.integers(0, 100, size=(1, 32, 32)).astype(np.uint8)
+    bright = rng.integers(150, 256, size=(1, 32, 32)).astype(np.uint8)
+    swapped = match_histogram_pixels(dark, bright)
+    assert swapped.dtype == np.uint8 and swapped.min() >= 150
+    assert abs(float(swapped.mean()) - float(bright.mean())) < 2
+    order = np.argsort(dark.ravel(), kind="stable")  # brighter stays brighter
+    assert (np.diff(swapped.ravel()[order].astype(int)) >= 0).all()
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    other = pick_references(labels, rng, same_class=False)
+    assert (labels[other] != labels).all()
+    same = pick_references(labels, rng, same_class=True)
+    assert (labels[same] == labels).all()
+    assert (same[:5] != np.arange(5)).all() and same[5] == 5  # class 2 has no other image
+    assert (pick_references(np.zeros(3, dtype=int), rng, same_class=False) == -1).all()
+
+
+# -- shortcut audit -----------------------------------------------------------------------------
+def synthetic_images(rng: np.random.Generator, means: np.ndarray) -> np.ndarray:
+    """24 x 24 noise images around the given mean grey levels."""
+    return np.clip(rng.normal(means[:, None, None], 25.0, size=(len(means), 24, 24)),
+                   0, 255).astype(np.uint8)
+
+
+def test_intensity_features_are_histogram_mean_spread_and_percentiles() -> None:
+    pixels = np.stack([np.full((8, 8), 200, dtype=np.uint8),
+                       np.arange(64, dtype=np.uint8).reshape(8, 8) * 4])
+    features = intensity_features(pixels)
+    assert features.shape == (2, 41)
+    np.testing.assert_allclose(features[:, :32].sum(axis=1), 1.0)
+    assert features[0, 200 * 32 // 256] == 1.0
+    assert features[0, 32] == pytest.approx(200 / 255) and features[0, 33] == 0
+    assert features[1, 32] == pytest.approx(pixels[1].mean() / 255)
+    assert features[1, 34 + 3] == pytest.approx(np.median(pixels[1]) / 255)  # 50th percentile
+
+
+def test_shortcut_classifier_reads_the_class_when_the_class_is_brightness() -> None:
+    rng = np.random.default_rng(0)
+    levels = np.array([50.0, 100.0, 150.0, 200.0])
+    train, test = np.repeat(np.arange(4), 60), np.repeat(np.arange(4), 60)
+    classifier = fit_shortcut_classifier(
+        intensity_features(synthetic_images(rng, levels[train])), train, 4)
+    predicted = classifier.predict(intensity_features(synthetic_images(rng, levels[test])))
+    assert np.mean(predicted == test) > 0.9
+
+
+def test_shortcut_classifier_is_near_chance_when_brightness_says_nothing() -> None:
+    rng = np.random.default_rng(1)
+    train, test = np.repeat(np.arange(4), 100), np.repeat(np.arange(4), 100)
+    # every class draws its images' brightness from the same distribution
+    classifier = fit_shortcut_classifier(
+        intensity_features(synthetic_images(rng, rng.uniform(60, 200, len(train)))), train, 4)
+    predicted = classifier.predict(
+        intensity_features(synthetic_images(rng, rng.uniform(60, 200, len(test)))))
+    assert 0.15 <= np.mean(predicted == test) <= 0.37  # chance: 0.25
+
+
+# -- distribution shift ---------------------------------------------------------------------
+def scored_with_ood(scores: list[float], sources: list[str] | None = None) -> ScoredImages:
+    n = len(scores)
+    return ScoredImages(roots=[Path("data")], paths=[], relative_paths=[],
+                        labels=np.zeros(n, dtype=int), logits=np.zeros((n, 4)),
+                        ood_scores=np.array(scores), sources=sources or ["data"] * n,
+                        sequences=[""] * n)
+
+
+def test_shift_rule_rejected_share_against_validation_or_median_score() -> None:
+    threshold = 10.0
+    tail = scored_with_ood([1.0] * 97 + [11.0] * 3)  # 3% rejected, median 10% of threshold
+    assert shift_checks(tail, threshold, 0.005)[0].flagged  # 3% > 2% and > 3 x 0.5%
+    assert not shift_checks(tail, threshold, 0.02)[0].flagged  # 3% is not above 3 x 2%
+    assert not shift_checks(scored_with_ood([1.0] * 99 + [11.0]), threshold, 0.0)[0].flagged
+    assert shift_checks(scored_with_ood([6.5] * 100), threshold, 0.0)[0].flagged  # median 65%
+    assert not shift_checks(scored_with_ood([5.5] * 100), threshold, 0.0)[0].flagged
+    mixed = scored_with_ood([1.0] * 50 + [7.0] * 50, ["kaggle"] * 50 + ["other"] * 50)
+    checks = shift_checks(mixed, threshold, 0.005)
+    assert [(c.group, c.n, c.flagged) for c in checks] == [
+        ("all images", 100, False), ("kaggle", 50, False), ("other", 50, True)]
+    message = shift_message(checks, threshold, 0.005)
+    assert message is not None and "other (50 images)" in message and "kaggle" not in message
+    assert "70% of the threshold" in message
+    quiet = shift_checks(scored_with_ood([1.0] * 10), threshold, 0.0)
+    assert shift_message(quiet, threshold, 0.0) is None
+    assert shift_checks(scored_with_ood([1.0]), None, 0.0) == []  # no guard: no check
+
+
+# -- --split -----------------------------------------------------------------------------------
+def fixture_split_rows() -> list[SplitRow]:
+    """Every third fixture image of each folder on the val side; half of the rows carry the
+    sequence column, the other half leave it empty as older split files do."""
+    rows = []
+    for root in (FIXTURE_IMAGES, FIXTURE_TYPES):
+        paths = sorted(p for p in root.glob("*/*.jpg") if class_of_folder(p.parent.name)[0])
+        for i, path in enumerate(paths):
+            label, sequence, _ = class_of_folder(path.parent.name)
+            rows.append(SplitRow(path.relative_to(root).as_posix(), str(label),
+                                 "val" if i % 3 == 0 else "train", i, "0" * 64,
+                                 source_name(root), sequence if i % 2 else ""))
+    return rows
+
+
+@pytest.mark.parametrize("subset", ["val", "train"])
+def test_split_scores_only_the_rows_of_the_subset(tmp_path: Path, subset: str) -> None:
+    rows = fixture_split_rows()
+    write_split_csv(rows, tmp_path / "split.csv")
+    status, stdout, stderr = run_cli("evaluate", str(FIXTURE_IMAGES), str(FIXTURE_TYPES),
+                                     "--split", str(tmp_path / "split.csv"), "--subset", subset,
+                                     "--json", "--backend", "onnx")
+    assert status == 0, stderr
+    result = json.loads(stdout)
+    chosen = [row for row in rows if row.split == subset]
+    assert 0 < len(chosen) < len(rows)
+    assert result["n"] == len(chosen)
+    expected: dict[tuple[str, str, str], int] = {}
+    for row in chosen:
+        sequence = class_of_folder(row.path.split("/")[0])[1]  # known even where "" in the CSV
+        key = (row.source, sequence, row.label)
+        expected[key] = expected.get(key, 0) + 1
+    assert {(c["source"], c["sequence"], c["class"]): c["n"]
+            for c in result["by_cell"]} == expected
+
+
+@pytest.mark.parametrize("problem", ["missing_file", "unknown_source", "empty_side",
+                                     "no_file"])
+def test_split_problems_exit_2_with_one_line(tmp_path: Path, problem: str) -> None:
+    rows = fixture_split_rows()
+    if problem == "missing_file":
+        rows[0] = dataclasses.replace(rows[0], path="glioma/not_there.jpg", split="val")
+    elif problem == "unknown_source":
+        rows[0] = dataclasses.replace(rows[0], source="elsewhere", split="val")
+    elif problem == "empty_side":
+        rows = [dataclasses.replace(row, split="train") for row in rows]
+    if problem != "no_file":
+        write_split_csv(rows, tmp_path / "split.csv")
+    status, stdout, stderr = run_cli("evaluate", str(FIXTURE_IMAGES), str(FIXTURE_TYPES),
+                                     "--split", str(tmp_path / "split.csv"))
+    assert status == 2 and stdout == ""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mri-tumor evaluate: error: --split")
+    expected = {"missing_file": "not_there.jpg", "unknown_source": "elsewhere",
+                "empty_side": "no images on the 'val' side", "no_file": "no such file"}[problem]
+    assert expected in lines[0]
+

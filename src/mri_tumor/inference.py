@@ -6,8 +6,8 @@
 
 Each input gives one result per 2-D slice (a multi-frame DICOM file gives several), with a
 calibrated confidence, all class probabilities and an out-of-distribution score. Inputs that
-do not look like brain MRI slices are ``rejected``; unreadable ones are ``error``. Research
-tool, not a diagnosis.
+do not look like brain MRI slices, or DICOM files whose header says another modality (CT...),
+are ``rejected``; unreadable ones are ``error``. Research tool, not a diagnosis.
 """
 
 from __future__ import annotations
@@ -31,7 +31,13 @@ from mri_tumor.card import (
 )
 from mri_tumor.data.folders import DISPLAY_NAMES
 from mri_tumor.data.preprocess import PreprocessSpec, normalize_array, to_model_pixels
-from mri_tumor.data.reading import Frame, ImageReadError, ImageSource, read_frames
+from mri_tumor.data.reading import (
+    Frame,
+    ImageReadError,
+    ImageSource,
+    NotMRIError,
+    read_frames,
+)
 from mri_tumor.ood import OODGuard
 
 # Frames per network call: on 2 cores batches of 8 ran faster than 32 or 64 (better cache
@@ -140,7 +146,8 @@ class Predictor:
     # -- the pipeline: inputs -> frames -> pixels -> (logits, features) -> results -----------
     def predict(self, inputs: Sequence[ImageSource], names: Sequence[str] | None = None,
                 batch_size: int = 32) -> list[Prediction]:
-        """Predict every input; a bad input gives an ``error`` result, never an exception.
+        """Predict every input; a bad input gives an ``error`` result (a non-MR DICOM file a
+        ``rejected`` one), never an exception.
 
         ``names`` labels inputs that have no path (bytes, arrays, PIL images).
         """
@@ -150,6 +157,9 @@ class Predictor:
             name = names[index] if names else _default_name(source, index)
             try:
                 frames = read_frames(source, name)
+            except NotMRIError as error:  # a CT or other non-MR DICOM: refused by its header
+                results.append(Prediction(name, REJECTED, message=str(error)))
+                continue
             except ImageReadError as error:
                 results.append(Prediction(name, ERROR, message=str(error)))
                 continue
@@ -237,7 +247,9 @@ def ensure_onnx_file(model_dir: Path, card: ModelCard) -> Path:
     if path.is_file():
         return path
     digest = hashlib.sha256(ModelCard.weights_path(model_dir).read_bytes()).hexdigest()[:16]
-    path = _cache_dir() / (f"{card.architecture}-{card.image_size}px-{digest}"
+    # The graph carries the guard's threshold (the refusal direction's scale): key it too.
+    threshold = hashlib.sha256(repr(card.ood_threshold).encode()).hexdigest()[:8]
+    path = _cache_dir() / (f"{card.architecture}-{card.image_size}px-{digest}-{threshold}"
                            f"-v{ONNX_GRAPH_VERSION}.onnx")
     if path.is_file():
         return path

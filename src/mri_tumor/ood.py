@@ -5,6 +5,12 @@ images give one mean per class and a shared, shrunk covariance; an input's score
 squared distance to the nearest class mean. Photos, documents, CT, X-rays, blank and noise
 images land far from every class. The threshold is a high quantile of the scores of held-out
 (validation) brain MRIs, so about that fraction of real MRIs is wrongly rejected.
+
+Second part, for images that are close to brain MRI in feature space but are not MRI (head CT
+above all: same anatomy, a different physics): a *refusal direction*, a regularised logistic
+regression between the training MRIs' features and features of examples that must be refused
+(``fit_refusal``). An input is rejected when either part says so; the exported score is
+``max(distance, 2 * threshold * sigmoid(refusal logit - cut))``, so one threshold serves both.
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ class OODGuard:
     class_means: np.ndarray  # (C, D)
     whitening: np.ndarray  # (D, D): precision = whitening @ whitening.T
     threshold: float
+    refusal_weight: np.ndarray | None = None  # (D,): logit = features @ weight + bias
+    refusal_bias: float = 0.0
+    refusal_cut: float = 0.0  # logits above this are refused
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """Squared Mahalanobis distance of each feature row to its nearest class mean,
@@ -42,22 +51,44 @@ class OODGuard:
     def module(self) -> Any:
         """The score as a ``torch.nn.Module`` (the torch backend runs it, ONNX exports it)."""
         if getattr(self, "_module", None) is None:
-            self._module = mahalanobis_module(self.class_means, self.whitening)
+            refusal = None
+            if self.refusal_weight is not None:
+                refusal = (self.refusal_weight, self.refusal_bias - self.refusal_cut,
+                           self.threshold)
+            self._module = mahalanobis_module(self.class_means, self.whitening, refusal)
         return self._module
+
+    def refusal_logits(self, features: np.ndarray) -> np.ndarray:
+        """The refusal direction's logit minus its cut (> 0: refused); zeros without one."""
+        if self.refusal_weight is None:
+            return np.zeros(len(features))
+        return (np.asarray(features, np.float64) @ self.refusal_weight.astype(np.float64)
+                + self.refusal_bias - self.refusal_cut)
 
     def to_tensors(self) -> dict[str, Any]:
         import torch
 
-        return {"ood_class_means": torch.from_numpy(self.class_means.astype(np.float32)),
-                "ood_whitening": torch.from_numpy(self.whitening.astype(np.float32))}
+        tensors = {"ood_class_means": torch.from_numpy(self.class_means.astype(np.float32)),
+                   "ood_whitening": torch.from_numpy(self.whitening.astype(np.float32))}
+        if self.refusal_weight is not None:
+            tensors["ood_refusal_weight"] = torch.from_numpy(
+                self.refusal_weight.astype(np.float32))
+            tensors["ood_refusal_bias_cut"] = torch.tensor(
+                [self.refusal_bias, self.refusal_cut], dtype=torch.float32)
+        return tensors
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, Any], threshold: float | None) -> OODGuard | None:
         """From the ``extra.`` tensors stored with the weights (torch tensors or numpy)."""
         if threshold is None or "ood_whitening" not in tensors:
             return None
-        return cls(_float32(tensors["ood_class_means"]), _float32(tensors["ood_whitening"]),
-                   float(threshold))
+        guard = cls(_float32(tensors["ood_class_means"]), _float32(tensors["ood_whitening"]),
+                    float(threshold))
+        if "ood_refusal_weight" in tensors:
+            bias, cut = _float32(tensors["ood_refusal_bias_cut"]).tolist()
+            guard.refusal_weight = _float32(tensors["ood_refusal_weight"])
+            guard.refusal_bias, guard.refusal_cut = float(bias), float(cut)
+        return guard
 
 
 def _float32(tensor: Any) -> np.ndarray:
@@ -66,9 +97,14 @@ def _float32(tensor: Any) -> np.ndarray:
     return np.asarray(tensor, dtype=np.float32)
 
 
-def mahalanobis_module(class_means: np.ndarray, whitening: np.ndarray) -> Any:
+def mahalanobis_module(class_means: np.ndarray, whitening: np.ndarray,
+                       refusal: tuple[np.ndarray, float, float] | None = None) -> Any:
     """``nn.Module``: pooled features (B, D) -> guard score (B,). Built by a function so that
-    importing this module does not import torch (the ONNX backend runs without it)."""
+    importing this module does not import torch (the ONNX backend runs without it).
+
+    ``refusal`` is (weight, bias - cut, threshold) of a refusal direction (see the module
+    docstring); without it the score is the distance alone, as in models fitted before it.
+    """
     import torch
     from torch import nn
 
@@ -83,11 +119,22 @@ def mahalanobis_module(class_means: np.ndarray, whitening: np.ndarray) -> Any:
             if torch.equal(w.half().float(), w):
                 w = w.half()
             self.register_buffer("whitening", w)
+            self.refuses = refusal is not None
+            if refusal is not None:
+                weight, offset, threshold = refusal
+                self.register_buffer("refusal_weight", torch.from_numpy(
+                    np.ascontiguousarray(weight, np.float32)))
+                self.register_buffer("refusal_offset", torch.tensor(float(offset)))
+                self.register_buffer("refusal_scale", torch.tensor(2.0 * float(threshold)))
 
         def forward(self, features: torch.Tensor) -> torch.Tensor:
             projected = features @ self.whitening.float()
             gaps = projected.unsqueeze(1) - self.projected_means.unsqueeze(0)
-            return (gaps * gaps).sum(dim=2).min(dim=1).values / projected.shape[1]
+            distance = (gaps * gaps).sum(dim=2).min(dim=1).values / projected.shape[1]
+            if not self.refuses:
+                return distance
+            logit = features @ self.refusal_weight + self.refusal_offset
+            return torch.maximum(distance, self.refusal_scale * torch.sigmoid(logit))
 
     return _MahalanobisScore().eval()
 
@@ -107,4 +154,48 @@ def fit_guard(train_features: np.ndarray, train_labels: np.ndarray, heldout_feat
     whitening = eigenvectors / np.sqrt(np.maximum(eigenvalues, 1e-12))
     guard = OODGuard(means.astype(np.float32), whitening.astype(np.float32), threshold=np.inf)
     guard.threshold = float(np.quantile(guard.score(heldout_features), 1.0 - reject_rate))
+    return guard
+
+
+# Share of held-out brain MRIs the refusal direction may refuse (on top of the distance's).
+# Chosen by 5-fold cross-validation on the head-CT PNGs (benchmarks/ct_refusal.py): 0.25%
+# refused 93% of held-out CT, 0.5% refused 99%, at 0.7% and 0.9% of validation MRIs in all.
+REFUSAL_REJECT_RATE = 0.005
+# L2 penalty of the refusal direction on standardised features: strong, because a few hundred
+# refusal examples face 1280 dimensions, and a direction fitted too closely to one CT set
+# would also catch MRIs of sources it never saw.
+REFUSAL_L2 = 1.0
+
+
+def fit_refusal(guard: OODGuard, mri_features: np.ndarray, refuse_features: np.ndarray,
+                heldout_features: np.ndarray, reject_rate: float = REFUSAL_REJECT_RATE,
+                l2: float = REFUSAL_L2) -> OODGuard:
+    """Add a refusal direction to ``guard``: logistic regression of MRI (training features)
+    against images that must be refused; the cut is the ``1 - reject_rate`` quantile of the
+    held-out MRIs' logits. Classes are weighted equally whatever their counts."""
+    from scipy.optimize import minimize
+
+    x = np.concatenate([mri_features, refuse_features]).astype(np.float64)
+    y = np.concatenate([np.zeros(len(mri_features)), np.ones(len(refuse_features))])
+    weights = np.where(y == 1, 0.5 / len(refuse_features), 0.5 / len(mri_features))
+    centre, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
+    z = (x - centre) / scale
+
+    def loss(params: np.ndarray) -> tuple[float, np.ndarray]:
+        w, b = params[:-1], params[-1]
+        logits = z @ w + b
+        p = 1 / (1 + np.exp(-logits))
+        value = np.sum(weights * (np.logaddexp(0, logits) - y * logits)) + 0.5 * l2 * w @ w / len(w)
+        gradient = weights * (p - y)
+        return value, np.append(z.T @ gradient + l2 * w / len(w), gradient.sum())
+
+    solution = minimize(loss, np.zeros(z.shape[1] + 1), jac=True, method="L-BFGS-B",
+                        options={"maxiter": 500})
+    w = solution.x[:-1] / scale  # back to raw features: logit = features @ w + bias
+    bias = float(solution.x[-1] - centre @ w)
+    heldout_logits = np.asarray(heldout_features, np.float64) @ w + bias
+    guard.refusal_weight = w.astype(np.float32)
+    guard.refusal_bias = bias
+    guard.refusal_cut = float(np.quantile(heldout_logits, 1.0 - reject_rate))
+    guard._module = None
     return guard

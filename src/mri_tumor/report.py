@@ -241,6 +241,8 @@ def write_training_curves(model_dir: Path | None, path: Path) -> str | None:
             history = json.loads(history_file.read_text())
         except (OSError, ValueError):
             return None
+        if isinstance(history, dict):  # {"sources": [...], "epochs": [...]} since multi-source
+            history = history.get("epochs")
         if isinstance(history, list) and history and all(isinstance(r, dict) for r in history):
             plot_history(history, path)
             return str(history_file)
@@ -307,7 +309,89 @@ def confusion_rows(result: dict[str, Any], class_names: Sequence[str]) -> list[l
 
 
 def _looks_numeric(cell: str) -> bool:
-    return cell in ("", "-") or cell.rstrip("%").replace(".", "", 1).isdigit()
+    return cell in ("", "-") or cell.lstrip("+-").rstrip("%").replace(".", "", 1).isdigit()
+
+
+STRESS_LABELS = {
+    "histogram_swap_other_class": "histogram of an image of another class",
+    "histogram_swap_same_class": "histogram of another image of the same class (control)",
+    "gamma_0.5": "gamma 0.5 (brighter)",
+    "gamma_2.0": "gamma 2.0 (darker)",
+    "flip": "left-right mirror",
+}
+
+
+def group_rows(by_group: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """Per-source and per-sequence rows: group, n, accuracy, macro-F1."""
+    rows = [["group", "n", "accuracy", "macro-F1"]]
+    rows += [[name, str(v["n"]), _number(v["accuracy"]), _number(v["macro_f1"])]
+             for name, v in by_group.items()]
+    return rows
+
+
+def cell_rows(by_cell: list[dict[str, Any]]) -> list[list[str]]:
+    """Source x sequence x class rows: the accuracy there is the class's recall."""
+    rows = [["source", "sequence", "class", "n", "accuracy"]]
+    rows += [[f"`{c['source']}`", c["sequence"] or "-", DISPLAY_NAMES.get(c["class"], c["class"]),
+              str(c["n"]), _number(c["accuracy"])] for c in by_cell]
+    return rows
+
+
+def stress_rows(stress: dict[str, Any]) -> list[list[str]]:
+    """Accuracy per perturbation, and its change from the unperturbed images."""
+    base = stress["unperturbed"]
+    rows = [["images", "accuracy", "change"], ["as given", _number(base), ""]]
+    for key, label in STRESS_LABELS.items():
+        value = stress.get(key)
+        change = "-" if value is None or base is None else f"{value - base:+.4f}"
+        rows.append([label, _number(value), change])
+    return rows
+
+
+def _stress_subset(stress: dict[str, Any]) -> str:
+    return (f"the {stress['n']} leak-free images (no duplicate in training)"
+            if stress["subset"] == "leak_free" else f"all {stress['n']} images")
+
+
+def _shortcut_sentence(evaluation: Evaluation) -> str | None:
+    """The shortcut audit in one or two sentences (None without --train-dir)."""
+    baseline = evaluation.shortcut_accuracy
+    if baseline is None:
+        return None
+    labels = evaluation.scored.labels
+    chance = float(np.bincount(labels).max() / len(labels))  # always guessing the largest class
+    model = evaluation.metrics["accuracy"]
+    lead = (f"Shortcut audit: a classifier that sees only brightness statistics (a 32-bin "
+            f"histogram, the mean, the spread and percentiles of the grey levels; nothing "
+            f"spatial), fitted on the training folder(s), reaches {baseline:.1%} here, against "
+            f"the model's {model:.1%} (always guessing the largest class: {chance:.1%}). ")
+    if baseline >= chance + (1 - chance) / 3:
+        sentence = (f"Brightness alone reaching {baseline:.0%} means the labels of this data "
+                    "can largely be read off the source's brightness, so a model's accuracy "
+                    "here can overstate how it does on other sources.")
+        if evaluation.predictor.spec.intensity == "equalize":
+            sentence += (" This model equalises every input's histogram, so it never sees the "
+                         "raw brightness; other traces of the source (texture, framing, "
+                         "sequence) can still carry the label: compare sources and sequences.")
+        return lead + sentence
+    return lead + ("Brightness alone says little about the labels of this data, so the model's "
+                   "accuracy here is not explained by that shortcut.")
+
+
+def _shift_line(evaluation: Evaluation) -> str:
+    from mri_tumor.evaluation import SHIFT_RULE  # the rule's wording lives with the rule
+
+    checks = evaluation.shift
+    if not checks:
+        return ("Distribution shift: not checked (the model has no out-of-distribution "
+                "guard).")
+    if evaluation.shift_warning:
+        return f"**Warning.** {evaluation.shift_warning} (Rule: {SHIFT_RULE}.)"
+    overall = checks[0]
+    threshold = evaluation.predictor.ood_threshold or 1.0
+    return (f"Distribution shift: none flagged ({overall.rejected_share:.1%} rejected, median "
+            f"OOD score {overall.median_score:.2f} = {overall.median_score / threshold:.0%} of "
+            f"the threshold; rule: {SHIFT_RULE}).")
 
 
 def render_table(rows: list[list[str]], markdown: bool) -> str:
@@ -354,7 +438,9 @@ def format_summary(evaluation: Evaluation, report_path: Path | None = None) -> s
     """The console summary: headline, tables, guard and leakage lines, then the disclaimer."""
     m = evaluation.metrics
     names = evaluation.class_names
-    lines = [f"Evaluated {m['n']} images of {evaluation.scored.root} in "
+    selection = evaluation.scored.selection
+    lines = [f"Evaluated {m['n']} images of {evaluation.scored.location}"
+             + (f" ({selection})" if selection else "") + f" in "
              f"{evaluation.seconds:.1f} s ({m['n'] / max(evaluation.seconds, 1e-9):.0f} images/s"
              f", {evaluation.predictor.backend} backend, TTA {'on' if evaluation.tta else 'off'})"]
     skipped = evaluation.scored.skipped
@@ -369,6 +455,16 @@ def format_summary(evaluation: Evaluation, report_path: Path | None = None) -> s
     leak_line = _leak_line(evaluation)
     if leak_line:
         lines += [leak_line]
+    lines += [_shift_line(evaluation).replace("**", "")]
+    shortcut = _shortcut_sentence(evaluation)
+    if shortcut:
+        lines += ["", shortcut]
+    if evaluation.by_group:
+        lines += ["", "By group (source, MR sequence):",
+                  render_table(group_rows(evaluation.by_group), markdown=False)]
+    if evaluation.stress is not None:
+        lines += ["", f"Stress test on {_stress_subset(evaluation.stress)}:",
+                  render_table(stress_rows(evaluation.stress), markdown=False)]
     if report_path is not None:
         lines += ["", f"Report: {report_path}"]
     lines += ["", DISCLAIMER]
@@ -413,7 +509,7 @@ def _write_predictions(evaluation: Evaluation, path: Path) -> None:
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow([*PREDICTION_COLUMNS_START, *(f"p_{n}" for n in names), "ood_score",
-                         "ood_rejected", "training_duplicate"])
+                         "ood_rejected", "training_duplicate", "source", "sequence"])
         scores = evaluation.scored.ood_scores
         threshold = evaluation.predictor.ood_threshold
         for i, relative in enumerate(evaluation.scored.relative_paths):
@@ -427,7 +523,8 @@ def _write_predictions(evaluation: Evaluation, path: Path) -> None:
                              *(f"{p:.4f}" for p in probabilities[i]),
                              "" if scores is None else f"{scores[i]:.4f}",
                              "" if scores is None or threshold is None
-                             else "yes" if scores[i] > threshold else "no", duplicate])
+                             else "yes" if scores[i] > threshold else "no", duplicate,
+                             evaluation.scored.sources[i], evaluation.scored.sequences[i]])
 
 
 def write_report(evaluation: Evaluation, out: Path) -> Path:
@@ -450,10 +547,13 @@ def write_report(evaluation: Evaluation, out: Path) -> Path:
     written |= {CONFUSION_FIGURE, ROC_FIGURE, RELIABILITY_FIGURE}
     _write_predictions(evaluation, out / PREDICTIONS_FILE)
 
+    folders = ", ".join(f"`{root}`" for root in scored.roots)
     lines = [REPORT_MARK, f"# Evaluation report: `{evaluation.predictor.card.architecture}` on "
-             f"`{scored.root}`", "", f"> **{DISCLAIMER}**", "",
-             f"- Data: `{scored.root}`: {m['n']} images scored, {len(scored.skipped)} file(s) "
-             "skipped", *_model_lines(evaluation),
+             f"{folders}", "", f"> **{DISCLAIMER}**", "",
+             f"- Data: {folders}"
+             + (f" ({scored.selection})" if scored.selection else "")
+             + f": {m['n']} images scored, {len(scored.skipped)} file(s) skipped",
+             *_model_lines(evaluation),
              f"- Backend {evaluation.predictor.backend}, test-time augmentation "
              f"{'on (image + mirror, logits averaged)' if evaluation.tta else 'off'}; "
              f"{evaluation.seconds:.1f} s for decoding and scoring "
@@ -469,11 +569,37 @@ def write_report(evaluation: Evaluation, out: Path) -> Path:
         summary.append(["leak-free (no duplicate in training)", str(leak_free["n"]),
                         _number(leak_free["accuracy"]), _number(leak_free["macro_f1"]),
                         _number(leak_free["ece"]), _number(leak_free["ece_uncalibrated"])])
-    lines += [render_table(summary, markdown=True), "", _guard_line(evaluation), ""]
+    shortcut = _shortcut_sentence(evaluation)
+    if evaluation.shortcut_accuracy is not None:
+        summary.append(["all, brightness-only classifier (shortcut audit)", str(m["n"]),
+                        _number(evaluation.shortcut_accuracy), "-", "-", "-"])
+    lines += [render_table(summary, markdown=True), ""]
+    if shortcut:
+        lines += [shortcut, ""]
+    lines += [_guard_line(evaluation), "", _shift_line(evaluation), ""]
+    if evaluation.shift:
+        shift = [["images", "n", "rejected by the guard", "median OOD score",
+                  "share of the threshold", "flagged"]]
+        threshold = evaluation.predictor.ood_threshold or 1.0
+        shift += [[c.group if c.group == "all images" else f"`{c.group}`", str(c.n),
+                   f"{c.rejected_share:.1%}", f"{c.median_score:.3f}",
+                   f"{c.median_score / threshold:.0%}", "yes" if c.flagged else "no"]
+                  for c in evaluation.shift]
+        lines += [render_table(shift, markdown=True), ""]
     if leak_free is None:
         lines += ["No training folder was given (`--train-dir`), so these images were not "
                   "checked for duplicates of training images. If any are, these numbers are "
                   "optimistic.", ""]
+
+    if evaluation.by_group or evaluation.by_cell:
+        lines += ["## By source and sequence", ""]
+        if evaluation.by_group:
+            lines += ["Per source (when there are several) and per MR sequence (where the "
+                      "folder names tell it):", "",
+                      render_table(group_rows(evaluation.by_group), markdown=True), ""]
+        lines += ["Source x sequence x class (the accuracy of a cell is the recall of its "
+                  "class there):", "", render_table(cell_rows(evaluation.by_cell), markdown=True),
+                  ""]
 
     lines += ["## All images", "", *_metrics_section(m, names),
               f"![Confusion matrix]({CONFUSION_FIGURE})", "",
@@ -490,6 +616,16 @@ def write_report(evaluation: Evaluation, out: Path) -> Path:
 
     if leak_free is not None and evaluation.training is not None:
         lines += _leak_section(evaluation, out, written)
+
+    if evaluation.stress is not None:
+        lines += ["## Stress test", "",
+                  f"Accuracy on {_stress_subset(evaluation.stress)} after each change of the "
+                  "model-size grey pixels, scored through the model's own preprocessing. The "
+                  "histogram swap gives each image the grey-level histogram of a random image "
+                  "of another class: a model that reads the class off the brightness falls "
+                  "there, while the same-class swap (the control) should cost little. Random "
+                  "choices use a fixed seed.", "",
+                  render_table(stress_rows(evaluation.stress), markdown=True), ""]
 
     mistakes = evaluation.worst_mistakes(MAX_GALLERY)
     lines += ["## Worst mistakes", ""]
@@ -536,7 +672,8 @@ def _leak_section(evaluation: Evaluation, out: Path, written: set[str]) -> list[
     kinds = [found[0].kind.split(" (")[0] for found in duplicates if found]
     counts = {kind: kinds.count(kind) for kind in sorted(set(kinds))}
     lines = ["## Leak-free subset", "",
-             f"Training folder `{training.root}`: {len(training.relative_paths)} images hashed"
+             f"Training folder(s) {', '.join(f'`{r}`' for r in training.roots)}: "
+             f"{len(training.relative_paths)} images hashed"
              f"{f', {len(training.skipped)} file(s) skipped' if training.skipped else ''}. "
              f"{int(leaked.sum())} of {len(leaked)} evaluation images have a duplicate there "
              f"({', '.join(f'{v} {k}' for k, v in counts.items()) or 'none'}): a 256-bit "

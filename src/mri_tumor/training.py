@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import platform
 import time
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,26 +36,27 @@ from mri_tumor import __version__
 from mri_tumor.calibration import fit_temperature, softmax
 from mri_tumor.card import ModelCard
 from mri_tumor.data.augment import AugmentConfig, augment_batch
-from mri_tumor.data.folders import CLASS_NAMES, scan_folder
+from mri_tumor.data.folders import CLASS_NAMES, scan_folders, source_name
 from mri_tumor.data.preprocess import PreprocessSpec, normalize, to_model_pixels
 from mri_tumor.data.reading import read_image
 from mri_tumor.data.splitting import (
     SplitRow,
     folder_fingerprint,
     read_split_csv,
-    split_folder,
+    source_summary,
+    split_folders,
     split_summary,
     write_split_csv,
 )
 from mri_tumor.metrics import accuracy, expected_calibration_error, macro_f1
 from mri_tumor.models import ARCHITECTURES, create_model, half_precision_state, save_weights
 from mri_tumor.models.checkpoint import read_checkpoint
-from mri_tumor.ood import OODGuard, fit_guard
+from mri_tumor.ood import OODGuard, fit_guard, fit_refusal
 
 
 @dataclass
 class TrainConfig:
-    data_dir: Path
+    data_dirs: list[Path]  # one folder per source
     arch: str = "efficientnet_lite0"
     out: Path = Path("runs/efficientnet_lite0")
     epochs: int = 30
@@ -73,18 +76,28 @@ class TrainConfig:
     lr_patience: int = 2
     early_stop_patience: int = 5
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    intensity: str = "equalize"  # the preprocessing's intensity step (data.preprocess)
+    # Repeat the images of smaller sources in each epoch so that every source has at least
+    # this share of the largest source's count (0: no repeats).
+    source_balance: float = 0.5
     max_train_batches: int | float = 1.0  # for smoke tests: a few steps, not a full epoch
     max_minutes: float | None = None  # stop after this wall time (then export as usual)
+    # Folders of images that are not brain MRI (head CT, say): the guard learns to refuse
+    # them (``ood.fit_refusal``). Not used for the network's training.
+    refuse_dirs: list[Path] = field(default_factory=list)
     half_precision_weights: bool = True
 
 
 class TumorClassifier(L.LightningModule):
     """Wraps an architecture with the seed's loss, optimiser and schedule."""
 
-    def __init__(self, config: TrainConfig, spec: PreprocessSpec) -> None:
+    def __init__(self, config: TrainConfig, spec: PreprocessSpec,
+                 val_sources: list[str] | None = None) -> None:
         super().__init__()
         self.config = config
         self.spec = spec
+        # Source of each validation image, in loader order: accuracy per source each epoch.
+        self.val_sources = np.asarray(val_sources or [])
         if config.from_model is not None:
             from mri_tumor.models import load_model
 
@@ -141,6 +154,12 @@ class TumorClassifier(L.LightningModule):
         self.log("val_loss", loss, prog_bar=True, sync_dist=True)
         self.log("val_acc", accuracy(truth, predicted), prog_bar=True, sync_dist=True)
         self.log("val_macro_f1", macro_f1(truth, predicted, len(CLASS_NAMES)), sync_dist=True)
+        # Under DDP the gathered order is rank-major, not the sources' order: skip it there.
+        if (self.trainer.world_size == 1 and len(set(self.val_sources)) > 1
+                and len(self.val_sources) == len(truth)):
+            for source in sorted(set(self.val_sources)):
+                mine = self.val_sources == source
+                self.log(f"val_acc/{source}", accuracy(truth[mine], predicted[mine]))
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.config.lr,
@@ -194,42 +213,103 @@ class History(Callback):
             return
         row = {"epoch": trainer.current_epoch}
         row.update({k: float(v) for k, v in trainer.callback_metrics.items()
-                    if k in self.KEYS})
+                    if k in self.KEYS or k.startswith("val_acc/")})
         row["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
         self.epochs.append(row)
 
 
 def prepare_split(config: TrainConfig) -> list[SplitRow]:
-    """Reuse ``config.split`` if given, else make a duplicate-aware split of the folder."""
+    """Reuse ``config.split`` if given, else make a duplicate-aware split of the folders."""
     if config.split is not None:
-        return read_split_under(config.split, config.data_dir)
-    scan = scan_folder(config.data_dir)
-    rows = split_folder(scan, val_fraction=config.val_fraction, seed=config.seed)
-    if scan.skipped:
-        print(f"skipped {len(scan.skipped)} file(s):")
-        for name, reason in scan.skipped:
-            print(f"  {name}: {reason}")
+        return read_split_under(config.split, config.data_dirs)
+    scans = scan_folders(config.data_dirs)
+    rows = split_folders(scans, val_fraction=config.val_fraction, seed=config.seed)
+    for scan in scans:
+        if scan.skipped:
+            print(f"{scan.source}: skipped {len(scan.skipped)} file(s) or folder(s):")
+            for name, reason in scan.skipped:
+                print(f"  {name}: {reason}")
     return rows
 
 
-def read_split_under(split: Path, data_dir: Path) -> list[SplitRow]:
-    """Read a split CSV and check that every file it lists is under ``data_dir``."""
+def source_roots(data_dirs: list[Path] | Path) -> dict[str, Path]:
+    """Source name -> folder; a single folder is also source "" (single-source splits)."""
+    dirs = [data_dirs] if isinstance(data_dirs, Path) else list(data_dirs)
+    roots = {source_name(d): Path(d) for d in dirs}
+    if len(dirs) == 1:
+        roots[""] = Path(dirs[0])
+    return roots
+
+
+def row_path(row: SplitRow, roots: dict[str, Path]) -> Path:
+    """Where a split row's image is, given the source folders; KeyError names the source."""
+    if row.source not in roots:
+        raise KeyError(row.source)
+    return roots[row.source] / row.path
+
+
+def read_split_under(split: Path, data_dirs: list[Path] | Path) -> list[SplitRow]:
+    """Read a split CSV and check that every file it lists is under its source folder."""
     if not split.is_file():
         raise FileNotFoundError(f"no split file at {split}")
     rows = read_split_csv(split)
-    missing = [r.path for r in rows if not (data_dir / r.path).is_file()]
+    roots = source_roots(data_dirs)
+    sources = sorted({r.source for r in rows} - roots.keys())
+    if sources:
+        given = ", ".join(dict.fromkeys(str(d) for d in roots.values()))
+        raise FileNotFoundError(f"split {split} lists images of source(s) {', '.join(sources)}, "
+                                f"but no data folder of that name was given ({given}); give "
+                                "every folder the model was trained on")
+    missing = [r.path for r in rows if not row_path(r, roots).is_file()]
     if missing:
+        where = ", ".join(str(d) for d in dict.fromkeys(roots.values()))
         raise FileNotFoundError(f"{len(missing)} file(s) of split {split} are not under "
-                                f"{data_dir}, e.g. {missing[0]}")
+                                f"{where}, e.g. {missing[0]}")
     return rows
 
 
-def load_pixels(root: Path, rows: list[SplitRow],
+def load_refusal_pixels(folders: list[Path], image_size: int) -> tuple[torch.Tensor, list[str]]:
+    """Every image (and DICOM slice, whatever its modality) under the given folders, as
+    uint8 (N, H, W) pixels, and their names; unreadable files are skipped."""
+    from mri_tumor.data.dicom import read_dicom
+    from mri_tumor.data.reading import (
+        DICOM_EXTENSIONS,
+        IMAGE_EXTENSIONS,
+        ImageReadError,
+        looks_like_dicom_bytes,
+    )
+
+    pixels, names = [], []
+    for folder in folders:
+        for path in sorted(Path(folder).rglob("*")):
+            suffix = path.suffix.lower()
+            if not path.is_file() or suffix not in IMAGE_EXTENSIONS + DICOM_EXTENSIONS:
+                continue
+            try:
+                data = path.read_bytes()
+                if looks_like_dicom_bytes(data) or suffix in DICOM_EXTENSIONS:
+                    images = [f.image for f in read_dicom(data, path.name, force=True,
+                                                          any_modality=True)]
+                else:
+                    images = [read_image(data)]
+            except (ImageReadError, OSError):
+                continue
+            for image in images:
+                pixels.append(to_model_pixels(image, image_size))
+                names.append(str(path))
+    if not pixels:
+        raise ValueError(f"--refuse {', '.join(map(str, folders))}: no readable images there")
+    return torch.from_numpy(np.stack(pixels)), names
+
+
+def load_pixels(roots: dict[str, Path] | Path, rows: list[SplitRow],
                 image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode and resize the listed images once: uint8 (N, H, W) and int64 labels."""
+    if isinstance(roots, Path):
+        roots = {"": roots}
     pixels = np.zeros((len(rows), image_size, image_size), dtype=np.uint8)
     for i, row in enumerate(rows):
-        pixels[i] = to_model_pixels(read_image(root / row.path), image_size)
+        pixels[i] = to_model_pixels(read_image(row_path(row, roots)), image_size)
     labels = torch.tensor([CLASS_NAMES.index(r.label) for r in rows])
     return torch.from_numpy(pixels), labels
 
@@ -265,7 +345,10 @@ def train(config: TrainConfig) -> Path | None:
     image_size = config.image_size or arch.image_size
     if config.from_model is not None and config.image_size is None:
         image_size = ModelCard.load(config.from_model).image_size
-    spec = PreprocessSpec(image_size, arch.mean, arch.std, 3)
+    intensity = config.intensity
+    if config.from_model is not None:
+        intensity = ModelCard.load(config.from_model).intensity
+    spec = PreprocessSpec(image_size, arch.mean, arch.std, 3, intensity)
     out = Path(config.out)
 
     rows = prepare_split(config)
@@ -274,13 +357,21 @@ def train(config: TrainConfig) -> Path | None:
     if not train_rows or not val_rows:
         raise ValueError("the split has no training or no validation images; "
                          "the folder needs more images per class")
-    train_pixels, train_labels = load_pixels(config.data_dir, train_rows, image_size)
-    val_pixels, val_labels = load_pixels(config.data_dir, val_rows, image_size)
-    train_loader = DataLoader(TensorDataset(train_pixels, train_labels),
+    roots = source_roots(config.data_dirs)
+    train_pixels, train_labels = load_pixels(roots, train_rows, image_size)
+    val_pixels, val_labels = load_pixels(roots, val_rows, image_size)
+    refuse_pixels = None
+    if config.refuse_dirs:  # read before training: a bad folder should not cost a run
+        refuse_pixels, _ = load_refusal_pixels(config.refuse_dirs, image_size)
+    repeats = source_repeats(train_rows, config.source_balance)
+    epoch_indices = torch.tensor([i for i, row in enumerate(train_rows)
+                                  for _ in range(repeats[row.source])])
+    train_loader = DataLoader(TensorDataset(train_pixels[epoch_indices],
+                                            train_labels[epoch_indices]),
                               batch_size=config.batch_size, shuffle=True, drop_last=False)
     val_loader = DataLoader(TensorDataset(val_pixels, val_labels), batch_size=64)
 
-    module = TumorClassifier(config, spec)
+    module = TumorClassifier(config, spec, [r.source for r in val_rows])
     history = History()
     restore = RestoreBestWeights("val_loss", "min")
     best_checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best",
@@ -331,12 +422,14 @@ def train(config: TrainConfig) -> Path | None:
         mean=list(spec.mean),
         std=list(spec.std),
         input_channels=3,
+        intensity=spec.intensity,
         version=__version__,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         training={
-            "data_fingerprint": folder_fingerprint(config.data_dir, [r.path for r in rows]),
+            "data_fingerprint": folder_fingerprint(roots, [(r.source, r.path) for r in rows]),
             "split_file": "split.csv",
             "split_counts": split_summary(rows),
+            "sources": describe_sources(config.data_dirs, rows, repeats),
             "epochs_run": len(history.epochs),
             "best_epoch_val_acc": _best_epoch(history.epochs, "val_acc", max),
             "best_epoch_val_loss": restore.best_epoch,
@@ -354,11 +447,36 @@ def train(config: TrainConfig) -> Path | None:
             "from_model": str(config.from_model) if config.from_model else None,
         },
     )
+    if config.refuse_dirs:
+        card.training["refuse_dirs"] = [Path(d).name for d in config.refuse_dirs]
     finalize(model, card, train_pixels, train_labels, val_pixels, val_labels, out,
-             half=config.half_precision_weights)
-    (out / "history.json").write_text(json.dumps(history.epochs, indent=2) + "\n")
+             half=config.half_precision_weights, val_sources=[r.source for r in val_rows],
+             refuse_pixels=refuse_pixels)
+    (out / "history.json").write_text(json.dumps(
+        {"sources": card.training["sources"], "epochs": history.epochs}, indent=2) + "\n")
     plot_history(history.epochs, out / "curves.png")
     return out
+
+
+def describe_sources(data_dirs: list[Path], rows: list[SplitRow],
+                     repeats: dict[str, int]) -> list[dict]:
+    """Per source folder: its name, image counts per split and class, repeats per epoch."""
+    counts = source_summary(rows)
+    described = []
+    for folder in data_dirs:
+        key = source_name(folder) if len(data_dirs) > 1 else ""
+        described.append({"name": source_name(folder), "counts": counts.get(key, {}),
+                          "repeats_per_epoch": repeats.get(key, 1)})
+    return described
+
+
+def source_repeats(rows: list[SplitRow], balance: float) -> dict[str, int]:
+    """How many times each source's training images go into an epoch: smaller sources are
+    repeated until they reach ``balance`` times the largest source's count."""
+    counts = Counter(row.source for row in rows)
+    largest = max(counts.values())
+    return {source: max(1, math.ceil(balance * largest / count)) if balance > 0 else 1
+            for source, count in counts.items()}
 
 
 def _best_epoch(epochs: list[dict[str, float]], key: str, pick) -> int | None:
@@ -368,12 +486,15 @@ def _best_epoch(epochs: list[dict[str, float]], key: str, pick) -> int | None:
 
 def finalize(model: torch.nn.Module, card: ModelCard, train_pixels: torch.Tensor,
              train_labels: torch.Tensor, val_pixels: torch.Tensor, val_labels: torch.Tensor,
-             out: Path, half: bool = True) -> ModelCard:
+             out: Path, half: bool = True, val_sources: list[str] | None = None,
+             refuse_pixels: torch.Tensor | None = None) -> ModelCard:
     """Fit what is fitted after training, measure, and save weights + card.
 
     The temperature and the out-of-distribution threshold are fitted on the validation split,
-    the guard's class statistics on the training split (without augmentation). Weights are
-    stored in fp16 only if that leaves every validation prediction unchanged.
+    the guard's class statistics on the training split (without augmentation), its refusal
+    direction on ``refuse_pixels`` (images that are not brain MRI) when given. Metrics are
+    recorded overall and per source (``val_sources``). Weights are stored in fp16 only if
+    that leaves every validation prediction unchanged.
     """
     spec = PreprocessSpec.from_card(card)
     model = model.to("cuda" if torch.cuda.is_available() else "cpu")
@@ -383,15 +504,25 @@ def finalize(model: torch.nn.Module, card: ModelCard, train_pixels: torch.Tensor
     predicted = logits.argmax(1)
     card.temperature = fit_temperature(logits, labels)
     guard = fit_guard(train_features, train_labels.numpy(), val_features, len(card.class_names))
+    card.metrics.pop("refusal_examples_refused", None)  # from an earlier fit of this folder
+    if refuse_pixels is None:
+        card.training.pop("refusal_examples", None)
+        card.training.pop("refuse_dirs", None)
+    if refuse_pixels is not None and len(refuse_pixels):
+        _, refuse_features = predict_outputs(model, refuse_pixels, spec)
+        fit_refusal(guard, train_features, refuse_features, val_features)
+        card.training["refusal_examples"] = len(refuse_pixels)
+        card.metrics["refusal_examples_refused"] = float(
+            (guard.score(refuse_features) > guard.threshold).mean())
     card.ood_threshold = guard.threshold
-    card.metrics["validation"] = {
-        "n": len(labels),
-        "accuracy": accuracy(labels, predicted),
-        "macro_f1": macro_f1(labels, predicted, len(card.class_names)),
-        "ece_uncalibrated": expected_calibration_error(softmax(logits), labels),
-        "ece": expected_calibration_error(softmax(logits, card.temperature), labels),
-        "ood_rejected": float((guard.score(val_features) > guard.threshold).mean()),
-    }
+    rejected = guard.score(val_features) > guard.threshold
+    card.metrics["validation"] = validation_metrics(logits, labels, card, rejected)
+    sources = np.asarray(val_sources or [""] * len(labels))
+    if len(set(sources)) > 1:
+        card.metrics["validation_by_source"] = {
+            str(source): validation_metrics(logits[sources == source], labels[sources == source],
+                                            card, rejected[sources == source])
+            for source in sorted(set(sources))}
     extra = guard.to_tensors()
     if half:
         half_model = copy.deepcopy(model)
@@ -399,20 +530,37 @@ def finalize(model: torch.nn.Module, card: ModelCard, train_pixels: torch.Tensor
         half_logits, half_features = predict_outputs(half_model, val_pixels, spec)
         half_guard = OODGuard(guard.class_means.astype(np.float16).astype(np.float32),
                               guard.whitening.astype(np.float16).astype(np.float32),
-                              guard.threshold)
+                              guard.threshold, guard.refusal_weight, guard.refusal_bias,
+                              guard.refusal_cut)
         same_labels = bool((half_logits.argmax(1) == predicted).all())
         same_rejections = bool(((half_guard.score(half_features) > guard.threshold)
                                 == (guard.score(val_features) > guard.threshold)).all())
         half = same_labels and same_rejections
-    if half:
-        extra = {k: v.half() for k, v in extra.items()}
+    if half:  # the refusal direction is small and stays fp32
+        extra = {k: v.half() if k in ("ood_class_means", "ood_whitening") else v
+                 for k, v in extra.items()}
     card.training["weights_dtype"] = "float16" if half else "float32"
     save_weights(model.cpu(), out, half=half, extra={f"extra.{k}": v for k, v in extra.items()})
     card.save(out)
     return card
 
 
-def refit(model_dir: Path, data_dir: Path, image_size: int | None = None) -> ModelCard:
+def validation_metrics(logits: np.ndarray, labels: np.ndarray, card: ModelCard,
+                       rejected: np.ndarray) -> dict[str, float]:
+    """Accuracy, macro-F1, ECE (raw and calibrated) and the guard's rejection share."""
+    predicted = logits.argmax(1)
+    return {
+        "n": len(labels),
+        "accuracy": accuracy(labels, predicted),
+        "macro_f1": macro_f1(labels, predicted, len(card.class_names)),
+        "ece_uncalibrated": expected_calibration_error(softmax(logits), labels),
+        "ece": expected_calibration_error(softmax(logits, card.temperature), labels),
+        "ood_rejected": float(np.mean(rejected)),
+    }
+
+
+def refit(model_dir: Path, data_dirs: list[Path] | Path, image_size: int | None = None,
+          refuse_dirs: list[Path] | None = None) -> ModelCard:
     """Re-fit temperature and out-of-distribution guard of a trained model folder on the
     split it was trained with (``split.csv`` beside it), e.g. after changing those methods.
 
@@ -425,14 +573,20 @@ def refit(model_dir: Path, data_dir: Path, image_size: int | None = None) -> Mod
     if image_size is not None and image_size != card.image_size:
         card.training.setdefault("image_size", card.image_size)
         card.image_size = image_size
-    rows = read_split_under(card.split_path(model_dir), data_dir)
-    train_pixels, train_labels = load_pixels(data_dir, [r for r in rows if r.split == "train"],
+    rows = read_split_under(card.split_path(model_dir), data_dirs)
+    roots = source_roots(data_dirs)
+    train_pixels, train_labels = load_pixels(roots, [r for r in rows if r.split == "train"],
                                              card.image_size)
-    val_pixels, val_labels = load_pixels(data_dir, [r for r in rows if r.split == "val"],
+    val_pixels, val_labels = load_pixels(roots, [r for r in rows if r.split == "val"],
                                          card.image_size)
     half = card.training.get("weights_dtype") == "float16"
+    refuse_pixels = None
+    if refuse_dirs:
+        refuse_pixels, _ = load_refusal_pixels(refuse_dirs, card.image_size)
+        card.training["refuse_dirs"] = [Path(d).name for d in refuse_dirs]
     return finalize(model, card, train_pixels, train_labels, val_pixels, val_labels, model_dir,
-                    half=half)
+                    half=half, val_sources=[r.source for r in rows if r.split == "val"],
+                    refuse_pixels=refuse_pixels)
 
 
 def plot_history(epochs: list[dict[str, float]], path: Path) -> None:

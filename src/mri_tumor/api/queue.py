@@ -16,8 +16,8 @@ from typing import Any
 from fastapi import HTTPException
 
 from mri_tumor.api.settings import QUEUE_FULL_RETRY_S
-from mri_tumor.data.reading import ImageReadError, read_frames
-from mri_tumor.inference import ERROR, Prediction, Predictor
+from mri_tumor.data.reading import ImageReadError, NotMRIError, read_frames
+from mri_tumor.inference import ERROR, REJECTED, Prediction, Predictor
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +146,8 @@ class InferenceQueue:
                 ) -> list[Prediction | None]:
         try:
             frames = read_frames(data, name)
+        except NotMRIError as error:  # a CT or other non-MR DICOM: a rejection, not an error
+            return [Prediction(name, REJECTED, message=str(error))]
         except ImageReadError as error:
             return [Prediction(name, ERROR, message=str(error))]
         except Exception as error:  # any decoder failure is a bad file, never a server error

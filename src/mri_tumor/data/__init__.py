@@ -14,7 +14,7 @@ from mri_tumor.data.preprocess import (  # ``preprocess`` itself: from its modul
     normalize_array,
     to_model_pixels,
 )
-from mri_tumor.data.reading import Frame, ImageReadError, read_frames, read_image
+from mri_tumor.data.reading import Frame, ImageReadError, NotMRIError, read_frames, read_image
 
 __all__ = [
     "CLASS_NAMES",
@@ -22,6 +22,7 @@ __all__ = [
     "Frame",
     "ImageReadError",
     "LabelledImage",
+    "NotMRIError",
     "PreprocessSpec",
     "UnknownClassFolderError",
     "normalize",

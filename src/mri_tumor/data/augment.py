@@ -20,6 +20,12 @@ class AugmentConfig:
     horizontal_flip: bool = True
     brightness: float = 0.1  # added to [0, 1] pixels, uniform in [-b, b]
     contrast: float = 0.1  # multiplied around the image mean, uniform in [1 - c, 1 + c]
+    # Intensity changes another scanner or sequence makes. With histogram equalisation in
+    # the preprocessing, gamma is undone by it (only rounding remains); the bias field and
+    # the noise are not, and are what the network must learn to look past.
+    gamma: float = 0.0  # exponent log-uniform in [1 / (1 + g), 1 + g]
+    bias_field: float = 0.0  # smooth multiplicative field exp(f), |f| up to about this
+    noise: float = 0.0  # Rician noise, standard deviation uniform in [0, noise]
     # Share of the images in a batch that are transformed; the rest pass through unchanged,
     # so the network also sees images as they arrive at inference (never resampled).
     probability: float = 1.0
@@ -69,8 +75,31 @@ def augment_batch(pixels: torch.Tensor, config: AugmentConfig) -> torch.Tensor:
         out = (out - mean) * factor + mean
     if config.brightness > 0:
         out = out + _uniform(n, config.brightness, pixels.device).view(n, 1, 1, 1)
-    out = out.clamp(0.0, 1.0)
+    out = intensity_changes(out.clamp(0.0, 1.0), config)
     if config.probability < 1:
         untouched = torch.rand(n, 1, 1, 1, device=pixels.device) >= config.probability
         out = torch.where(untouched, pixels, out)
     return out
+
+
+def intensity_changes(pixels: torch.Tensor, config: AugmentConfig) -> torch.Tensor:
+    """Gamma, bias field and Rician noise on a (B, 1, H, W) batch in [0, 1]."""
+    n, _, height, width = pixels.shape
+    device = pixels.device
+    out = pixels
+    if config.gamma > 0:
+        log_gamma = _uniform(n, math.log1p(config.gamma), device).view(n, 1, 1, 1)
+        out = out.clamp_min(1e-6) ** torch.exp(log_gamma)
+    if config.bias_field > 0:
+        # A second-order polynomial in x and y with random coefficients: the slow
+        # brightness drift across the field of view of a receive coil.
+        y, x = torch.meshgrid(torch.linspace(-1, 1, height, device=device),
+                              torch.linspace(-1, 1, width, device=device), indexing="ij")
+        basis = torch.stack([x, y, x * y, x * x, y * y])  # (5, H, W)
+        coefficients = _uniform(n * 5, config.bias_field / 2, device).view(n, 5, 1, 1)
+        out = out * torch.exp((coefficients * basis).sum(1, keepdim=True))
+    if config.noise > 0:
+        sigma = torch.rand(n, 1, 1, 1, device=device) * config.noise
+        real = out + sigma * torch.randn_like(out)
+        out = torch.sqrt(real * real + (sigma * torch.randn_like(out)) ** 2)
+    return out.clamp(0.0, 1.0)

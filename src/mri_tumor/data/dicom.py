@@ -3,22 +3,33 @@
 Order of operations (DICOM PS3.3 C.11): stored values -> modality LUT (rescale slope and
 intercept) -> VOI LUT or window centre/width -> MONOCHROME1 inversion -> 8 bits.
 Patient identifiers are never read into messages: only the transfer syntax, modality and
-frame numbers are ever reported.
+frame numbers are ever reported. A file whose header Modality is set and is not MR (a CT
+slice, an ultrasound...) is refused before its pixels are decoded.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import re
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
-from mri_tumor.data.reading import MAX_PIXELS, ImageReadError, scale_to_uint8
+from mri_tumor.data.reading import MAX_PIXELS, ImageReadError, NotMRIError, scale_to_uint8
 
 # All frames together; a compressed multi-frame file can be small on disk and huge decoded.
 MAX_DICOM_PIXELS = 4 * MAX_PIXELS
+# What common DICOM Modality codes (PS3.3 C.7.3.1.1.1) mean, for the refusal message.
+MODALITY_NAMES = {
+    "CT": "computed tomography", "CR": "computed radiography", "DX": "digital radiography",
+    "US": "ultrasound", "PT": "positron emission tomography", "NM": "nuclear medicine",
+    "MG": "mammography", "XA": "X-ray angiography", "RF": "radiofluoroscopy",
+    "IO": "intra-oral radiography", "PX": "panoramic X-ray", "ES": "endoscopy",
+    "XC": "external-camera photography", "SM": "slide microscopy",
+    "OP": "ophthalmic photography", "SC": "secondary capture", "OT": "other",
+}
 
 
 @dataclass
@@ -30,11 +41,14 @@ class DicomFrame:
     modality: str
 
 
-def read_dicom(data: bytes, name: str, force: bool = False) -> list[DicomFrame]:
+def read_dicom(data: bytes, name: str, force: bool = False,
+               any_modality: bool = False) -> list[DicomFrame]:
     """Decode every frame of a DICOM file into display-ready grayscale images.
 
     ``force`` reads files without the preamble (only when the name says .dcm).
-    Raises ImageReadError naming the transfer syntax when no decoder can read the pixels.
+    Raises ImageReadError naming the transfer syntax when no decoder can read the pixels,
+    NotMRIError when the header's Modality is set and is not MR (unless ``any_modality``,
+    for benchmarks that show non-MR pixels to the out-of-distribution guard).
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -43,6 +57,9 @@ def read_dicom(data: bytes, name: str, force: bool = False) -> list[DicomFrame]:
         dataset = pydicom.dcmread(io.BytesIO(data), force=force)
     except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError, AttributeError):
         raise ImageReadError(f"{name}: not a readable DICOM file") from None
+    modality = modality_code(dataset)
+    if not any_modality:
+        check_modality(modality, name)
     if "PixelData" not in dataset:
         raise ImageReadError(f"{name}: DICOM file holds no image (no pixel data)")
     declared = (int(dataset.get("NumberOfFrames", 1) or 1) * int(dataset.get("Rows", 0) or 0)
@@ -71,7 +88,6 @@ def read_dicom(data: bytes, name: str, force: bool = False) -> list[DicomFrame]:
     series_uid = str(dataset.get("SeriesInstanceUID", "")) or hashlib.sha1(data[:4096]).hexdigest()
     series = hashlib.sha256(series_uid.encode()).hexdigest()[:12]
     instance = dataset.get("InstanceNumber")
-    modality = str(dataset.get("Modality", ""))
 
     frames = []
     for index, frame in enumerate(pixels):
@@ -82,6 +98,33 @@ def read_dicom(data: bytes, name: str, force: bool = False) -> list[DicomFrame]:
         frames.append(DicomFrame(image, index if frames_count > 1 else None, series,
                                  int(instance) if instance not in (None, "") else None, modality))
     return frames
+
+
+def modality_code(dataset) -> str:
+    """The header's Modality code, "" when absent or empty; only letters, digits and
+    separators, at most 16 (its VR's limit), so that it is safe to show in one line."""
+    try:
+        value = dataset.get("Modality", "")
+    except Exception:  # a malformed element: treat as absent, like a file without the tag
+        return ""
+    return re.sub(r"[^A-Za-z0-9_ ]", "", str(value or "")).strip()[:16]
+
+
+# Codes that say nothing about how the pixels were acquired: an MR slice saved as a secondary
+# capture or converted from JPEG (dcmtk's img2dcm writes OT) carries them. Such files go on to
+# the content-based guard instead of being refused by the header.
+UNSPECIFIC_MODALITIES = {"OT", "SC"}
+
+
+def check_modality(code: str, name: str) -> None:
+    """Raise NotMRIError, naming the modality, unless ``code`` is MR, empty or unspecific
+    (OT, SC: judged by content)."""
+    if not code or code.upper() == "MR" or code.upper() in UNSPECIFIC_MODALITIES:
+        return
+    meaning = MODALITY_NAMES.get(code.upper())
+    shown = f"{code} ({meaning})" if meaning else code
+    raise NotMRIError(f"{name}: DICOM Modality is {shown}, not MR; this model reads brain MRI "
+                      "only, so no tumour class is given.", code)
 
 
 def _display_values(frame: np.ndarray, dataset, photometric: str) -> np.ndarray:

@@ -1,7 +1,22 @@
-"""Find the labelled images in a dataset folder, in either layout that users have."""
+"""Find the labelled images in a dataset folder, in the layouts that users have.
+
+Two layouts are read:
+
+- one sub-folder per class: Kaggle names (``glioma``, ``notumor`` ...) or SARTAJ names
+  (``glioma_tumor``, ``no_tumor`` ...);
+- one sub-folder per tumour type and MR sequence, ``<Type> <Sequence>`` (e.g.
+  ``Astrocitoma T1C+``, ``_NORMAL T2``), as in the "Brain Tumor MRI Images 44 Classes" set.
+  Types are mapped onto the classes (``TYPE_TO_CLASS``); types outside the model's scope are
+  listed as skipped with the reason, and the sequence is kept with each image.
+
+Each folder is one *source*: images from one collection, which may differ from another
+source in scanner, sequence mix and brightness. Training on several sources and measuring
+per source is how the model is kept from learning the source instead of the tumour.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +41,24 @@ DISPLAY_NAMES = {
     "notumor": "No tumor",
     "pituitary": "Pituitary tumor",
 }
+# Tumour types of the type-and-sequence layout (its own, Spanish/Portuguese, spelling and the
+# English one) that belong to one of the classes. Every other type is out of scope.
+TYPE_TO_CLASS = {
+    "astrocitoma": "glioma",
+    "astrocytoma": "glioma",
+    "glioblastoma": "glioma",
+    "oligodendroglioma": "glioma",
+    "glioma": "glioma",
+    "meningioma": "meningioma",
+    "_normal": "notumor",
+    "normal": "notumor",
+    "pituitary": "pituitary",
+}
+# ``<Type> <Sequence>``: the sequences this layout uses, longest first (T1C+ before T1).
+TYPE_SEQUENCE_FOLDER = re.compile(r"^(?P<type>.+?)\s+(?P<sequence>T1C\+|T1|T2|FLAIR)$",
+                                  re.IGNORECASE)
+# Folder names too generic to name a source: "brain-tumor-mri/Training" is used instead.
+GENERIC_FOLDER_NAMES = {"training", "train", "testing", "test", "val", "validation", "data"}
 
 
 class UnknownClassFolderError(ValueError):
@@ -36,6 +69,8 @@ class UnknownClassFolderError(ValueError):
 class LabelledImage:
     path: Path
     label: str
+    source: str = ""  # the dataset folder it came from (``source_name``)
+    sequence: str = ""  # MR sequence when the layout tells it (T1, T1C+, T2), else ""
 
 
 @dataclass
@@ -43,6 +78,7 @@ class FolderScan:
     """The images found under a dataset folder, and the files passed over (with why)."""
 
     root: Path
+    source: str = ""
     images: list[LabelledImage] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
@@ -53,31 +89,73 @@ class FolderScan:
         return {name: sum(1 for i in self.images if i.label == name) for name in CLASS_NAMES}
 
 
-def scan_folder(root: str | Path) -> FolderScan:
-    """List the images of a labelled folder (``root/<class>/**/<image>``).
+def source_name(root: str | Path) -> str:
+    """The name a dataset folder is recorded under: its own name, or ``parent/name`` when
+    its name is generic (``brain-tumor-mri/Training``)."""
+    path = Path(root).resolve()
+    if path.name.lower() in GENERIC_FOLDER_NAMES and path.parent.name:
+        return f"{path.parent.name}/{path.name}"
+    return path.name
 
-    Kaggle (``glioma``, ``notumor`` ...) and SARTAJ (``glioma_tumor``, ``no_tumor`` ...)
-    folder names are both accepted. Files that are not images are listed in ``skipped``;
-    an unknown class folder raises UnknownClassFolderError naming it.
+
+def parse_type_sequence(folder: str) -> tuple[str, str] | None:
+    """``"Astrocitoma T1C+"`` -> ``("Astrocitoma", "T1C+")``; None for other names."""
+    match = TYPE_SEQUENCE_FOLDER.match(folder.strip())
+    if match is None:
+        return None
+    return match["type"], match["sequence"].upper()
+
+
+def class_of_folder(folder: str) -> tuple[str | None, str, str | None]:
+    """Class, MR sequence and (for out-of-scope types) the reason, from a sub-folder name.
+
+    Raises UnknownClassFolderError-worthy names as ``(None, "", None)``.
+    """
+    if folder.lower() in FOLDER_ALIASES:
+        return FOLDER_ALIASES[folder.lower()], "", None
+    parsed = parse_type_sequence(folder)
+    if parsed is None:
+        return None, "", None
+    tumour_type, sequence = parsed
+    label = TYPE_TO_CLASS.get(tumour_type.lower())
+    if label is None:
+        return None, sequence, (f"tumour type {tumour_type} is not one of this model's classes "
+                                f"({', '.join(CLASS_NAMES)})")
+    return label, sequence, None
+
+
+def scan_folder(root: str | Path, source: str | None = None) -> FolderScan:
+    """List the images of a labelled folder (``root/<class>/**/<image>`` or
+    ``root/<Type> <Sequence>/**/<image>``).
+
+    Files that are not images, and whole folders of out-of-scope tumour types, are listed in
+    ``skipped`` with the reason; an unknown folder name raises UnknownClassFolderError.
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such folder")
-    scan = FolderScan(root=root)
+    scan = FolderScan(root=root, source=source if source is not None else source_name(root))
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    unknown = [p.name for p in class_dirs if p.name.lower() not in FOLDER_ALIASES]
+    parsed = {p.name: class_of_folder(p.name) for p in class_dirs}
+    unknown = [name for name, (label, _, reason) in parsed.items()
+               if label is None and reason is None]
     if unknown:
         raise UnknownClassFolderError(
             f"{root}: unknown class folder(s) {', '.join(unknown)}; accepted names are "
-            f"{', '.join(FOLDER_ALIASES)}")
+            f"{', '.join(FOLDER_ALIASES)}, or '<Type> <Sequence>' such as 'Meningioma T1C+'")
     if not class_dirs:
         raise UnknownClassFolderError(
             f"{root}: no class folders found; expected sub-folders named "
-            f"{', '.join(FOLDER_ALIASES)}")
+            f"{', '.join(FOLDER_ALIASES)}, or '<Type> <Sequence>' such as 'Meningioma T1C+'")
     for loose in sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")):
-        scan.skipped.append((scan.relative(loose), "not inside a class folder"))
+        if loose.name.lower() not in ("readme.md", "readme.txt", "readme"):
+            scan.skipped.append((scan.relative(loose), "not inside a class folder"))
     for class_dir in class_dirs:
-        label = FOLDER_ALIASES[class_dir.name.lower()]
+        label, sequence, reason = parsed[class_dir.name]
+        if label is None:
+            count = sum(1 for p in class_dir.rglob("*") if p.is_file())
+            scan.skipped.append((f"{class_dir.name}/ ({count} files)", str(reason)))
+            continue
         for path in sorted(class_dir.rglob("*")):
             if path.is_dir() or path.name.startswith("."):
                 continue
@@ -88,5 +166,15 @@ def scan_folder(root: str | Path) -> FolderScan:
             elif path.stat().st_size == 0:
                 scan.skipped.append((scan.relative(path), "empty file"))
             else:
-                scan.images.append(LabelledImage(path, label))
+                scan.images.append(LabelledImage(path, label, scan.source, sequence))
     return scan
+
+
+def scan_folders(roots: list[Path]) -> list[FolderScan]:
+    """Scan several dataset folders, one source each; two folders may not share a name."""
+    scans = [scan_folder(root) for root in roots]
+    names = [scan.source for scan in scans]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two data folders have the same name ({', '.join(names)}); each "
+                         "folder is a source and is recorded by its name")
+    return scans

@@ -1,4 +1,12 @@
-"""The one preprocessing path: decode -> grayscale -> resize -> normalise.
+"""The one preprocessing path: decode -> grayscale -> resize -> intensity -> normalise.
+
+The intensity step (``PreprocessSpec.intensity``, from the model card) is either ``"none"``
+(pixels / 255, models trained before it existed) or ``"equalize"``: per-image histogram
+equalisation, which replaces each grey level by its mid-rank among the image's pixels. Any
+increasing brightness change (gamma, window, contrast curve, another scanner's histogram)
+keeps the ranks, so the network input does not carry the source's brightness: the classes
+of the public sets differ in brightness by source, and a network that sees raw grey levels
+learns that instead of the tumour.
 
 Training, evaluation and every front end call these functions with parameters from the
 model card, so the same image gives the same tensor everywhere.
@@ -24,10 +32,20 @@ class PreprocessSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     input_channels: int = 3
+    intensity: str = "none"  # "none" or "equalize" (see the module docstring)
+
+    def __post_init__(self) -> None:
+        if self.intensity not in INTENSITY_MODES:
+            raise ValueError(f"unknown intensity standardisation {self.intensity!r}; "
+                             f"known: {', '.join(INTENSITY_MODES)}")
 
     @classmethod
     def from_card(cls, card) -> PreprocessSpec:
-        return cls(card.image_size, tuple(card.mean), tuple(card.std), card.input_channels)
+        return cls(card.image_size, tuple(card.mean), tuple(card.std), card.input_channels,
+                   getattr(card, "intensity", "none"))
+
+
+INTENSITY_MODES = ("none", "equalize")
 
 
 def to_model_pixels(image: Image.Image, image_size: int) -> np.ndarray:
@@ -39,10 +57,44 @@ def to_model_pixels(image: Image.Image, image_size: int) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
+def equalize_array(pixels: np.ndarray) -> np.ndarray:
+    """Histogram equalisation of uint8 (B, H, W) pixels -> float32 (B, 1, H, W) in (0, 1).
+
+    Each grey level becomes the mid-rank of its pixels, ``(below + equal / 2) / count``,
+    computed exactly in integers and float64, so ``equalize`` in torch gives the same bits.
+    """
+    batch = pixels.reshape(len(pixels), -1)
+    out = np.empty(batch.shape, dtype=np.float32)
+    for i, image in enumerate(batch):
+        counts = np.bincount(image, minlength=256).astype(np.int64)
+        lut = (2 * np.cumsum(counts) - counts) / np.float64(2 * image.size)
+        out[i] = lut.astype(np.float32)[image]
+    return out.reshape(len(pixels), 1, *pixels.shape[1:])
+
+
+def equalize(pixels: torch.Tensor) -> torch.Tensor:
+    """``equalize_array`` in torch for a batch: uint8 (B, H, W), or float (B, 1, H, W) in
+    [0, 1] (rounded to 256 grey levels first, as augmented batches are) -> float32
+    (B, 1, H, W)."""
+    import torch
+
+    if pixels.dtype != torch.uint8:
+        pixels = (pixels.squeeze(1).clamp(0, 1) * 255).round().to(torch.uint8)
+    batch, height, width = pixels.shape
+    levels = pixels.reshape(batch, -1).long()
+    counts = torch.zeros(batch, 256, dtype=torch.int64, device=pixels.device)
+    counts.scatter_add_(1, levels, torch.ones_like(levels))
+    lut = (2 * counts.cumsum(1) - counts).double() / (2 * height * width)
+    return lut.float().gather(1, levels).view(batch, 1, height, width)
+
+
 def normalize_array(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """``normalize`` in numpy for uint8 (B, H, W) pixels: the same float32 operations in the
     same order, so the result is bit-identical (a test checks it)."""
-    grey = pixels[:, None].astype(np.float32) / np.float32(255.0)
+    if spec.intensity == "equalize":
+        grey = equalize_array(pixels)
+    else:
+        grey = pixels[:, None].astype(np.float32) / np.float32(255.0)
     mean = np.asarray(spec.mean, dtype=np.float32).reshape(1, -1, 1, 1)
     std = np.asarray(spec.std, dtype=np.float32).reshape(1, -1, 1, 1)
     grey = np.broadcast_to(grey, (grey.shape[0], spec.input_channels, *grey.shape[2:]))
@@ -57,7 +109,9 @@ def normalize(pixels: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
     """
     import torch
 
-    if pixels.dtype == torch.uint8:
+    if spec.intensity == "equalize":
+        pixels = equalize(pixels)
+    elif pixels.dtype == torch.uint8:
         pixels = pixels.unsqueeze(1).float() / 255.0
     mean = torch.tensor(spec.mean, dtype=pixels.dtype, device=pixels.device).view(1, -1, 1, 1)
     std = torch.tensor(spec.std, dtype=pixels.dtype, device=pixels.device).view(1, -1, 1, 1)

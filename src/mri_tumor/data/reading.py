@@ -23,6 +23,17 @@ class ImageReadError(ValueError):
     """An input that cannot be turned into an image; the message says why, in one line."""
 
 
+class NotMRIError(ImageReadError):
+    """A DICOM file whose header says it is not MRI (Modality CT, US...): refused unread.
+
+    Front ends report it as a rejection ("not a brain MRI"), not as an unreadable file.
+    """
+
+    def __init__(self, message: str, modality: str) -> None:
+        super().__init__(message)
+        self.modality = modality
+
+
 @dataclass
 class Frame:
     """One 2-D slice decoded from an input; a multi-frame DICOM file gives several."""
@@ -37,7 +48,8 @@ def read_frames(source: ImageSource, name: str | None = None) -> list[Frame]:
     """Decode any input (ordinary image or DICOM, by content) into grayscale frames.
 
     ``name`` labels the input in messages (default: its path, or "upload").
-    Raises ImageReadError with a one-line reason for bad inputs.
+    Raises ImageReadError with a one-line reason for bad inputs, NotMRIError (a subclass)
+    for a DICOM file whose Modality is not MR.
     """
     if isinstance(source, Image.Image | np.ndarray):
         return [Frame(name or "image", read_image(source))]

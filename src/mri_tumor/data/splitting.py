@@ -22,7 +22,7 @@ from PIL import Image, ImageOps
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from mri_tumor.data.folders import CLASS_NAMES, FolderScan
+from mri_tumor.data.folders import CLASS_NAMES, FolderScan, LabelledImage
 from mri_tumor.data.reading import ImageReadError, read_image
 
 # A 16 x 16 DCT hash (256 bits). The usual 8 x 8 hash is too coarse for MRI: slices share a
@@ -33,6 +33,8 @@ HASH_SIZE = 16
 HASH_WORDS = HASH_SIZE * HASH_SIZE // 64
 NEAR_DUPLICATE_BITS = 16
 SPLIT_COLUMNS = ("path", "label", "split", "group", "phash")
+# Written by multi-source training; a split file without them (one source) still reads.
+SOURCE_COLUMNS = ("source", "sequence")
 
 
 @dataclass
@@ -42,6 +44,8 @@ class SplitRow:
     split: str  # "train", "val" or "test"
     group: int
     phash: str
+    source: str = ""  # the data folder's source name ("" in single-folder splits)
+    sequence: str = ""  # MR sequence when the folder layout tells it
 
 
 def perceptual_hash(image: Image.Image) -> np.ndarray:
@@ -134,30 +138,49 @@ def split_folder(scan: FolderScan, val_fraction: float = 0.15, test_fraction: fl
                  seed: int = 0, max_bits: int = NEAR_DUPLICATE_BITS,
                  progress: Callable[[Iterable], Iterable] | None = None) -> list[SplitRow]:
     """Stratified split in which no duplicate group is on two sides. Deterministic per seed."""
+    return split_folders([scan], val_fraction, test_fraction, seed, max_bits, progress)
+
+
+def split_folders(scans: list[FolderScan], val_fraction: float = 0.15,
+                  test_fraction: float = 0.0, seed: int = 0,
+                  max_bits: int = NEAR_DUPLICATE_BITS,
+                  progress: Callable[[Iterable], Iterable] | None = None) -> list[SplitRow]:
+    """Split several sources at once: stratified by source and class, and no duplicate group
+    (near-copies are searched across all sources) on two sides. Deterministic per seed."""
     if not 0 < val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
         raise ValueError("validation and test fractions must be in (0, 1) and sum below 1")
-    kept, direct, mirrored = hash_folder(scan, progress)
+    images: list[tuple[FolderScan, LabelledImage]] = []
+    direct_parts, mirrored_parts = [], []
+    for scan in scans:
+        kept, direct, mirrored = hash_folder(scan, progress)
+        images.extend((scan, scan.images[i]) for i in kept)
+        direct_parts.append(direct)
+        mirrored_parts.append(mirrored)
+    direct = np.concatenate(direct_parts) if direct_parts else np.zeros((0, HASH_WORDS), np.uint64)
+    mirrored = (np.concatenate(mirrored_parts) if mirrored_parts
+                else np.zeros((0, HASH_WORDS), np.uint64))
     groups = duplicate_groups(direct, mirrored, max_bits)
-    labels = [scan.images[i].label for i in kept]
+    strata = [(item.source, item.label) for _, item in images]
 
     members: dict[int, list[int]] = defaultdict(list)
     for position, group in enumerate(groups):
         members[int(group)].append(position)
-    # A group is filed under its most common label so that each class is split in proportion.
-    by_class: dict[str, list[int]] = defaultdict(list)
+    # A group is filed under its most common (source, class) so that each is split in
+    # proportion.
+    by_stratum: dict[tuple[str, str], list[int]] = defaultdict(list)
     for group, positions in sorted(members.items()):
-        majority = Counter(labels[p] for p in positions).most_common(1)[0][0]
-        by_class[majority].append(group)
+        majority = Counter(strata[p] for p in positions).most_common(1)[0][0]
+        by_stratum[majority].append(group)
 
     rng = random.Random(seed)
     side_of_group: dict[int, str] = {}
-    for label in sorted(by_class):
-        class_groups = by_class[label]
-        rng.shuffle(class_groups)
-        total = sum(len(members[g]) for g in class_groups)
+    for stratum in sorted(by_stratum):
+        stratum_groups = by_stratum[stratum]
+        rng.shuffle(stratum_groups)
+        total = sum(len(members[g]) for g in stratum_groups)
         targets = [("test", test_fraction * total), ("val", val_fraction * total)]
         filled = {"test": 0, "val": 0}
-        for group in class_groups:
+        for group in stratum_groups:
             side = "train"
             for name, target in targets:
                 if filled[name] < target:
@@ -167,12 +190,10 @@ def split_folder(scan: FolderScan, val_fraction: float = 0.15, test_fraction: fl
                 filled[side] += len(members[group])
             side_of_group[group] = side
 
-    rows = []
-    for position, index in enumerate(kept):
-        group = int(groups[position])
-        rows.append(SplitRow(scan.relative(scan.images[index].path), labels[position],
-                             side_of_group[group], group, hash_to_hex(direct[position])))
-    return rows
+    return [SplitRow(scan.relative(item.path), item.label, side_of_group[int(groups[position])],
+                     int(groups[position]), hash_to_hex(direct[position]),
+                     item.source if len(scans) > 1 else "", item.sequence)
+            for position, (scan, item) in enumerate(images)]
 
 
 def write_split_csv(rows: list[SplitRow], path: Path) -> None:
@@ -180,9 +201,10 @@ def write_split_csv(rows: list[SplitRow], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(SPLIT_COLUMNS)
+        writer.writerow(SPLIT_COLUMNS + SOURCE_COLUMNS)
         for row in rows:
-            writer.writerow([row.path, row.label, row.split, row.group, row.phash])
+            writer.writerow([row.path, row.label, row.split, row.group, row.phash, row.source,
+                             row.sequence])
 
 
 def read_split_csv(path: Path) -> list[SplitRow]:
@@ -191,8 +213,13 @@ def read_split_csv(path: Path) -> list[SplitRow]:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None or set(SPLIT_COLUMNS) - set(reader.fieldnames):
             raise ValueError(f"{path}: not a split file (needs columns {', '.join(SPLIT_COLUMNS)})")
-        rows = [SplitRow(r["path"], r["label"], r["split"], int(r["group"]), r["phash"])
-                for r in reader]
+        try:
+            rows = [SplitRow(r["path"], r["label"], r["split"], int(r["group"]), r["phash"],
+                             r.get("source") or "", r.get("sequence") or "")
+                    for r in reader]
+        except (TypeError, ValueError, csv.Error) as error:
+            raise ValueError(f"{path}: not a valid split file (line {reader.line_num}: "
+                             f"{error})") from None
     bad = ({r.label for r in rows} - set(CLASS_NAMES)) | (
         {r.split for r in rows} - {"train", "val", "test"})
     if bad:
@@ -208,10 +235,24 @@ def split_summary(rows: list[SplitRow]) -> dict[str, dict[str, int]]:
     return summary
 
 
-def folder_fingerprint(root: Path, relative_paths: Iterable[str]) -> str:
-    """SHA-256 over the names and bytes of the given files: identifies the training data."""
+def source_summary(rows: list[SplitRow]) -> dict[str, dict[str, dict[str, int]]]:
+    """Image counts per source, split and class (source "" is a single-folder split)."""
+    summary: dict[str, dict[str, dict[str, int]]] = {}
+    for row in rows:
+        per_split = summary.setdefault(row.source, {})
+        per_split.setdefault(row.split, dict.fromkeys(CLASS_NAMES, 0))[row.label] += 1
+    return summary
+
+
+def folder_fingerprint(roots: dict[str, Path] | Path,
+                       files: Iterable[tuple[str, str]] | Iterable[str]) -> str:
+    """SHA-256 over the names and bytes of the given files (``(source, relative path)``
+    pairs, or relative paths under one folder): identifies the training data."""
+    if isinstance(roots, Path):
+        roots = {"": roots}
+    keyed = [item if isinstance(item, tuple) else ("", item) for item in files]
     digest = hashlib.sha256()
-    for relative in sorted(relative_paths):
-        digest.update(relative.encode())
-        digest.update(hashlib.sha256((root / relative).read_bytes()).digest())
+    for source, relative in sorted(keyed):
+        digest.update((f"{source}/{relative}" if source else relative).encode())
+        digest.update(hashlib.sha256((roots[source] / relative).read_bytes()).digest())
     return digest.hexdigest()
