@@ -180,6 +180,18 @@ def test_fine_tuning_starts_from_a_trained_model_folder(dataset: Path, tmp_path:
     assert json.loads((second / "card.json").read_text())["training"]["from_model"] == str(first)
 
 
+def test_fine_tuning_keeps_the_models_intensity_step(dataset: Path, tmp_path: Path,
+                                                     capsys) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(["train", str(dataset), "--out", str(first), "--intensity", "none", *TINY]) == 0
+    assert main(["train", str(dataset), "--out", str(second), "--from-model", str(first),
+                 "--intensity", "equalize", *TINY]) == 2
+    assert "was trained with none" in capsys.readouterr().err
+    assert main(["train", str(dataset), "--out", str(second), "--from-model", str(first),
+                 *TINY]) == 0
+    assert json.loads((second / "card.json").read_text())["intensity"] == "none"
+
+
 def test_calibrate_can_serve_a_model_at_another_input_size(dataset: Path, tmp_path: Path,
                                                            fixture_paths: list[Path],
                                                            monkeypatch, capsys) -> None:

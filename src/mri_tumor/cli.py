@@ -56,9 +56,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="intensity augmentation: smooth multiplicative field up to exp(+-B)")
     p.add_argument("--noise", type=float, default=0.03,
                    help="intensity augmentation: Rician noise up to this standard deviation")
-    p.add_argument("--intensity", choices=("equalize", "none"), default="equalize",
+    p.add_argument("--intensity", choices=("equalize", "none"),
                    help="intensity standardisation of every input: per-image histogram "
-                        "equalisation (default) or none (pixels / 255, as models before it)")
+                        "equalisation (default) or none (pixels / 255, as models before it); "
+                        "with --from-model, that model's")
     p.add_argument("--refuse", type=Path, action="append", default=[], metavar="DIR",
                    help="a folder of images that are not brain MRI (e.g. head CT, PNG or "
                         "DICOM): the out-of-distribution guard learns to refuse them; "
@@ -98,6 +99,14 @@ def _run_train(args: argparse.Namespace) -> int:
     if min(args.gamma, args.bias_field, args.noise, args.source_balance) < 0:
         raise UsageError("--gamma, --bias-field, --noise and --source-balance must not be "
                          "negative")
+    intensity = args.intensity or "equalize"
+    if args.from_model is not None:
+        from mri_tumor.card import ModelCard
+
+        intensity = ModelCard.load(args.from_model).intensity
+        if args.intensity not in (None, intensity):
+            raise UsageError(f"--intensity {args.intensity}: --from-model {args.from_model} "
+                             f"was trained with {intensity}, and fine-tuning keeps its input")
     if args.resume is not None:
         from mri_tumor.models.checkpoint import read_checkpoint
 
@@ -117,7 +126,7 @@ def _run_train(args: argparse.Namespace) -> int:
                                   noise=args.noise))
     max_batches = args.max_train_batches
     config = TrainConfig(
-        data_dirs=args.data_dirs, arch=args.arch, out=out, intensity=args.intensity,
+        data_dirs=args.data_dirs, arch=args.arch, out=out, intensity=intensity,
         source_balance=args.source_balance, refuse_dirs=args.refuse,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, seed=args.seed, image_size=args.image_size,

@@ -485,8 +485,8 @@ def _model_lines(evaluation: Evaluation) -> list[str]:
     trained = card.training if isinstance(card.training, dict) else {}
     lines = [f"- Model: `{card.architecture}` version {card.version or '-'} "
              f"(created {card.created or '-'}), folder `{evaluation.predictor.model_dir}`",
-             f"- Input {card.image_size} x {card.image_size}, {card.color_mode}; calibration "
-             f"temperature T = {card.temperature:.4f}"]
+             f"- Input {card.image_size} x {card.image_size}, {card.color_mode}, intensity "
+             f"`{card.intensity}`; calibration temperature T = {card.temperature:.4f}"]
     if trained:
         split_counts = trained.get("split_counts")
         train_counts = split_counts.get("train") if isinstance(split_counts, dict) else None
@@ -494,6 +494,10 @@ def _model_lines(evaluation: Evaluation) -> list[str]:
                      f"{trained.get('hardware', '-')}"
                      + (f"; training images per class: {json.dumps(train_counts)}"
                         if train_counts else ""))
+        sources = trained.get("sources")
+        if isinstance(sources, list) and len(sources) > 1:
+            lines.append("- Sources: " + ", ".join(f"`{s.get('name')}`" for s in sources
+                                                    if isinstance(s, dict)))
     if validation:
         lines.append("- Validation (from the model card): accuracy "
                      f"{_number(validation.get('accuracy'))}, macro-F1 "

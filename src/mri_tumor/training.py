@@ -346,7 +346,7 @@ def train(config: TrainConfig) -> Path | None:
     if config.from_model is not None and config.image_size is None:
         image_size = ModelCard.load(config.from_model).image_size
     intensity = config.intensity
-    if config.from_model is not None:
+    if config.from_model is not None:  # fine-tuning keeps the input the model was trained on
         intensity = ModelCard.load(config.from_model).intensity
     spec = PreprocessSpec(image_size, arch.mean, arch.std, 3, intensity)
     out = Path(config.out)
