@@ -271,31 +271,24 @@ def read_split_under(split: Path, data_dirs: list[Path] | Path) -> list[SplitRow
 def load_refusal_pixels(folders: list[Path], image_size: int) -> tuple[torch.Tensor, list[str]]:
     """Every image (and DICOM slice, whatever its modality) under the given folders, as
     uint8 (N, H, W) pixels, and their names; unreadable files are skipped."""
-    from mri_tumor.data.dicom import read_dicom
     from mri_tumor.data.reading import (
         DICOM_EXTENSIONS,
         IMAGE_EXTENSIONS,
         ImageReadError,
-        looks_like_dicom_bytes,
+        read_frames,
     )
 
     pixels, names = [], []
     for folder in folders:
         for path in sorted(Path(folder).rglob("*")):
-            suffix = path.suffix.lower()
-            if not path.is_file() or suffix not in IMAGE_EXTENSIONS + DICOM_EXTENSIONS:
+            if not path.is_file() or path.suffix.lower() not in IMAGE_EXTENSIONS + DICOM_EXTENSIONS:
                 continue
             try:
-                data = path.read_bytes()
-                if looks_like_dicom_bytes(data) or suffix in DICOM_EXTENSIONS:
-                    images = [f.image for f in read_dicom(data, path.name, force=True,
-                                                          any_modality=True)]
-                else:
-                    images = [read_image(data)]
+                frames = read_frames(path, any_modality=True)
             except (ImageReadError, OSError):
                 continue
-            for image in images:
-                pixels.append(to_model_pixels(image, image_size))
+            for frame in frames:
+                pixels.append(to_model_pixels(frame.image, image_size))
                 names.append(str(path))
     if not pixels:
         raise ValueError(f"--refuse {', '.join(map(str, folders))}: no readable images there")

@@ -44,12 +44,14 @@ class Frame:
     instance: int | None = None  # DICOM InstanceNumber
 
 
-def read_frames(source: ImageSource, name: str | None = None) -> list[Frame]:
+def read_frames(source: ImageSource, name: str | None = None,
+                any_modality: bool = False) -> list[Frame]:
     """Decode any input (ordinary image or DICOM, by content) into grayscale frames.
 
     ``name`` labels the input in messages (default: its path, or "upload").
     Raises ImageReadError with a one-line reason for bad inputs, NotMRIError (a subclass)
-    for a DICOM file whose Modality is not MR.
+    for a DICOM file whose Modality is not MR (unless ``any_modality``: for fitting and
+    measuring the guard on non-MR pixels).
     """
     if isinstance(source, Image.Image | np.ndarray):
         return [Frame(name or "image", read_image(source))]
@@ -57,7 +59,8 @@ def read_frames(source: ImageSource, name: str | None = None) -> list[Frame]:
     if looks_like_dicom_bytes(data) or suffix in DICOM_EXTENSIONS:
         from mri_tumor.data.dicom import read_dicom
 
-        frames = read_dicom(data, label, force=not looks_like_dicom_bytes(data))
+        frames = read_dicom(data, label, force=not looks_like_dicom_bytes(data),
+                            any_modality=any_modality)
         return [Frame(label if f.frame is None else f"{label}#{f.frame}", f.image, f.series,
                       f.instance) for f in frames]
     return [Frame(label, to_grayscale(_decode_bytes(data, label)))]
