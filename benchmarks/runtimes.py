@@ -46,7 +46,7 @@ def timings(run: Callable[[np.ndarray], object], size: int) -> tuple[float, floa
 
 def onnxruntime_runner(model_dir: Path, threads: int) -> Callable[[np.ndarray], object]:
     """The ONNX Runtime session of the predictor's ONNX backend, with its settings."""
-    session = Predictor.load(model_dir, backend="onnx", threads=threads).network
+    session = Predictor.load(model_dir, backend="onnx", threads=threads).backend.session
     return lambda x: session.run(None, {"pixels": x})
 
 

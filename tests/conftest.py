@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from mri_tumor import Predictor
+
 FIXTURES = Path(__file__).parent / "fixtures"
 FIXTURE_IMAGES = FIXTURES / "images"
 SARTAJ_NAMES = {"glioma": "glioma_tumor", "meningioma": "meningioma_tumor",
@@ -33,7 +35,20 @@ def dataset(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def fixture_paths() -> list[Path]:
+    """The committed fixture images (5 per class), sorted."""
     return sorted(FIXTURE_IMAGES.glob("*/*.jpg"))
+
+
+@pytest.fixture(scope="session")
+def predictor() -> Predictor:
+    """The shipped model on the torch backend (Grad-CAM uses its network directly)."""
+    return Predictor.load(backend="torch", threads=2)
+
+
+@pytest.fixture(scope="session")
+def onnx_predictor() -> Predictor:
+    """The shipped model on the ONNX backend, the front ends' default."""
+    return Predictor.load(backend="onnx", threads=2)
 
 
 def png_header(width: int, height: int) -> bytes:

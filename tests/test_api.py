@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from PIL import Image
+from tests.conftest import FIXTURE_IMAGES
 from tests.dicom_factory import PATIENT, dicom_bytes
 
 import mri_tumor
@@ -25,7 +26,6 @@ from mri_tumor.api import DISCLAIMER_HEADER, MIB, Settings, create_app
 from mri_tumor.card import DISCLAIMER
 from mri_tumor.inference import RESULT_KEYS, Predictor
 
-FIXTURE_IMAGES = Path(__file__).parent / "fixtures" / "images"
 SAMPLES = Path(mri_tumor.__file__).parent / "samples"
 CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
 PATIENT_NAME, PATIENT_ID, BIRTH_DATE = (PATIENT["PatientName"], PATIENT["PatientID"],
@@ -33,11 +33,6 @@ PATIENT_NAME, PATIENT_ID, BIRTH_DATE = (PATIENT["PatientName"], PATIENT["Patient
 
 
 # -- helpers ----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def predictor() -> Predictor:
-    return Predictor.load(threads=2)
-
-
 @contextmanager
 def serving(app) -> Iterator[TestClient]:
     """A client for ``app`` with its lifespan running and the model loaded."""

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
+from tests.conftest import FIXTURE_IMAGES
 from tests.dicom_factory import PATIENT, dicom_bytes
 
 from mri_tumor import Predictor
@@ -25,7 +26,6 @@ from mri_tumor.explain import gradcam
 from mri_tumor.inference import RESULT_KEYS
 
 APP = Path(__file__).resolve().parents[1] / "src" / "mri_tumor" / "app.py"
-FIXTURE_IMAGES = Path(__file__).parent / "fixtures" / "images"
 TIMEOUT = 120  # seconds per script run; the first one loads the model
 
 
@@ -38,11 +38,6 @@ def _photo_bytes() -> bytes:
     import skimage
 
     return (Path(skimage.__file__).parent / "data" / "chelsea.png").read_bytes()
-
-
-@pytest.fixture(scope="module")
-def predictor() -> Predictor:
-    return Predictor.load()
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
+from tests.conftest import FIXTURE_IMAGES
 
 from mri_tumor import metrics
 from mri_tumor.calibration import fit_temperature
@@ -49,7 +50,6 @@ from mri_tumor.report import (
     write_report,
 )
 
-FIXTURE_IMAGES = Path(__file__).parent / "fixtures" / "images"
 FIXTURE_TYPES = Path(__file__).parent / "fixtures" / "types"  # '<Type> <Sequence>' layout
 # In-scope images of the type-and-sequence fixture per sequence (Schwannoma T1 is skipped).
 TYPES_PER_SEQUENCE = {"T1": 6, "T1C+": 3, "T2": 9}
@@ -67,16 +67,6 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
 def copy_fixtures(target: Path) -> Path:
     shutil.copytree(FIXTURE_IMAGES, target)
     return target
-
-
-@pytest.fixture(scope="module")
-def predictor() -> Predictor:
-    return Predictor.load()
-
-
-@pytest.fixture(scope="module")
-def onnx_predictor() -> Predictor:
-    return Predictor.load(backend="onnx")
 
 
 @pytest.fixture(scope="module")

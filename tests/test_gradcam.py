@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image
+from tests.conftest import FIXTURE_IMAGES
 
 from mri_tumor import Predictor
 from mri_tumor.card import SHIPPED_MODEL_DIR, ModelCard
 from mri_tumor.data import read_image
 from mri_tumor.explain import EXPLANATIONS, explanation, gradcam, overlay, torch_model
-
-FIXTURE_IMAGES = Path(__file__).parent / "fixtures" / "images"
-
-
-@pytest.fixture(scope="module")
-def predictor() -> Predictor:
-    return Predictor.load()
+from mri_tumor.inference import OnnxBackend
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +58,8 @@ def test_predictor_without_torch_model_loads_one_from_its_folder(
         predictor: Predictor, slice_image: Image.Image) -> None:
     # What an ONNX-backend predictor looks like to Grad-CAM: no torch model, a model folder.
     card = ModelCard.load(SHIPPED_MODEL_DIR)
-    onnx_like = Predictor(card, "onnx", network=None, model_dir=SHIPPED_MODEL_DIR)
+    onnx_like = Predictor(card, OnnxBackend(session=None, ood_threshold=None),
+                          model_dir=SHIPPED_MODEL_DIR)
     model = torch_model(onnx_like)
     assert model is torch_model(onnx_like)  # loaded once, then reused
     np.testing.assert_allclose(gradcam(onnx_like, slice_image, 1),

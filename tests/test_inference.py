@@ -19,11 +19,6 @@ from mri_tumor.cli import main
 from mri_tumor.inference import RESULT_KEYS
 
 
-@pytest.fixture(scope="module")
-def predictor() -> Predictor:
-    return Predictor.load()
-
-
 def test_paths_bytes_pil_and_arrays_give_the_same_result(predictor: Predictor,
                                                          fixture_paths: list[Path]) -> None:
     path = fixture_paths[5]

@@ -172,13 +172,13 @@ def test_a_card_without_the_intensity_field_loads_and_predicts_as_before(
     card = json.loads((out / "card.json").read_text())
     del card["intensity"]  # as cards written before the field existed
     (out / "card.json").write_text(json.dumps(card))
-    predictor = Predictor.load(out)
+    predictor = Predictor.load(out, backend="torch")
     assert predictor.spec.intensity == "none"
     path = sorted((dataset / "glioma").iterdir())[0]
     pixels = to_model_pixels(read_image(path), 64)[None]
     old_input = (np.repeat(pixels[:, None], 3, axis=1).astype(np.float32) / 255 - 0.5) / 0.5
     with torch.inference_mode():
-        logits = predictor.network(torch.from_numpy(old_input))[0].numpy()
+        logits = predictor.backend.graph(torch.from_numpy(old_input))[0].numpy()
     assert np.allclose(predictor.forward(pixels)[0], logits, atol=1e-5)
 
 
@@ -230,12 +230,12 @@ def test_refusal_examples_are_recorded_by_folder_name_and_cleared_by_a_refit_wit
     assert main(["train", str(dataset), "--out", str(out), "--refuse", str(refuse), *TINY]) == 0
     card = ModelCard.load(out)
     assert card.training["refuse_dirs"] == ["head-ct"] and card.training["refusal_examples"] == 6
-    guard = Predictor.load(out).guard
+    guard = Predictor.load(out, backend="torch").guard
     assert guard is not None and guard.refusal_weight is not None
     assert main(["calibrate", str(out), str(dataset)]) == 0
     card = ModelCard.load(out)
     assert "refuse_dirs" not in card.training and "refusal_examples_refused" not in card.metrics
-    assert Predictor.load(out).guard.refusal_weight is None
+    assert Predictor.load(out, backend="torch").guard.refusal_weight is None
 
 
 def test_evaluate_with_a_split_takes_only_its_training_rows_as_training_images(

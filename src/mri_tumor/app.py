@@ -28,12 +28,11 @@ import streamlit as st
 from PIL import Image
 
 from mri_tumor.card import DISCLAIMER, ModelCard
+from mri_tumor.data.reading import MAX_UPLOAD_BYTES, MAX_UPLOAD_MB, too_large_message
 
 if TYPE_CHECKING:
     from mri_tumor.inference import Prediction, Predictor
 
-MAX_UPLOAD_MB = 50  # per file; a DICOM series as one multi-frame file fits comfortably
-MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 1024 * 1024  # Streamlit counts megabytes in MiB
 DISPLAY_SIZE = 640  # longest side of the copy that is shown (and heat-mapped) on the page
 FRAME_BATCH = 32
 SAMPLES_DIR = Path(__file__).with_name("samples")
@@ -59,35 +58,28 @@ def analyse_upload(predictor: Predictor, name: str, data: bytes) -> list[Analyse
     """Analyse one uploaded file: one result per 2-D frame, or one ``error`` result saying
     why the file cannot be read (``rejected`` for a DICOM file whose header says CT, US...).
     Never raises."""
-    from mri_tumor.data.reading import ImageReadError, NotMRIError, read_frames
+    from mri_tumor.inference import ERROR, Prediction, decode
 
     if len(data) > MAX_UPLOAD_BYTES:
-        size_mb = len(data) / (1024 * 1024)
-        return [_error(name, f"{name}: file is {size_mb:.0f} MB, larger than the "
-                             f"{MAX_UPLOAD_MB} MB limit")]
+        return [AnalysedImage(Prediction(name, ERROR,
+                                         message=too_large_message(name, len(data))))]
+    decoded = decode(data, name)
+    if isinstance(decoded, Prediction):
+        return [AnalysedImage(decoded)]
+    results: list[AnalysedImage] = []
     try:
-        frames = read_frames(data, name)
-        results: list[AnalysedImage] = []
-        for start in range(0, len(frames), FRAME_BATCH):
-            chunk = frames[start:start + FRAME_BATCH]
+        for start in range(0, len(decoded), FRAME_BATCH):
+            chunk = decoded[start:start + FRAME_BATCH]
             for frame, prediction in zip(chunk, predictor.predict_frames(chunk), strict=True):
                 results.append(_with_pictures(predictor, frame.image, prediction))
-        return results
-    except NotMRIError as error:
-        return [_error(name, str(error), rejected=True)]
-    except ImageReadError as error:
-        return [_error(name, str(error))]
     except MemoryError:
-        return [_error(name, f"{name}: too large to analyse in the memory available")]
+        return [AnalysedImage(Prediction(name, ERROR, message=(
+            f"{name}: too large to analyse in the memory available")))]
     except Exception as error:  # a page must show a message, never a traceback
         logger.warning("analysis failed for an upload: %s", type(error).__name__)
-        return [_error(name, f"{name}: could not be analysed ({type(error).__name__})")]
-
-
-def _error(name: str, message: str, rejected: bool = False) -> AnalysedImage:
-    from mri_tumor.inference import ERROR, REJECTED, Prediction
-
-    return AnalysedImage(Prediction(name, REJECTED if rejected else ERROR, message=message))
+        return [AnalysedImage(Prediction(name, ERROR, message=(
+            f"{name}: could not be analysed ({type(error).__name__})")))]
+    return results
 
 
 def _with_pictures(predictor: Predictor, image: Image.Image,

@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING
 
 from mri_tumor.card import SHIPPED_MODEL_DIR, ModelCard
 from mri_tumor.data.reading import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, looks_like_dicom_bytes
+from mri_tumor.inference import DEFAULT_BACKEND
 
 if TYPE_CHECKING:  # torch is imported only when a model is needed (fast `mri-tumor app` start)
     from mri_tumor.inference import Prediction, Predictor
 
 
-def load_predictor(model_dir: Path | None = None, backend: str = "torch") -> Predictor:
+def load_predictor(model_dir: Path | None = None, backend: str = DEFAULT_BACKEND) -> Predictor:
     """Load a model folder (default: the shipped one) or raise FileNotFoundError saying why."""
     from mri_tumor.inference import Predictor
 

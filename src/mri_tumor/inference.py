@@ -13,6 +13,7 @@ are ``rejected``; unreadable ones are ``error``. Research tool, not a diagnosis.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ from mri_tumor.ood import OODGuard
 # Frames per network call: on 2 cores batches of 8 ran faster than 32 or 64 (better cache
 # use) and keep activation memory small; ``predict``'s batch_size only groups the decoding.
 NETWORK_BATCH = 8
+
+logger = logging.getLogger(__name__)
 
 OK, REJECTED, ERROR = "ok", "rejected", "error"
 RESULT_KEYS = ("path", "status", "label", "confidence", "probabilities", "ood_score", "message")
@@ -78,60 +81,19 @@ class Prediction:
         return DISPLAY_NAMES.get(self.label, self.label) if self.label else None
 
 
-class Predictor:
-    """A loaded model plus everything needed to turn files into predictions.
+class TorchBackend:
+    """The network and guard as one torch module (``export.InferenceGraph``)."""
 
-    Torch is imported only by the torch backend: the ONNX backend reads the card and runs
-    one self-contained ONNX graph (network and guard score), which keeps its memory small.
-    """
+    name = "torch"
 
-    def __init__(self, card: ModelCard, backend: str, network: Any,
-                 guard: OODGuard | None = None, model_dir: Path | None = None,
-                 ood_threshold: float | None = None) -> None:
-        self.card = card
-        self.backend = backend
-        self.network = network  # torch: InferenceGraph; onnx: onnxruntime.InferenceSession
-        self.guard = guard  # torch only: the ONNX graph computes the score itself
-        # Scores above this are rejected as not a brain MRI (None: the model has no guard).
-        self.ood_threshold = guard.threshold if guard is not None else ood_threshold
-        self.model_dir = model_dir
-        self.spec = PreprocessSpec.from_card(card)
-        self.class_names = list(card.class_names)
-        self.disclaimer = DISCLAIMER
-
-    @property
-    def model(self) -> Any:
-        """The torch network (torch backend only), e.g. for Grad-CAM."""
-        return self.network.model if self.backend == "torch" else None
+    def __init__(self, graph: Any, guard: OODGuard | None) -> None:
+        self.graph = graph
+        self.guard = guard
+        self.ood_threshold = guard.threshold if guard is not None else None
 
     @classmethod
-    def load(cls, model_dir: str | Path | None = None, backend: str = "torch",
-             threads: int | None = None) -> Predictor:
-        """Load a model folder (default: the shipped model) for the torch or onnx backend."""
-        directory = Path(model_dir) if model_dir else SHIPPED_MODEL_DIR
-        if backend not in ("torch", "onnx"):
-            raise ValueError(f"unknown backend {backend!r}; use torch or onnx")
-        threads = threads or min(4, len(os.sched_getaffinity(0)))
-        if backend == "onnx":
-            card = ModelCard.load(directory)
-            path = ensure_onnx_file(directory, card)
-            try:
-                session = _onnx_session(path, threads)
-            except Exception as error:  # onnxruntime raises its own types, e.g. InvalidProtobuf
-                reason = str(error).splitlines()[0][:200]
-                raise ValueError(f"{path}: ONNX Runtime cannot load it ({reason}); delete it, "
-                                 "or write it again with mri-tumor export --force") from None
-            height_width = session.get_inputs()[0].shape[2:]  # names when dynamic
-            fixed_size = all(isinstance(d, int) for d in height_width)
-            if fixed_size and height_width != [card.image_size, card.image_size]:
-                raise ValueError(f"{path} takes {height_width} pixels but the card says "
-                                 f"{card.image_size}; re-export it with mri-tumor export")
-            has_score = "ood_score" in [o.name for o in session.get_outputs()]
-            if card.ood_threshold is not None and not has_score:
-                raise ValueError(f"{path} has no ood_score output but the model has an "
-                                 "out-of-distribution guard; re-export it with mri-tumor export")
-            return cls(card, "onnx", session, None, directory,
-                       ood_threshold=card.ood_threshold if has_score else None)
+    def load(cls, directory: Path, threads: int) -> tuple[TorchBackend, ModelCard]:
+        """The model folder's weights, batch norm fused, channels-last; and its card."""
         import torch
 
         from mri_tumor.export import InferenceGraph
@@ -141,7 +103,126 @@ class Predictor:
         model, card, extras = load_model(directory)
         guard = OODGuard.from_tensors(extras, card.ood_threshold)
         model = fuse_batch_norm(model).to(memory_format=torch.channels_last)
-        return cls(card, "torch", InferenceGraph(model, guard).eval(), guard, directory)
+        return cls(InferenceGraph(model, guard).eval(), guard), card
+
+    @property
+    def model(self) -> Any:
+        """The torch network, e.g. for Grad-CAM."""
+        return self.graph.model
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Normalised float32 (B, C, H, W) -> [logits, features(, ood scores)]."""
+        import torch
+
+        with torch.inference_mode():
+            tensor = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
+            return [t.numpy() for t in self.graph(tensor)]
+
+
+class OnnxBackend:
+    """One self-contained ONNX graph (network and guard score) in ONNX Runtime: no torch in
+    the process, which keeps its memory small and its start fast."""
+
+    name = "onnx"
+    model = None  # no torch network to explain: Grad-CAM loads one when asked
+
+    def __init__(self, session: Any, ood_threshold: float | None) -> None:
+        self.session = session
+        self.ood_threshold = ood_threshold
+
+    @classmethod
+    def load(cls, directory: Path, threads: int) -> tuple[OnnxBackend, ModelCard]:
+        """The folder's ``model.onnx`` (or a cached export, made on first use); its card."""
+        card = ModelCard.load(directory)
+        path = ensure_onnx_file(directory, card)
+        try:
+            session = _onnx_session(path, threads)
+        except Exception as error:  # onnxruntime raises its own types, e.g. InvalidProtobuf
+            reason = str(error).splitlines()[0][:200]
+            raise ValueError(f"{path}: ONNX Runtime cannot load it ({reason}); delete it, "
+                             "or write it again with mri-tumor export --force") from None
+        height_width = session.get_inputs()[0].shape[2:]  # names when dynamic
+        fixed_size = all(isinstance(d, int) for d in height_width)
+        if fixed_size and height_width != [card.image_size, card.image_size]:
+            raise ValueError(f"{path} takes {height_width} pixels but the card says "
+                             f"{card.image_size}; re-export it with mri-tumor export")
+        has_score = "ood_score" in [o.name for o in session.get_outputs()]
+        if card.ood_threshold is not None and not has_score:
+            raise ValueError(f"{path} has no ood_score output but the model has an "
+                             "out-of-distribution guard; re-export it with mri-tumor export")
+        return cls(session, card.ood_threshold if has_score else None), card
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Normalised float32 (B, C, H, W) -> [logits, features(, ood scores)]."""
+        return self.session.run(None, {"pixels": batch})
+
+
+BACKENDS: dict[str, type[TorchBackend] | type[OnnxBackend]] = {
+    "torch": TorchBackend, "onnx": OnnxBackend}
+# The default of every front end and of evaluation: same numbers as torch (tested), and
+# several times faster to start and to run on CPU.
+DEFAULT_BACKEND = "onnx"
+
+
+def decode(source: ImageSource, name: str) -> list[Frame] | Prediction:
+    """The one way an input becomes model frames: its 2-D grey frames, or the result that
+    says why there are none (``rejected`` for a DICOM file whose header says CT, US...;
+    ``error`` for anything unreadable). Never raises for a bad input."""
+    try:
+        frames = read_frames(source, name)
+    except NotMRIError as error:
+        return Prediction(name, REJECTED, message=str(error))
+    except ImageReadError as error:
+        return Prediction(name, ERROR, message=str(error))
+    except MemoryError:
+        return Prediction(name, ERROR, message=f"{name}: too large to read in the memory "
+                                                "available")
+    except OSError as error:
+        return Prediction(name, ERROR, message=f"{name}: cannot read this file "
+                                                f"({error.strerror or type(error).__name__})")
+    except Exception as error:  # any decoder failure is a bad file, never a crash
+        logger.warning("decoding an input failed: %s", type(error).__name__)
+        return Prediction(name, ERROR, message=f"{name}: cannot read this file")
+    if not frames:
+        return Prediction(name, ERROR, message=f"{name}: holds no image")
+    return frames
+
+
+class Predictor:
+    """A loaded model (its card and a backend) plus everything needed to turn inputs into
+    predictions. Every front end and evaluation go through it."""
+
+    def __init__(self, card: ModelCard, backend: TorchBackend | OnnxBackend,
+                 model_dir: Path | None = None) -> None:
+        self.card = card
+        self.backend = backend
+        # Scores above this are rejected as not a brain MRI (None: the model has no guard).
+        self.ood_threshold = backend.ood_threshold
+        self.model_dir = model_dir
+        self.spec = PreprocessSpec.from_card(card)
+        self.class_names = list(card.class_names)
+        self.disclaimer = DISCLAIMER
+
+    @property
+    def model(self) -> Any:
+        """The torch network (torch backend only), e.g. for Grad-CAM."""
+        return self.backend.model
+
+    @property
+    def guard(self) -> OODGuard | None:
+        """The torch guard (torch backend only; the ONNX graph computes the score itself)."""
+        return getattr(self.backend, "guard", None)
+
+    @classmethod
+    def load(cls, model_dir: str | Path | None = None, backend: str = DEFAULT_BACKEND,
+             threads: int | None = None) -> Predictor:
+        """Load a model folder (default: the shipped model) for the torch or onnx backend."""
+        directory = Path(model_dir) if model_dir else SHIPPED_MODEL_DIR
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; use {' or '.join(BACKENDS)}")
+        threads = threads or min(4, len(os.sched_getaffinity(0)))
+        loaded, card = BACKENDS[backend].load(directory, threads)
+        return cls(card, loaded, directory)
 
     # -- the pipeline: inputs -> frames -> pixels -> (logits, features) -> results -----------
     def predict(self, inputs: Sequence[ImageSource], names: Sequence[str] | None = None,
@@ -155,17 +236,11 @@ class Predictor:
         pending: list[tuple[int, Frame]] = []
         for index, source in enumerate(inputs):
             name = names[index] if names else _default_name(source, index)
-            try:
-                frames = read_frames(source, name)
-            except NotMRIError as error:  # a CT or other non-MR DICOM: refused by its header
-                results.append(Prediction(name, REJECTED, message=str(error)))
+            decoded = decode(source, name)
+            if isinstance(decoded, Prediction):
+                results.append(decoded)
                 continue
-            except ImageReadError as error:
-                results.append(Prediction(name, ERROR, message=str(error)))
-                continue
-            except (OSError, MemoryError) as error:
-                results.append(Prediction(name, ERROR, message=f"{name}: cannot read ({error})"))
-                continue
+            frames = decoded
             for frame in frames:
                 pending.append((len(results), frame))
                 results.append(None)
@@ -198,15 +273,7 @@ class Predictor:
         return logits, features, scores
 
     def _forward_chunk(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        batch = normalize_array(pixels, self.spec)
-        if self.backend == "onnx":
-            outputs = self.network.run(None, {"pixels": batch})
-        else:
-            import torch
-
-            with torch.inference_mode():
-                tensor = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
-                outputs = [t.numpy() for t in self.network(tensor)]
+        outputs = self.backend.run(normalize_array(pixels, self.spec))
         if len(outputs) == 2:  # a model without a guard
             outputs = [*outputs, np.full(len(pixels), np.nan, dtype=np.float32)]
         logits, features, scores = outputs

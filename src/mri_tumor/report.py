@@ -442,7 +442,8 @@ def format_summary(evaluation: Evaluation, report_path: Path | None = None) -> s
     lines = [f"Evaluated {m['n']} images of {evaluation.scored.location}"
              + (f" ({selection})" if selection else "") + f" in "
              f"{evaluation.seconds:.1f} s ({m['n'] / max(evaluation.seconds, 1e-9):.0f} images/s"
-             f", {evaluation.predictor.backend} backend, TTA {'on' if evaluation.tta else 'off'})"]
+             f", {evaluation.predictor.backend.name} backend, "
+             f"TTA {'on' if evaluation.tta else 'off'})"]
     skipped = evaluation.scored.skipped
     if skipped:
         lines.append(f"Skipped {len(skipped)} file(s):")
@@ -558,7 +559,7 @@ def write_report(evaluation: Evaluation, out: Path) -> Path:
              + (f" ({scored.selection})" if scored.selection else "")
              + f": {m['n']} images scored, {len(scored.skipped)} file(s) skipped",
              *_model_lines(evaluation),
-             f"- Backend {evaluation.predictor.backend}, test-time augmentation "
+             f"- Backend {evaluation.predictor.backend.name}, test-time augmentation "
              f"{'on (image + mirror, logits averaged)' if evaluation.tta else 'off'}; "
              f"{evaluation.seconds:.1f} s for decoding and scoring "
              f"({m['n'] / max(evaluation.seconds, 1e-9):.0f} images/s)",

@@ -16,8 +16,7 @@ from typing import Any
 from fastapi import HTTPException
 
 from mri_tumor.api.settings import QUEUE_FULL_RETRY_S
-from mri_tumor.data.reading import ImageReadError, NotMRIError, read_frames
-from mri_tumor.inference import ERROR, REJECTED, Prediction, Predictor
+from mri_tumor.inference import ERROR, Prediction, Predictor, decode
 
 logger = logging.getLogger(__name__)
 
@@ -144,17 +143,9 @@ class InferenceQueue:
     def _decode(self, name: str, data: bytes,
                 pending: list[tuple[list[Prediction | None], int, Any]]
                 ) -> list[Prediction | None]:
-        try:
-            frames = read_frames(data, name)
-        except NotMRIError as error:  # a CT or other non-MR DICOM: a rejection, not an error
-            return [Prediction(name, REJECTED, message=str(error))]
-        except ImageReadError as error:
-            return [Prediction(name, ERROR, message=str(error))]
-        except Exception as error:  # any decoder failure is a bad file, never a server error
-            logger.warning("decoding an upload failed: %s", type(error).__name__)
-            return [Prediction(name, ERROR, message=f"{name}: cannot read this file")]
-        if not frames:
-            return [Prediction(name, ERROR, message=f"{name}: holds no image")]
+        frames = decode(data, name)
+        if isinstance(frames, Prediction):
+            return [frames]
         slots: list[Prediction | None] = [None] * len(frames)
         pending.extend((slots, index, frame) for index, frame in enumerate(frames))
         return slots

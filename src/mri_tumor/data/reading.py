@@ -14,7 +14,17 @@ DICOM_EXTENSIONS = (".dcm", ".dicom", ".dic")
 # A brain MRI slice is at most a few thousand pixels a side; anything far larger is refused
 # before it is decoded so that a hostile or mistaken upload cannot exhaust memory.
 MAX_PIXELS = 64_000_000
-MAX_FILE_BYTES = 512_000_000
+MIB = 1024 * 1024
+# The one size limit of every front end: per file in the app and from the command line, per
+# request in the HTTP API. "MB" is 1,048,576 bytes everywhere (as Streamlit counts them).
+MAX_UPLOAD_MB = 50
+MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * MIB
+
+
+def too_large_message(label: str, size: int) -> str:
+    """The one wording of the size limit (app, API, command line)."""
+    return (f"{label}: {size / MIB:.1f} MB, larger than the {MAX_UPLOAD_MB} MB limit "
+            "(1 MB = 1,048,576 bytes)")
 
 ImageSource = str | Path | bytes | Image.Image | np.ndarray
 
@@ -105,9 +115,8 @@ def _load_bytes(source: str | Path | bytes | bytearray | memoryview,
         if not path.is_file():  # never open a pipe or device: reading it could block
             raise ImageReadError(f"{label}: {not_a_file_reason(path)}")
         size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise ImageReadError(f"{label}: file is {size // 1_000_000} MB, larger than the "
-                                 f"{MAX_FILE_BYTES // 1_000_000} MB limit")
+        if size > MAX_UPLOAD_BYTES:
+            raise ImageReadError(too_large_message(label, size))
         data = path.read_bytes()
     if not data:
         raise ImageReadError(f"{label}: empty file")
