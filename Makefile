@@ -1,33 +1,43 @@
-# Two entry points (see README): `make app` and `make test`. Both set up .venv first.
+# Two entry points (see README): `make app` and `make test`. Both set up .venv first: `make
+# app` with what the product needs, `make test` with the test tools (the [test] extra) on top.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+APP_STAMP := $(VENV)/.installed-app
+TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: app test setup lint serve clean
+.PHONY: app test setup lint serve screenshot clean
 
-$(STAMP): pyproject.toml
+$(APP_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first and pinned: the CPU build on this project's machines.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev]"
-	touch $(STAMP)
+	$(BIN)/pip install --quiet -e .
+	touch $(APP_STAMP)
 
-setup: $(STAMP)
+$(TEST_STAMP): pyproject.toml $(APP_STAMP)
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $(TEST_STAMP)
 
-app: $(STAMP)
+setup: $(TEST_STAMP)
+
+app: $(APP_STAMP)
 	$(BIN)/mri-tumor app
 
-serve: $(STAMP)
+serve: $(APP_STAMP)
 	$(BIN)/mri-tumor serve
 
-lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+lint: $(TEST_STAMP)
+	$(BIN)/ruff check src tests benchmarks scripts
 
-test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+test: $(TEST_STAMP)
+	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/python -m pytest -q
+
+# Regenerates docs/app-screenshot.png (needs /usr/bin/chromium, as the browser test).
+screenshot: $(TEST_STAMP)
+	$(BIN)/python scripts/screenshot.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache artifacts

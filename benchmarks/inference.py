@@ -30,7 +30,6 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "images"
-CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
 
 # Peak memory is read from VmHWM: ru_maxrss survives exec on Linux and would report the
 # parent's peak instead of the child's.

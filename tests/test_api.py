@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ast
+import asyncio
+import dataclasses
 import io
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -23,8 +27,11 @@ from tests.dicom_factory import PATIENT, dicom_bytes
 
 import mri_tumor
 from mri_tumor.api import DISCLAIMER_HEADER, MIB, Settings, create_app
+from mri_tumor.api import queue as queue_module
+from mri_tumor.api.queue import InferenceQueue, QueueClosedError
 from mri_tumor.card import DISCLAIMER
-from mri_tumor.inference import RESULT_KEYS, Predictor
+from mri_tumor.data.reading import MAX_UPLOAD_BYTES, MAX_UPLOAD_MB
+from mri_tumor.inference import DEFAULT_BACKEND, RESULT_KEYS, Predictor
 
 SAMPLES = Path(mri_tumor.__file__).parent / "samples"
 CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
@@ -151,6 +158,36 @@ def test_openapi_and_docs(client: TestClient) -> None:
     assert {"401", "413", "415", "422", "503"} <= set(predict["responses"])
     docs = client.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+def test_responses_are_declared_by_their_models(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+
+    def ok_schema(path: str, method: str) -> dict:
+        return paths[path][method]["responses"]["200"]["content"]["application/json"]["schema"]
+
+    assert ok_schema("/v1/predict", "post")["items"]["$ref"].endswith("/PredictionOut")
+    assert ok_schema("/v1/model", "get")["$ref"].endswith("/ModelCardOut")
+    assert ok_schema("/healthz", "get")["$ref"].endswith("/HealthOut")
+    assert ok_schema("/readyz", "get")["$ref"].endswith("/HealthOut")
+
+
+def test_docs_and_redoc_use_no_outside_url(client: TestClient) -> None:
+    """The documentation pages load their scripts, styles and icon from this server."""
+    for page in ("/docs", "/redoc"):
+        answer = client.get(page)
+        assert answer.status_code == 200
+        outside = [url for url in re.findall(r"""https?://[^\s"'<>)]+""", answer.text)
+                   if not url.startswith(str(client.base_url))]
+        assert outside == [], f"{page} refers to {outside}"
+        # The browser itself refuses any other host (ReDoc's sidebar logo is on a CDN).
+        assert "default-src 'self'" in answer.headers["Content-Security-Policy"]
+        assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", answer.text)
+        assert assets, f"{page} loads no script or style"
+        for asset in assets:
+            assert asset.startswith("/"), asset
+            fetched = client.get(asset)
+            assert fetched.status_code == 200 and len(fetched.content) > 1000, asset
 
 
 # -- predictions ------------------------------------------------------------------------------
@@ -281,7 +318,7 @@ def test_413_above_the_upload_limit(predictor: Predictor) -> None:
     data = (SAMPLES / "glioma.jpg").read_bytes()
     limit = 2000
     assert len(data) > limit
-    with serving(create_app(Settings(max_upload_bytes=limit), predictor=predictor)) as client:
+    with serving(create_app(Settings(max_upload_mb=limit / MIB), predictor=predictor)) as client:
         declared = client.post("/v1/predict", files=as_files([("big.jpg", data, "image/jpeg")]))
         assert declared.status_code == 413
         assert "limit" in declared.json()["detail"]
@@ -306,6 +343,20 @@ def test_413_limit_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch,
     with serving(create_app(predictor=predictor)) as client:
         answer = client.post("/v1/predict", files=as_files([jpeg(SAMPLES / "glioma.jpg")]))
         assert answer.status_code == 413
+        assert ("larger than the 0.002 MB limit (1 MB = 1,048,576 bytes)"
+                in answer.json()["detail"])
+
+
+def test_413_default_limit_is_the_one_of_every_front_end(client: TestClient) -> None:
+    """50 MB per request by default, worded as in the app and the command line."""
+    assert Settings().max_upload_bytes == MAX_UPLOAD_BYTES
+    declared = MAX_UPLOAD_BYTES + 1  # refused from the header, before any byte is read
+    answer = client.post("/v1/predict", content=b"\xff\xd8",
+                         headers={"Content-Type": "image/jpeg", "Content-Length": str(declared)})
+    assert answer.status_code == 413
+    detail = answer.json()["detail"]
+    assert f"larger than the {MAX_UPLOAD_MB} MB limit (1 MB = 1,048,576 bytes)" in detail
+    assert "MRI_TUMOR_MAX_UPLOAD_MB" in detail
 
 
 def test_413_too_many_files_for_the_queue(predictor: Predictor) -> None:
@@ -455,6 +506,36 @@ def test_503_with_queue_size_zero(predictor: Predictor) -> None:
         assert answer.status_code == 503 and "Retry-After" in answer.headers
 
 
+def test_503_with_retry_after_while_the_queue_shuts_down(predictor: Predictor) -> None:
+    app = create_app(Settings(), predictor=predictor)
+    with serving(app) as client:
+        app.state.service.queue.stop()
+        answer = client.post("/v1/predict", files=as_files([jpeg(SAMPLES / "glioma.jpg")]))
+        assert answer.status_code == 503 and int(answer.headers["Retry-After"]) >= 1
+        assert "shutting down" in answer.json()["detail"]
+        assert client.get("/healthz").status_code == 200
+
+
+def test_the_queue_raises_its_own_errors_without_the_web_framework(
+        predictor: Predictor) -> None:
+    tree = ast.parse(Path(queue_module.__file__).read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module or "" for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom)}
+    assert not any(name.split(".")[0] in {"fastapi", "starlette"} for name in imported)
+    queue = InferenceQueue(predictor, capacity=2, max_batch=2)
+    queue.start()
+    queue.reserve(1)
+    queue.stop()
+    upload = [("glioma.jpg", (SAMPLES / "glioma.jpg").read_bytes())]
+    with pytest.raises(QueueClosedError, match="shutting down"):
+        asyncio.run(queue.predict(upload, 1))
+    assert queue.reserved == 0  # the refused request's slot was given back
+    with pytest.raises(QueueClosedError):
+        queue.reserve(1)
+
+
 def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(
         predictor: Predictor) -> None:
     calls: list[int] = []
@@ -535,6 +616,40 @@ def test_a_failing_image_does_not_fail_the_rest_of_its_batch(predictor: Predicto
         assert bad["status"] == "error" and "could not be analysed" in bad["message"]
 
 
+class RewritingPredictor(GatedPredictor):
+    """The real predictor, with each result changed by ``change`` before it is returned."""
+
+    def __init__(self, inner: Predictor, **change) -> None:
+        super().__init__(inner)
+        self.change = change
+
+    def predict_frames(self, frames):
+        return [dataclasses.replace(result, **self.change)
+                for result in self.inner.predict_frames(frames)]
+
+
+def test_an_invalid_result_is_a_500_not_an_unchecked_body(predictor: Predictor) -> None:
+    bad = RewritingPredictor(predictor, status="maybe")
+    with serving(create_app(Settings(), predictor=bad)) as client:  # type: ignore[arg-type]
+        answer = client.post("/v1/predict", files=as_files([jpeg(SAMPLES / "glioma.jpg")]))
+        assert answer.status_code == 500
+        assert answer.json() == {"detail": "Internal server error; the request was not "
+                                           "processed."}
+        assert "maybe" not in answer.text
+
+
+def test_nan_and_infinities_come_out_as_null(predictor: Predictor) -> None:
+    odd = RewritingPredictor(predictor, confidence=float("nan"), ood_score=float("inf"),
+                             probabilities={name: float("-inf") for name in CLASSES})
+    with serving(create_app(Settings(), predictor=odd)) as client:  # type: ignore[arg-type]
+        answer = client.post("/v1/predict", files=as_files([jpeg(SAMPLES / "glioma.jpg")]))
+        assert answer.status_code == 200, answer.text
+        [result] = answer.json()
+        assert result["confidence"] is None and result["ood_score"] is None
+        assert result["probabilities"] == dict.fromkeys(CLASSES)
+        assert "NaN" not in answer.text and "Infinity" not in answer.text
+
+
 def test_settings_from_environment_are_checked() -> None:
     settings = Settings.from_env({"MRI_TUMOR_MAX_UPLOAD_MB": "1.5", "MRI_TUMOR_QUEUE_SIZE": "3",
                                   "MRI_TUMOR_MAX_BATCH": "4", "MRI_TUMOR_API_KEY": "k",
@@ -542,11 +657,41 @@ def test_settings_from_environment_are_checked() -> None:
     assert settings.max_upload_bytes == int(1.5 * MIB)
     assert (settings.queue_size, settings.max_batch, settings.threads) == (3, 4, 2)
     assert settings.api_key == "k" and settings.model_dir == Path("/models/m")
-    assert Settings.from_env({}).max_upload_bytes == 20 * MIB
+    defaults = Settings.from_env({})
+    assert defaults.max_upload_bytes == MAX_UPLOAD_BYTES
+    assert defaults.backend == DEFAULT_BACKEND == "onnx"
+    assert Settings.from_env({"MRI_TUMOR_BACKEND": " Torch "}).backend == "torch"
     for name, value in [("MRI_TUMOR_QUEUE_SIZE", "many"), ("MRI_TUMOR_MAX_UPLOAD_MB", "0"),
+                        ("MRI_TUMOR_MAX_UPLOAD_MB", "inf"), ("MRI_TUMOR_THREADS", "0"),
                         ("MRI_TUMOR_MAX_BATCH", "0"), ("MRI_TUMOR_BACKEND", "tensorflow")]:
-        with pytest.raises(ValueError, match=name):
+        with pytest.raises(ValueError, match=name) as error:
             Settings.from_env({name: value})
+        assert "\n" not in str(error.value) and repr(value) in str(error.value)
+
+
+def test_settings_are_pydantic_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Settings()`` reads the prefixed variables; keyword arguments win; ``from_env`` with
+    a mapping reads that mapping alone."""
+    monkeypatch.setenv("MRI_TUMOR_QUEUE_SIZE", "5")
+    monkeypatch.setenv("MRI_TUMOR_MAX_UPLOAD_MB", "2")
+    assert Settings().queue_size == 5 and Settings().max_upload_bytes == 2 * MIB
+    assert Settings(queue_size=7).queue_size == 7
+    assert Settings.from_env().queue_size == 5
+    assert Settings.from_env({}).queue_size == 64
+
+
+def test_serve_reports_a_bad_variable_in_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                  capsys) -> None:
+    from mri_tumor.card import SHIPPED_MODEL_DIR
+    from mri_tumor.cli import main
+
+    # serve() records the model folder for its workers: monkeypatch restores it afterwards.
+    monkeypatch.setenv("MRI_TUMOR_MODEL_DIR", str(SHIPPED_MODEL_DIR))
+    monkeypatch.setenv("MRI_TUMOR_QUEUE_SIZE", "abc")
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "MRI_TUMOR_QUEUE_SIZE='abc'" in err
+    assert "Traceback" not in err
 
 
 def test_serve_refuses_a_missing_or_damaged_model_folder(tmp_path: Path, capsys) -> None:
@@ -562,7 +707,7 @@ def test_serve_refuses_a_missing_or_damaged_model_folder(tmp_path: Path, capsys)
 
 # -- needs the trained model ------------------------------------------------------------------
 def _trained(predictor: Predictor) -> bool:
-    accuracy = predictor.card.metrics.get("validation", {}).get("accuracy", 0.0)
+    accuracy = predictor.card.metrics.validation.accuracy
     return accuracy >= 0.9
 
 
@@ -608,7 +753,7 @@ def test_no_input_gives_a_server_error(predictor: Predictor) -> None:
     schemathesis.openapi.media_type("image/tiff", _tiny("TIFF"))
     schemathesis.openapi.media_type("application/dicom", st.one_of(
         st.binary(max_size=64), st.just(make_dicom(fixture_of("notumor")))))
-    app = create_app(Settings(max_upload_bytes=MIB), predictor=predictor)
+    app = create_app(Settings(max_upload_mb=1), predictor=predictor)
     with serving(app):  # runs the lifespan: the model is ready and the worker started
         schema = schemathesis.openapi.from_asgi("/openapi.json", app)
         cases = st.one_of(schema.as_strategy(GenerationMode.POSITIVE),

@@ -5,7 +5,9 @@ images, the results table and its CSV download, the heat-map controls and the si
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
+import json
 import sys
 from pathlib import Path
 
@@ -19,14 +21,26 @@ from tests.conftest import FIXTURE_IMAGES
 from tests.dicom_factory import PATIENT, dicom_bytes
 
 from mri_tumor import Predictor
-from mri_tumor.app import MAX_UPLOAD_BYTES, NOT_MRI_TEXT, SAMPLES_DIR, analyse_upload
+from mri_tumor.app import (
+    MAX_UPLOAD_BYTES,
+    NOT_MRI_TEXT,
+    SAMPLES_DIR,
+    AnalysedImage,
+    _probability_chart,
+    analyse_upload,
+    note_row_height,
+    plural,
+    results_rows,
+)
 from mri_tumor.card import DISCLAIMER, SHIPPED_MODEL_DIR, ModelCard
-from mri_tumor.data.folders import CLASS_NAMES, DISPLAY_NAMES
 from mri_tumor.explain import gradcam
-from mri_tumor.inference import RESULT_KEYS
+from mri_tumor.frontend import csv_columns, format_probability
+from mri_tumor.inference import Prediction
 
 APP = Path(__file__).resolve().parents[1] / "src" / "mri_tumor" / "app.py"
 TIMEOUT = 120  # seconds per script run; the first one loads the model
+CARD = ModelCard.load(SHIPPED_MODEL_DIR)  # class names, their order and display names
+CLASS_NAMES = CARD.class_names
 
 
 def _fixture(class_name: str) -> Path:
@@ -92,8 +106,17 @@ def _upload(at: AppTest, files: list[tuple[str, bytes]]) -> AppTest:
 
 def _csv_rows(data: bytes) -> list[dict[str, str]]:
     rows = list(csv.DictReader(io.StringIO(data.decode())))
-    assert rows and tuple(rows[0]) == RESULT_KEYS
+    # The columns of `predict --csv`: one p_<class> column per class of the model's card.
+    assert rows and list(rows[0]) == csv_columns(CLASS_NAMES)
     return rows
+
+
+def _probability_columns() -> list[str]:
+    return ["Confidence", *map(CARD.display_name, CLASS_NAMES)]
+
+
+def _card_confidences(at: AppTest) -> list[str]:
+    return [m.value for m in at.main.metric if m.label == "Confidence (calibrated)"]
 
 
 # -- the page before any input ---------------------------------------------------------------
@@ -101,11 +124,11 @@ def test_empty_page_shows_model_card_disclaimer_and_examples(app: AppTest) -> No
     card = ModelCard.load(SHIPPED_MODEL_DIR)
     sidebar = "\n".join(m.value for m in app.sidebar.markdown)
     assert card.architecture in sidebar and card.version in sidebar
-    accuracy = card.metrics["validation"]["accuracy"]
+    accuracy = card.metrics.validation.accuracy
     assert f"{accuracy:.1%}" in sidebar and "Macro-F1" in sidebar and "ECE" in sidebar
     assert DISCLAIMER in [w.value for w in app.sidebar.warning]
     assert DISCLAIMER in [w.value for w in app.main.warning]
-    assert app.pills[0].options == [DISPLAY_NAMES[name] for name in CLASS_NAMES]
+    assert app.pills[0].options == [CARD.display_name(name) for name in CLASS_NAMES]
     assert app.file_uploader[0].accept_multiple_files
     assert not app.dataframe and not _predicted_classes(app)
 
@@ -116,7 +139,10 @@ def test_example_result_matches_the_predictor(app: AppTest, predictor: Predictor
     assert not app.exception
     expected = predictor.predict([SAMPLES_DIR / "meningioma.jpg"])[0]
     assert _predicted_classes(app) == [expected.display_label]
-    assert f"{expected.confidence:.1%}" in [m.value for m in app.main.metric]
+    assert _card_confidences(app) == [format_probability(expected.confidence)]
+    table = app.dataframe[0].value
+    assert list(table["Confidence"]) == _card_confidences(app)  # the same text in both
+    assert "1 image: 1 classified" in [c.value for c in app.main.caption]
     captions = [c.value for c in app.main.caption]
     assert any(DISCLAIMER in c for c in captions)  # under the prediction
     about = [m.value for m in app.main.markdown if m.value.startswith("**About")]
@@ -128,7 +154,7 @@ def test_each_example_gives_its_own_class(app: AppTest) -> None:
     app.pills[0].set_value(["glioma.jpg", "meningioma.jpg", "notumor.jpg", "pituitary.jpg"])
     app.run()
     assert not app.exception
-    assert _predicted_classes(app) == [DISPLAY_NAMES[name] for name in CLASS_NAMES]
+    assert _predicted_classes(app) == [CARD.display_name(name) for name in CLASS_NAMES]
 
 
 # -- uploads -------------------------------------------------------------------------------
@@ -151,6 +177,12 @@ def test_bad_files_get_their_own_errors_and_good_ones_still_give_results(
     table = app.dataframe[0].value
     assert list(table["File"]) == ["truncated.jpg", "scan.jpg", "empty.png", "report.pdf"]
     assert list(table["Result"]).count("Unreadable") == 3
+    unreadable = table[table["Result"] == "Unreadable"]
+    for column in _probability_columns():  # empty cells, not "None"
+        assert list(unreadable[column]) == ["", "", ""]
+    assert all(note and "None" not in note for note in unreadable["Note"])
+    assert "4 images: 1 classified, 3 unreadable" in [c.value for c in app.main.caption]
+    assert "(s)" not in _sent_text(app)
 
 
 def test_oversized_upload_is_refused_with_the_limit(predictor: Predictor) -> None:
@@ -220,6 +252,14 @@ def test_csv_download_holds_one_row_per_upload(app: AppTest, downloads: list[byt
     assert [r["status"] for r in rows] == ["ok", "ok", "error", "ok"]
     assert all(r["label"] in CLASS_NAMES for r in rows if r["status"] == "ok")
     assert len(app.dataframe[0].value) == len(rows)
+    names = CLASS_NAMES
+    for row in rows:  # one p_<class> column per class, empty for an unreadable file
+        probabilities = [row[f"p_{name}"] for name in names]
+        if row["status"] == "ok":
+            assert row[f"p_{row['label']}"] == row["confidence"]
+            assert sum(map(float, probabilities)) == pytest.approx(1.0, abs=1e-3)
+        else:
+            assert probabilities == [""] * len(names) and row["confidence"] == ""
 
 
 def test_photo_is_rejected_as_not_a_brain_mri(app: AppTest) -> None:
@@ -257,7 +297,9 @@ def test_rejected_image_shows_no_class_and_says_why(monkeypatch: pytest.MonkeyPa
     assert any(NOT_MRI_TEXT in w.value for w in at.main.warning)
     assert not _predicted_classes(at)
     assert not any("About" in m.value for m in at.main.markdown)  # no class explanation
-    assert list(at.dataframe[0].value["Result"]) == ["Not a brain MRI"]
+    table = at.dataframe[0].value
+    assert list(table["Result"]) == ["Not a brain MRI"]
+    assert all(table[column][0] == "" for column in _probability_columns())
     assert any(DISCLAIMER in c.value for c in at.main.caption)
 
 
@@ -294,3 +336,85 @@ def test_heatmap_toggle_and_opacity(app: AppTest) -> None:
     assert not any("Grad-CAM" in c for image in app.main.image for c in image.captions)
     assert app.slider[0].disabled
 
+
+
+# -- the results table and how probabilities are written ---------------------------------------
+def _near_certain(path: str) -> Prediction:
+    """A result whose confidence, 0.9997, would print as "100.0%"."""
+    top = CLASS_NAMES[0]
+    return Prediction(path, "ok", label=top, display_label=CARD.display_name(top),
+                      confidence=0.9997, probabilities={
+                          n: 0.9997 if n == top else 0.0001 for n in CLASS_NAMES})
+
+
+def test_table_rows_leave_missing_probabilities_empty_and_notes_without_the_file_name() -> None:
+    rejected = Prediction("cat.png", "rejected", ood_score=9.5, message="Not a brain MRI slice")
+    broken = Prediction("b.png", "error", message="b.png: damaged or truncated")
+    rows = results_rows([AnalysedImage(p) for p in (_near_certain("a.jpg"), rejected, broken)],
+                        CARD)
+    columns = _probability_columns()
+    others = len(CLASS_NAMES) - 1
+    assert [rows[0][c] for c in columns] == ["> 99.9%", "> 99.9%", *["< 0.1%"] * others]
+    for row in rows[1:]:
+        assert [row[c] for c in columns] == [""] * len(columns)
+    assert [row["Result"] for row in rows] == [CARD.display_name(CLASS_NAMES[0]),
+                                              "Not a brain MRI", "Unreadable"]
+    assert rows[2]["Note"] == "damaged or truncated"  # the File column names the file
+
+
+def test_plural() -> None:
+    assert [plural(n, "image") for n in (0, 1, 2)] == ["0 images", "1 image", "2 images"]
+    assert plural(1, "series", "series") == "1 series"
+
+
+def test_near_certain_result_shows_the_same_text_on_its_card_and_in_the_table(
+        app: AppTest, monkeypatch: pytest.MonkeyPatch, downloads: list[bytes]) -> None:
+    """A confidence of 0.9997 is "> 99.9%" everywhere on the page (not "100.0%" on the card
+    and "99.97%" in the table); the CSV keeps the number."""
+    original = Predictor.predict_frames
+
+    def near_certain(self: Predictor, frames: list) -> list[Prediction]:
+        return [dataclasses.replace(_near_certain(p.path), series=p.series,
+                                    instance=p.instance) for p in original(self, frames)]
+
+    monkeypatch.setattr(Predictor, "predict_frames", near_certain)
+    # A name and bytes of its own: results are cached per upload.
+    data = _fixture("notumor").read_bytes() + b"near-certain"
+    _upload(app, [("near-certain.jpg", data)])
+    assert not app.exception
+    assert _card_confidences(app) == ["> 99.9%"]
+    row = app.dataframe[0].value.iloc[0]
+    assert [row[c] for c in _probability_columns()] == [
+        "> 99.9%", "> 99.9%", *["< 0.1%"] * (len(CLASS_NAMES) - 1)]
+    assert "100.0%" not in _sent_text(app) and "99.97%" not in _sent_text(app)
+    [csv_row] = _csv_rows(downloads[-1])
+    assert float(csv_row["confidence"]) == 0.9997 == float(csv_row[f"p_{CLASS_NAMES[0]}"])
+    assert any(DISCLAIMER in c.value for c in app.main.caption)
+
+
+def test_probability_chart_labels_its_bars_with_the_same_text() -> None:
+    chart = _probability_chart(_near_certain("a.jpg"), CARD)
+    assert [v["text"] for v in chart["data"]["values"]] == [
+        "> 99.9%", *["< 0.1%"] * (len(CLASS_NAMES) - 1)]
+    assert chart["layer"][1]["encoding"]["text"]["field"] == "text"
+
+
+def test_notes_are_shown_whole_next_to_the_result(app: AppTest, predictor: Predictor) -> None:
+    """The Note column comes right after the confidence, is wide when there is a note, and
+    rows grow so that a long note wraps onto more lines instead of being cut off."""
+    app.pills[0].set_value(["glioma.jpg"]).run()
+    frame = app.dataframe[0]
+    assert not frame.proto.HasField("row_height")  # no note: rows of the default height
+    assert list(frame.value.columns[:4]) == ["File", "Result", "Confidence", "Note"]
+    assert "width" not in json.loads(frame.proto.columns)["Note"]  # narrow while empty
+    good = _fixture("glioma").read_bytes()
+    truncated = good[: len(good) // 3]
+    _upload(app, [("truncated.jpg", truncated)])
+    frame = app.dataframe[0]
+    [item] = analyse_upload(predictor, "truncated.jpg", truncated)
+    note = item.prediction.message.removeprefix("truncated.jpg: ")
+    assert len(note) > 60 and [n for n in frame.value["Note"] if n] == [note]  # whole
+    assert json.loads(frame.proto.columns)["Note"]["width"] == "large"
+    assert note_row_height([note]) == frame.proto.row_height > 64  # Streamlit wraps > 64 px
+    assert note_row_height(["short"]) is None
+    assert note_row_height(["x" * 2000]) == note_row_height(["x" * 200])  # at most 4 lines

@@ -1,9 +1,11 @@
-"""End to end: the web app in a real (headless) browser.
+"""End to end: the web app and the HTTP API's documentation in a real (headless) browser.
 
 Starts ``mri-tumor app`` on a free port, uploads a fixture image through the page's file
 input in Debian's Chromium driven by Playwright, and reads the prediction off the page. A
-screenshot is saved as ``artifacts/app-e2e.png``. Needs ``/usr/bin/chromium``
-(``apt-get install chromium``); skipped without it.
+screenshot is saved as ``artifacts/app-e2e.png``. Starts ``mri-tumor serve`` too, and opens
+its ``/docs`` and ``/redoc`` with every request to another host blocked (as on a hospital
+network without internet). Needs ``/usr/bin/chromium`` (``apt-get install chromium``);
+skipped without it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -36,13 +39,14 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
                                        "(apt-get install -y chromium)")
 
 
-def _wait_healthy(url: str, process: subprocess.Popen, timeout: float) -> None:
+def _wait_healthy(url: str, process: subprocess.Popen, timeout: float,
+                  health: str = "/_stcore/health") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"the app exited early with status {process.returncode}")
         try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+            with urllib.request.urlopen(f"{url}{health}", timeout=2) as response:
                 if response.status == 200:
                     return
         except OSError:
@@ -51,16 +55,16 @@ def _wait_healthy(url: str, process: subprocess.Popen, timeout: float) -> None:
     raise TimeoutError(f"the app did not answer on {url} within {timeout:.0f} s")
 
 
-@pytest.fixture(scope="module")
-def app_url() -> Iterator[str]:
-    port = free_port()
+@contextmanager
+def _running(command: list[str], port: int, health: str) -> Iterator[str]:
+    """Run ``command`` (listening on ``port``) until the block ends; yields its base URL."""
     # Own process group: `mri-tumor app` starts streamlit as a child, and the teardown
     # must stop both (this group holds only the processes this fixture started).
-    process = subprocess.Popen(app_command(port), cwd=ROOT, stdout=subprocess.DEVNULL,
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(url, process, STARTUP_SECONDS)
+        _wait_healthy(url, process, STARTUP_SECONDS, health)
         yield url
     finally:
         if process.poll() is None:
@@ -70,6 +74,23 @@ def app_url() -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+@pytest.fixture(scope="module")
+def app_url() -> Iterator[str]:
+    port = free_port()
+    with _running(app_command(port), port, "/_stcore/health") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def api_url() -> Iterator[str]:
+    port = free_port()
+    script = Path(sys.executable).with_name("mri-tumor")
+    base = [str(script)] if script.exists() else [sys.executable, "-m", "mri_tumor"]
+    command = [*base, "serve", "--port", str(port)]
+    with _running(command, port, "/healthz") as url:
+        yield url
 
 
 def test_upload_in_browser_shows_prediction(app_url: str) -> None:
@@ -108,3 +129,40 @@ def test_upload_in_browser_shows_prediction(app_url: str) -> None:
     assert FIXTURE.name in body
     assert body.count(DISCLAIMER) >= 3  # page top, sidebar, and under the prediction
     assert SCREENSHOT.stat().st_size > 10_000
+
+
+def test_api_docs_render_without_internet(api_url: str) -> None:
+    """/docs (Swagger UI) and /redoc work with every other host unreachable, and try none."""
+    from playwright.sync_api import Route, expect, sync_playwright
+
+    outside: list[str] = []
+
+    def local_only(route: Route) -> None:
+        if route.request.url.startswith(api_url + "/"):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                             args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context()
+            context.route("**/*", local_only)
+            page = context.new_page()
+            page.goto(f"{api_url}/docs", timeout=RESULT_MS)
+            operation = page.locator(".opblock-summary-path", has_text="/v1/predict")
+            expect(operation.first).to_be_visible(timeout=RESULT_MS)
+            expect(page.locator(".opblock-summary-path", has_text="/v1/model").first
+                   ).to_be_visible(timeout=RESULT_MS)
+            page.goto(f"{api_url}/redoc", timeout=RESULT_MS)
+            expect(page.locator("h1", has_text="MRI tumour classifier API").first
+                   ).to_be_visible(timeout=RESULT_MS)
+            expect(page.get_by_text("Classify MRI slices").first).to_be_visible(
+                timeout=RESULT_MS)
+            redoc_text = page.locator("body").inner_text()
+        finally:
+            browser.close()
+    assert DISCLAIMER in redoc_text
+    assert outside == [], f"the documentation tried to reach {outside}"

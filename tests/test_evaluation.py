@@ -637,7 +637,8 @@ def test_split_problems_exit_2_with_one_line(tmp_path: Path, problem: str) -> No
                                      "--split", str(tmp_path / "split.csv"))
     assert status == 2 and stdout == ""
     lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("mri-tumor evaluate: error: --split")
+    assert len(lines) == 1 and lines[0].startswith(("mri-tumor evaluate: error: --split",
+                                                    "mri-tumor evaluate: error: split file"))
     expected = {"missing_file": "not_there.jpg", "unknown_source": "elsewhere",
                 "empty_side": "no images on the 'val' side", "no_file": "no such file"}[problem]
     assert expected in lines[0]

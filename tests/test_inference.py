@@ -86,9 +86,16 @@ def test_cli_csv_and_exit_code_1_when_an_input_is_unreadable(
         bad_inputs: dict[str, Path], fixture_paths: list[Path], capsys) -> None:
     status = main(["predict", "--csv", str(fixture_paths[0]), str(bad_inputs["empty.jpg"])])
     assert status == 1
+    from mri_tumor.card import SHIPPED_MODEL_DIR, ModelCard
+    from mri_tumor.frontend import csv_columns
+
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [r["status"] != "error" for r in rows] == [True, False]
-    assert tuple(rows[0]) == RESULT_KEYS
+    # One p_<class> column per class of the model's card, as evaluate's predictions.csv.
+    class_names = ModelCard.load(SHIPPED_MODEL_DIR).class_names
+    assert list(rows[0]) == csv_columns(class_names)
+    assert rows[0][f"p_{rows[0]['label']}"] == rows[0]["confidence"]
+    assert all(rows[1][f"p_{name}"] == "" for name in class_names)
 
 
 def test_cli_reports_broken_links_and_pipes_named_as_images(tmp_path: Path,

@@ -96,11 +96,11 @@ def test_training_on_two_sources_records_them_and_never_splits_a_duplicate_group
 
     card = ModelCard.load(out)
     assert card.intensity == "equalize"
-    sources = {s["name"]: s for s in card.training["sources"]}
+    sources = {s["name"]: s for s in card.training.sources}
     assert sources[types.name]["counts"]["train"]["pituitary"] == 0
     assert sum(sources[types.name]["counts"]["val"].values()) + sum(
         sources[types.name]["counts"]["train"].values()) == 19
-    assert set(card.metrics["validation_by_source"]) == {kaggle_name, types.name}
+    assert set(card.metrics.validation_by_source) == {kaggle_name, types.name}
     history = json.loads((out / "history.json").read_text())
     assert [s["name"] for s in history["sources"]] == [kaggle_name, types.name]
     # The split is reused from both folders, and refused without the second one.
@@ -206,7 +206,7 @@ def test_an_empty_refusal_folder_or_a_damaged_split_is_one_line_exit_2(
     (empty / "notes.txt").write_text("not an image")
     out = tmp_path / "run"
     assert main(["train", str(dataset), "--out", str(out), "--refuse", str(empty), *TINY]) == 2
-    assert f"--refuse {empty}: no readable images there" in capsys.readouterr().err
+    assert f"refusal examples {empty}: no readable images there" in capsys.readouterr().err
     assert not (out / "card.json").exists()  # refused before training, nothing written
     damaged = tmp_path / "split.csv"
     damaged.write_text("path,label,split,group,phash\nglioma/a.jpg,glioma,val\n")
@@ -229,12 +229,12 @@ def test_refusal_examples_are_recorded_by_folder_name_and_cleared_by_a_refit_wit
     out = tmp_path / "run"
     assert main(["train", str(dataset), "--out", str(out), "--refuse", str(refuse), *TINY]) == 0
     card = ModelCard.load(out)
-    assert card.training["refuse_dirs"] == ["head-ct"] and card.training["refusal_examples"] == 6
+    assert card.training.refuse_dirs == ["head-ct"] and card.training.refusal_examples == 6
     guard = Predictor.load(out, backend="torch").guard
     assert guard is not None and guard.refusal_weight is not None
     assert main(["calibrate", str(out), str(dataset)]) == 0
     card = ModelCard.load(out)
-    assert "refuse_dirs" not in card.training and "refusal_examples_refused" not in card.metrics
+    assert card.training.refuse_dirs is None and card.metrics.refusal_examples_refused is None
     assert Predictor.load(out, backend="torch").guard.refusal_weight is None
 
 

@@ -12,14 +12,14 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from PIL import Image
 
 from mri_tumor import Predictor
 from mri_tumor.card import SHIPPED_MODEL_DIR, ModelCard
 from mri_tumor.cli import main
 from mri_tumor.data.splitting import read_split_csv
-from mri_tumor.training import RestoreBestWeights
+from mri_tumor.training import History, RestoreBestWeights, TumorClassifier
 
 TINY = ["--epochs", "1", "--batch-size", "4", "--max-train-batches", "2", "--image-size", "96"]
 
@@ -34,11 +34,14 @@ def test_two_step_run_writes_a_model_that_loads_and_predicts(dataset: Path, tmp_
     assert card.architecture == "efficientnet_lite0"
     assert card.class_names == ["glioma", "meningioma", "notumor", "pituitary"]
     assert card.image_size == 96 and card.mean == [0.5, 0.5, 0.5]
-    assert len(card.training["data_fingerprint"]) == 64
-    assert card.training["epochs_run"] == 1
-    assert 0.0 <= card.metrics["validation"]["accuracy"] <= 1.0
+    assert len(card.training.data_fingerprint) == 64
+    assert card.training.epochs_run == 1
+    assert 0.0 <= card.metrics.validation.accuracy <= 1.0
     assert card.temperature > 0
     Image.open(out / "curves.png").verify()
+    # The first epoch has its training point too (not only validation).
+    first = json.loads((out / "history.json").read_text())["epochs"][0]
+    assert {"train_loss_epoch", "train_acc", "val_loss", "val_acc"} <= first.keys(), first
     rows = read_split_csv(out / "split.csv")
     assert {r.split for r in rows} == {"train", "val"} and len(rows) == 20
 
@@ -166,6 +169,81 @@ def test_early_stopping_restores_the_best_weights() -> None:
     assert not np.isclose(float(module.weight), module.weights_seen[-1])
 
 
+def test_callbacks_keep_their_state_across_a_resume(tmp_path: Path) -> None:
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(4, 1)),
+                                       batch_size=2)
+    losses = [1.0, 0.3, 0.5, 0.6]
+
+    def fit(epochs: int, resume: Path | None) -> tuple[ScriptedLoss, RestoreBestWeights,
+                                                       History]:
+        module, restore, history = ScriptedLoss(losses), RestoreBestWeights("val_loss"), History()
+        checkpoint = ModelCheckpoint(dirpath=tmp_path, save_top_k=0, save_last=True)
+        trainer = L.Trainer(max_epochs=epochs, callbacks=[checkpoint, restore, history],
+                            logger=False, enable_progress_bar=False, num_sanity_val_steps=0,
+                            enable_model_summary=False)
+        trainer.fit(module, data, data, ckpt_path=resume)
+        return module, restore, history
+
+    first, _, _ = fit(2, None)
+    module, restore, history = fit(4, tmp_path / "last.ckpt")
+    assert [row["epoch"] for row in history.epochs] == [0, 1, 2, 3]
+    assert [row["val_loss"] for row in history.epochs] == pytest.approx(losses)
+    assert len(module.weights_seen) == 2  # epochs 2 and 3 only: the others were resumed
+    assert restore.best_epoch == 1 and restore.best_value == pytest.approx(0.3)
+    assert float(module.weight) == first.weights_seen[1]  # trained before the resume
+    # Two of them (say, on loss and on accuracy) keep their states apart in a checkpoint.
+    on_loss, on_accuracy = RestoreBestWeights("val_loss"), RestoreBestWeights("val_acc", "max")
+    assert on_loss.state_key != on_accuracy.state_key
+
+
+def test_resume_continues_the_run_and_ships_the_best_accuracy_epoch(
+        dataset: Path, tmp_path: Path, fixture_paths: list[Path], monkeypatch) -> None:
+    """Validation results are scripted so that the best accuracy (epoch 0) comes before the
+    interruption and the best loss (epoch 1) after it; the weights of every epoch are kept."""
+    from safetensors.torch import load_file
+
+    val_acc, val_loss = [0.9, 0.5, 0.6], [1.0, 0.8, 0.9]
+    weights: dict[int, dict[str, torch.Tensor]] = {}
+
+    def scripted_validation_end(self: TumorClassifier) -> None:
+        self._val_logits.clear()
+        self._val_labels.clear()
+        weights[self.current_epoch] = {k: v.detach().clone()
+                                       for k, v in self.model.state_dict().items()}
+        self.log("val_loss", val_loss[self.current_epoch])
+        self.log("val_acc", val_acc[self.current_epoch])
+
+    monkeypatch.setattr(TumorClassifier, "on_validation_epoch_end", scripted_validation_end)
+
+    def shipped_is(epoch: int) -> bool:
+        saved = load_file(str(out / "model.safetensors"))
+        return all(torch.equal(saved[k], v) for k, v in weights[epoch].items())
+
+    out = tmp_path / "run"
+    args = ["train", str(dataset), "--out", str(out), "--batch-size", "4",
+            "--max-train-batches", "2", "--image-size", "96", "--fp32-weights"]
+    assert main([*args, "--epochs", "1"]) == 0
+    assert ModelCard.load(out).training.best_epoch_val_acc == 0 and shipped_is(0)
+
+    assert main([*args, "--epochs", "3", "--resume", str(out / "checkpoints" / "last.ckpt")]) == 0
+    assert sorted(weights) == [0, 1, 2]
+    epochs = json.loads((out / "history.json").read_text())["epochs"]
+    assert [row["epoch"] for row in epochs] == [0, 1, 2]  # all of them, once, in order
+    assert [row["val_acc"] for row in epochs] == pytest.approx(val_acc)
+    for row in epochs:
+        assert {"train_loss_epoch", "train_acc", "val_loss", "lr"} <= row.keys(), row
+    card = ModelCard.load(out)
+    assert card.training.epochs_run == 3
+    assert card.training.best_epoch_val_acc == 0
+    assert card.training.best_epoch_val_loss == 1
+    assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
+    assert shipped_is(0)  # the epoch the card names, from before the resume
+    results = Predictor.load(out).predict(fixture_paths[:2])
+    assert [r.status for r in results] == ["ok", "ok"]
+    # No second file of "best" weights beside the resume point: the card's rule is the only one.
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["last.ckpt"]
+
+
 def test_fine_tuning_starts_from_a_trained_model_folder(dataset: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
@@ -202,7 +280,7 @@ def test_calibrate_can_serve_a_model_at_another_input_size(dataset: Path, tmp_pa
     assert main(["calibrate", str(out), str(dataset), "--image-size", "80"]) == 0
     assert "input 80 px" in capsys.readouterr().out
     card = ModelCard.load(out)
-    assert card.image_size == 80 and card.training["image_size"] == 96
+    assert card.image_size == 80 and card.training.image_size == 96
     # Both backends now run at 80 px; the ONNX cache holds one graph per input size.
     torch_results = Predictor.load(out, backend="torch").predict(fixture_paths[:2])
     onnx_results = Predictor.load(out, backend="onnx").predict(fixture_paths[:2])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import re
 import sys
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ from PIL import Image
 
 from mri_tumor.card import DISCLAIMER, ModelCard
 from mri_tumor.data.reading import MAX_UPLOAD_BYTES, MAX_UPLOAD_MB, too_large_message
+from mri_tumor.frontend import format_probability
 
 if TYPE_CHECKING:
     from mri_tumor.inference import Prediction, Predictor
@@ -40,6 +42,8 @@ NOT_MRI_TEXT = "This does not look like a brain MRI slice."
 UPLOAD_HELP = (f"JPG, PNG, BMP, TIFF or DICOM (.dcm), up to {MAX_UPLOAD_MB} MB each. Select "
                "several files at once; a multi-frame DICOM file gives one result per frame.")
 RESULT_NAMES = {"ok": None, "rejected": "Not a brain MRI", "error": "Unreadable"}
+NOTE_LINE_CHARS = 50  # about what one line of the table's (large) Note column holds
+NOTE_MAX_LINES = 4  # a longer note is cut in the table (it is in full on its result card)
 
 logger = logging.getLogger(__name__)
 
@@ -96,30 +100,45 @@ def _with_pictures(predictor: Predictor, image: Image.Image,
     return AnalysedImage(prediction, shown, heatmap)
 
 
-def results_rows(items: Sequence[AnalysedImage], class_names: Sequence[str]) -> list[dict]:
-    """The results table: one row per upload (or DICOM frame)."""
-    from mri_tumor.data.folders import DISPLAY_NAMES
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """``1 image``, ``2 images``: a count with its noun (``nouns``: an irregular plural)."""
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"
 
+
+def results_rows(items: Sequence[AnalysedImage], card: ModelCard) -> list[dict]:
+    """The results table: one row per upload (or DICOM frame), a probability column per class
+    of the model's card. Probabilities are the texts of ``format_probability`` (as on the
+    result cards), empty where there is none (a rejected or unreadable input); the note
+    leaves out the file name, which the File column shows."""
     rows = []
     for item in items:
         p = item.prediction
         row: dict[str, object] = {
             "File": p.path,
             "Result": RESULT_NAMES.get(p.status) or p.display_label,
-            "Confidence": p.confidence,
+            "Confidence": format_probability(p.confidence),
+            "Note": p.message.removeprefix(f"{p.path}: "),
         }
-        for name in class_names:
-            row[DISPLAY_NAMES.get(name, name)] = (p.probabilities or {}).get(name)
-        row["Note"] = p.message
+        for name in card.class_names:
+            row[card.display_name(name)] = format_probability((p.probabilities or {}).get(name))
         rows.append(row)
     return rows
 
 
-def results_csv(items: Sequence[AnalysedImage]) -> str:
-    """CSV of all results (the columns of ``mri-tumor predict --csv``), one row per item."""
+def note_row_height(notes: Sequence[str]) -> int | None:
+    """The table's row height (px) that shows the longest note on wrapped lines (Streamlit
+    wraps text only in rows taller than 4rem, 64 px); None (the default) when all fit on one."""
+    lines = min(NOTE_MAX_LINES, max((math.ceil(len(n) / NOTE_LINE_CHARS) for n in notes),
+                                    default=1))
+    return None if lines <= 1 else max(65, 20 + 20 * lines)
+
+
+def results_csv(items: Sequence[AnalysedImage], card: ModelCard) -> str:
+    """CSV of all results (the columns of ``mri-tumor predict --csv``: one ``p_<class>``
+    column per class of the model's card), one row per item."""
     from mri_tumor.frontend import format_results
 
-    return format_results([item.prediction for item in items], "csv")
+    return format_results([item.prediction for item in items], "csv", card)
 
 
 # -- page ----------------------------------------------------------------------------------
@@ -149,12 +168,6 @@ def _plain(text: str) -> str:
     return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$:])", r"\\\1", text)
 
 
-def _class_name(name: str) -> str:
-    from mri_tumor.data.folders import DISPLAY_NAMES
-
-    return DISPLAY_NAMES.get(name, name)
-
-
 def _render_sidebar(card: ModelCard) -> None:
     sidebar = st.sidebar
     sidebar.header("About the model")
@@ -164,14 +177,14 @@ def _render_sidebar(card: ModelCard) -> None:
     sidebar.markdown(f"**Architecture:** {card.architecture}  \n"
                      f"**Version:** {card.version or '-'}  \n"
                      f"**Trained:** {created or '-'}  \n"
-                     f"**Classes:** {', '.join(_class_name(c) for c in card.class_names)}")
-    validation = card.metrics.get("validation", {}) if card.metrics else {}
-    shown = [(label, validation[key]) for key, label in
+                     f"**Classes:** {', '.join(map(card.display_name, card.class_names))}")
+    validation = card.metrics.validation
+    shown = [(label, getattr(validation, key)) for key, label in
              (("accuracy", "Accuracy"), ("macro_f1", "Macro-F1"), ("ece", "ECE"))
-             if isinstance(validation.get(key), int | float)]
+             if isinstance(getattr(validation, key, None), int | float)]
     if shown:
-        count = validation.get("n")
-        sidebar.subheader("Validation" + (f" ({count} images)" if count else ""))
+        count = validation.n if validation is not None else 0
+        sidebar.subheader("Validation" + (f" ({plural(count, 'image')})" if count else ""))
         header = " | ".join(label for label, _ in shown)
         values = " | ".join(f"{value:.1%}" if label != "ECE" else f"{value:.3f}"
                             for label, value in shown)
@@ -189,15 +202,17 @@ def _uploads() -> list[tuple[str, bytes]]:
     return [(file.name, file.getvalue()) for file in files or []]
 
 
-def _examples() -> list[tuple[str, bytes]]:
+def _examples(card: ModelCard) -> list[tuple[str, bytes]]:
     samples = {path.name: path for path in sorted(SAMPLES_DIR.glob("*.jpg"))}
     chosen = st.pills("No images at hand? Try an example (one slice of each class from the "
                       "validation set):", options=list(samples), selection_mode="multi",
-                      format_func=lambda name: _class_name(Path(name).stem), key="examples")
+                      format_func=lambda name: card.display_name(Path(name).stem),
+                      key="examples")
     return [(f"example-{name}", samples[name].read_bytes()) for name in chosen or []]
 
 
-def _render_result(item: AnalysedImage, show_heatmap: bool, opacity: float) -> None:
+def _render_result(item: AnalysedImage, card: ModelCard, show_heatmap: bool,
+                   opacity: float) -> None:
     from mri_tumor.explain import overlay
 
     p = item.prediction
@@ -226,30 +241,31 @@ def _render_result(item: AnalysedImage, show_heatmap: bool, opacity: float) -> N
                 st.warning(f"**{NOT_MRI_TEXT}** No tumour class is given; upload a brain MRI "
                            "slice (axial, coronal or sagittal).", icon=":material/image_search:")
             else:
-                _render_prediction(p)
+                _render_prediction(p, card)
             st.caption(f":material/warning: {DISCLAIMER}")
 
 
-def _render_prediction(p: Prediction) -> None:
+def _render_prediction(p: Prediction, card: ModelCard) -> None:
     from mri_tumor.explain import explanation
 
     assert p.label is not None and p.confidence is not None and p.probabilities is not None
     label_column, confidence_column = st.columns(2)
     label_column.metric("Predicted class", p.display_label or p.label)
-    confidence_column.metric("Confidence (calibrated)", f"{p.confidence:.1%}")
+    confidence_column.metric("Confidence (calibrated)", format_probability(p.confidence))
     if p.message:
         st.warning(p.message, icon=":material/warning:")
-    st.vega_lite_chart(_probability_chart(p), width="stretch")
+    st.vega_lite_chart(_probability_chart(p, card), width="stretch")
     about = explanation(p.label)
-    st.markdown(f"**About {about.title.lower() if p.label != 'notumor' else 'this result'}.** "
+    subject = "this result" if p.label == card.normal_class else about.title.lower()
+    st.markdown(f"**About {subject}.** "
                 f"{about.summary}\n\n**On MRI:** {about.on_mri}")
     st.markdown("Sources: " + " · ".join(f"[{s.title}]({s.url})" for s in about.sources))
 
 
-def _probability_chart(p: Prediction) -> dict:
+def _probability_chart(p: Prediction, card: ModelCard) -> dict:
     """Vega-Lite bar chart of all class probabilities, the predicted class highlighted."""
-    values = [{"class": _class_name(name), "probability": probability,
-               "predicted": name == p.label}
+    values = [{"class": card.display_name(name), "probability": probability,
+               "text": format_probability(probability), "predicted": name == p.label}
               for name, probability in (p.probabilities or {}).items()]
     encoding = {
         "y": {"field": "class", "type": "nominal", "sort": None, "title": None},
@@ -265,39 +281,48 @@ def _probability_chart(p: Prediction) -> dict:
                  "condition": {"test": "datum.predicted", "value": "#d1495b"},
                  "value": "#b8c0cc"}}},
             {"mark": {"type": "text", "align": "left", "dx": 4},
-             "encoding": {**encoding, "text": {"field": "probability", "format": ".1%"}}},
+             "encoding": {**encoding, "text": {"field": "text", "type": "nominal"}}},
         ],
     }
 
 
-def _render_results(items: list[AnalysedImage], class_names: Sequence[str]) -> None:
+def _render_results(items: list[AnalysedImage], card: ModelCard) -> None:
     from mri_tumor.inference import series_summaries
 
     counts = {status: sum(1 for i in items if i.prediction.status == status)
               for status in RESULT_NAMES}
     st.subheader("Results")
-    summary = f"{len(items)} image(s): {counts['ok']} classified"
+    summary = f"{plural(len(items), 'image')}: {counts['ok']} classified"
     if counts["rejected"]:
         summary += f", {counts['rejected']} not a brain MRI"
     if counts["error"]:
         summary += f", {counts['error']} unreadable"
     st.caption(summary)
-    for series in series_summaries([item.prediction for item in items]):
-        st.info(f"DICOM series of {series['slices']} slices: most likely "
-                f"**{_class_name(series['label'])}** (p = {series['probability']:.0%}, "
+    for series in series_summaries([item.prediction for item in items], card.normal_class):
+        st.info(f"DICOM series of {plural(series['slices'], 'slice')}: most likely "
+                f"**{card.display_name(series['label'])}** "
+                f"(p = {format_probability(series['probability'])}, "
                 f"slice {_plain(series['slice'])}).", icon=":material/stacks:")
+    rows = results_rows(items, card)
+    notes = [str(row["Note"]) for row in rows]
+    # Probabilities are texts, the same as on the result cards ("> 99.9%", never "100.0%").
+    # The Note column is wide when there is a note, and its lines wrap (note_row_height).
     columns: dict[str, object] = {
-        "Confidence": st.column_config.ProgressColumn(format="percent", min_value=0.0,
-                                                      max_value=1.0)}
-    for name in class_names:
-        columns[_class_name(name)] = st.column_config.NumberColumn(format="percent")
-    st.dataframe(results_rows(items, class_names), hide_index=True, column_config=columns)
-    st.download_button("Download results (CSV)", results_csv(items),
+        "File": st.column_config.TextColumn(width="medium"),
+        "Confidence": st.column_config.TextColumn(
+            help="Calibrated probability of the predicted class"),
+        "Note": st.column_config.TextColumn(width="large" if any(notes) else None)}
+    for name in card.class_names:
+        columns[card.display_name(name)] = st.column_config.TextColumn(
+            help=f"Probability of {card.display_name(name)}")
+    st.dataframe(rows, hide_index=True, column_config=columns,
+                 row_height=note_row_height(notes))
+    st.download_button("Download results (CSV)", results_csv(items, card),
                        file_name="mri-tumor-results.csv", mime="text/csv",
                        icon=":material/download:")
     show_heatmap, opacity = _heatmap_controls()
     for item in items:
-        _render_result(item, show_heatmap, opacity)
+        _render_result(item, card, show_heatmap, opacity)
 
 
 def _heatmap_controls() -> tuple[bool, float]:
@@ -328,19 +353,20 @@ def main() -> None:
                  icon=":material/block:")
         st.stop()
     _render_sidebar(predictor.card)
-    inputs = _examples() + uploads
+    inputs = _examples(predictor.card) + uploads
     if not inputs:
         st.info("Upload one or more MRI slices above, or pick an example, to see results.",
                 icon=":material/upload_file:")
         return
     model_key = f"{predictor.model_dir}|{predictor.card.version}|{predictor.card.created}"
     items: list[AnalysedImage] = []
-    progress = st.progress(0.0, text=f"Analysing {len(inputs)} file(s)…")
+    progress = st.progress(0.0, text=f"Analysing {plural(len(inputs), 'file')}…")
     for done, (name, data) in enumerate(inputs, start=1):
         items += _analyse_cached(predictor, model_key, name, data)
-        progress.progress(done / len(inputs), text=f"Analysed {done} of {len(inputs)} file(s)")
+        progress.progress(done / len(inputs),
+                          text=f"Analysed {done} of {plural(len(inputs), 'file')}")
     progress.empty()
-    _render_results(items, predictor.class_names)
+    _render_results(items, predictor.card)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mri_tumor.card import LowConfidence
+
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The temperature that minimises the negative log-likelihood of ``labels``."""
@@ -30,3 +32,29 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     scaled -= scaled.max(axis=1, keepdims=True)
     exp = np.exp(scaled)
     return exp / exp.sum(axis=1, keepdims=True)
+
+
+# An answer is flagged "unsure" when, on the validation images, answers at most that
+# confident were right less often than this.
+UNSURE_ACCURACY = 0.8
+UNSURE_MIN_COUNT = 20  # fewer validation answers than this below a level say too little
+UNSURE_GRID = np.round(np.arange(0.50, 1.0, 0.01), 2)
+
+
+def fit_low_confidence(confidence: np.ndarray, correct: np.ndarray,
+                       target: float = UNSURE_ACCURACY) -> LowConfidence:
+    """The confidence level below which calibrated validation answers were right less than
+    ``target`` of the time: the highest level on a 1% grid where that holds for at least
+    ``UNSURE_MIN_COUNT`` answers (0.5 when no level does: too few mistakes to tell).
+    """
+    confidence = np.asarray(confidence, dtype=np.float64)
+    correct = np.asarray(correct, dtype=bool)
+    threshold = float(UNSURE_GRID[0])
+    for level in UNSURE_GRID:
+        below = confidence < level
+        if below.sum() >= UNSURE_MIN_COUNT and correct[below].mean() < target:
+            threshold = float(level)
+    below = confidence < threshold
+    return LowConfidence(threshold=threshold,
+                         accuracy_below=float(correct[below].mean()) if below.any() else None,
+                         n_below=int(below.sum()), target=target)

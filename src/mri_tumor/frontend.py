@@ -6,8 +6,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -69,38 +72,73 @@ def _blank_if_none(value: object) -> object:
     return "" if value is None else value
 
 
-def _confidence_text(result: Prediction) -> str:
-    return f"{result.confidence:.1%}" if result.confidence is not None else "-"
+def format_probability(p: float | None) -> str:
+    """A probability as every front end shows it: a percentage with one decimal, never
+    "100.0%" or "0.0%" (the model is never certain): "> 99.9%" and "< 0.1%" instead. None
+    (no probability: a rejected or unreadable input) gives ""."""
+    if p is None:
+        return ""
+    text = f"{p:.1%}"
+    if text == "100.0%" or p > 1:
+        return "> 99.9%"
+    if text in ("0.0%", "-0.0%") or p < 0:
+        return "< 0.1%"
+    return text
 
 
-def format_results(results: Sequence[Prediction], mode: str = "table") -> str:
-    """Render results as a table, JSON Lines or CSV; DICOM series get summary lines."""
-    from mri_tumor.inference import RESULT_KEYS, series_summaries
+def result_class_names(results: Sequence[Prediction]) -> list[str]:
+    """The class names found in the results' probabilities, in their order (for callers that
+    have no model card at hand; the card's ``class_names`` are the reference)."""
+    names: dict[str, None] = {}
+    for result in results:
+        names.update(dict.fromkeys(result.probabilities or {}))
+    return list(names)
 
-    summaries = series_summaries(results)
+
+def csv_columns(class_names: Sequence[str]) -> list[str]:
+    """The header of ``predict --csv`` (and of the app's download): one ``p_<class>`` column
+    per class, named as in ``evaluate``'s ``predictions.csv``."""
+    return ["path", "status", "label", "confidence", *(f"p_{name}" for name in class_names),
+            "ood_score", "message"]
+
+
+def format_results(results: Sequence[Prediction], mode: str = "table",
+                   card: ModelCard | None = None) -> str:
+    """Render results as a table, JSON Lines or CSV; DICOM series get summary lines.
+
+    ``card``, the model's card (``predictor.card``), gives the CSV's ``p_<class>`` columns
+    (its ``class_names``, in their order) and the normal class of the series summaries;
+    without it the classes found in the results are used.
+    """
+    from mri_tumor.inference import series_summaries
+
+    summaries = series_summaries(results, card.normal_class if card else None)
     if mode == "json":
         lines = [json.dumps(r.to_dict()) for r in results]
         lines += [json.dumps({"series_summary": s}) for s in summaries]
         return "\n".join(lines) + ("\n" if lines else "")
     if mode == "csv":
+        names = list(card.class_names) if card else result_class_names(results)
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(RESULT_KEYS)
+        writer.writerow(csv_columns(names))
         for r in results:
-            probs = json.dumps(r.probabilities) if r.probabilities else ""
+            probabilities = r.probabilities or {}
             writer.writerow([r.path, r.status, r.label or "", _blank_if_none(r.confidence),
-                             probs, _blank_if_none(r.ood_score), r.message])
+                             *(_blank_if_none(probabilities.get(name)) for name in names),
+                             _blank_if_none(r.ood_score), r.message])
         return buffer.getvalue()
     rows = [("FILE", "STATUS", "PREDICTION", "CONFIDENCE", "NOTE")]
     for r in results:
         note = r.message.removeprefix(f"{r.path}: ")  # the FILE column already names it
-        rows.append((r.path, r.status, r.display_label or "-", _confidence_text(r), note))
+        rows.append((r.path, r.status, r.display_label or "-",
+                     format_probability(r.confidence) or "-", note))
     widths = [min(max(len(row[i]) for row in rows), 60) for i in range(4)]
     out = ["  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True))
            + ("  " + row[4] if row[4] else "") for row in rows]
     for s in summaries:
         out.append(f"series {s['series']} ({s['slices']} slices): most likely {s['label']} "
-                   f"(p={s['probability']:.2f}, slice {s['slice']})")
+                   f"(p = {format_probability(s['probability'])}, slice {s['slice']})")
     return "\n".join(out) + "\n"
 
 
@@ -135,11 +173,18 @@ def calibration_batch(card) -> object:
     return torch.stack([preprocess(path, spec) for path in samples])
 
 
-def launch_app(port: int = 8501, host: str = "127.0.0.1", model_dir: Path | None = None) -> int:
-    """Run the Streamlit app in this process' Python; returns streamlit's exit status.
+STOP_SECONDS = 10.0  # how long the server may take to stop before it is killed
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    Raises ValueError for a bad port and FileNotFoundError or ValueError for a model folder
-    that cannot be loaded, before anything starts.
+
+def launch_app(port: int = 8501, host: str = "127.0.0.1", model_dir: Path | None = None) -> int:
+    """Run the Streamlit app in this process' Python until it stops; returns its exit status.
+
+    SIGINT (Ctrl+C) and SIGTERM stop the server too: the signal is passed on to it (as
+    SIGTERM, which it handles at any point of its start-up), it is waited for (killed after
+    ``STOP_SECONDS``), and the status is 128 + the signal's number (130, 143), as a shell
+    reports it. Raises ValueError for a bad port and FileNotFoundError or ValueError for a
+    model folder that cannot be loaded, before anything starts.
     """
     if not 0 < port < 65536:
         raise ValueError("--port must be between 1 and 65535")
@@ -152,4 +197,51 @@ def launch_app(port: int = 8501, host: str = "127.0.0.1", model_dir: Path | None
     if model_dir:
         command += ["--", "--model", str(model_dir)]
     print(f"MRI tumour classifier: http://{host}:{port}  (Ctrl+C to stop)", flush=True)
-    return subprocess.call(command)
+    return run_until_stopped(command)
+
+
+def run_until_stopped(command: Sequence[str]) -> int:
+    """Run ``command`` as a child and wait for it; SIGINT or SIGTERM sent to this process
+    stops the child first (see ``launch_app``). Returns the child's exit status, or 128 + the
+    signal's number when a signal stopped it. Never leaves the child running."""
+    received: list[int] = []
+    process: subprocess.Popen | None = None
+
+    def forward(signum: int, _frame: object) -> None:
+        received.append(signum)
+        if process is not None and process.poll() is None:
+            process.terminate()
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, forward) for s in STOP_SIGNALS} if in_main_thread else {}
+    try:
+        process = subprocess.Popen(list(command))
+        if received:  # a signal came while the child was being started
+            process.terminate()
+        return _wait_for(process, received)
+    finally:
+        if process is not None and process.poll() is None:  # an unexpected error here
+            process.kill()
+            process.wait()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _wait_for(process: subprocess.Popen, received: list[int]) -> int:
+    deadline: float | None = None
+    while True:
+        try:
+            status = process.wait(timeout=0.5)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+        if received and deadline is None:
+            deadline = time.monotonic() + STOP_SECONDS
+        elif deadline is not None and time.monotonic() > deadline:
+            print("The app did not stop in time; killing it.", file=sys.stderr, flush=True)
+            process.kill()
+            status = process.wait()
+            break
+    if received:
+        return 128 + received[0]
+    return status if status >= 0 else 128 - status  # -N: the child was killed by signal N

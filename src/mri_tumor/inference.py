@@ -17,6 +17,7 @@ import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,6 @@ from mri_tumor.card import (
     SHIPPED_MODEL_DIR,
     ModelCard,
 )
-from mri_tumor.data.folders import DISPLAY_NAMES
 from mri_tumor.data.preprocess import PreprocessSpec, normalize_array, to_model_pixels
 from mri_tumor.data.reading import (
     Frame,
@@ -47,7 +47,17 @@ NETWORK_BATCH = 8
 
 logger = logging.getLogger(__name__)
 
-OK, REJECTED, ERROR = "ok", "rejected", "error"
+
+
+class Status(StrEnum):
+    """What became of an input: classified, refused as not a brain MRI, or unreadable."""
+
+    OK = "ok"
+    REJECTED = "rejected"  # not a brain MRI slice (by its pixels or its DICOM header)
+    ERROR = "error"  # unreadable
+
+
+OK, REJECTED, ERROR = Status.OK, Status.REJECTED, Status.ERROR
 RESULT_KEYS = ("path", "status", "label", "confidence", "probabilities", "ood_score", "message")
 NOT_MRI_MESSAGE = "This does not look like a brain MRI slice; no tumour class is given."
 BLANK_MESSAGE = ("This image is blank (almost one grey level), so it does not look like a brain "
@@ -63,7 +73,7 @@ class Prediction:
     """The result for one image (or one frame of a multi-frame DICOM file)."""
 
     path: str
-    status: str  # "ok", "rejected" (not a brain MRI slice) or "error" (unreadable)
+    status: Status
     label: str | None = None
     confidence: float | None = None  # calibrated probability of ``label``
     probabilities: dict[str, float] | None = None
@@ -71,14 +81,12 @@ class Prediction:
     message: str = ""
     series: str | None = field(default=None, repr=False)  # opaque DICOM series key
     instance: int | None = field(default=None, repr=False)
+    display_label: str | None = field(default=None, repr=False)  # ``label`` as the card shows it
 
     def to_dict(self) -> dict[str, Any]:
         """The public result: exactly ``RESULT_KEYS`` (what the CLI and API emit)."""
         return {key: getattr(self, key) for key in RESULT_KEYS}
 
-    @property
-    def display_label(self) -> str | None:
-        return DISPLAY_NAMES.get(self.label, self.label) if self.label else None
 
 
 class TorchBackend:
@@ -291,13 +299,28 @@ class Predictor:
         confidence = float(probs[index])
         message = ""
         if confidence < self.card.low_confidence_threshold:
-            message = (f"Low confidence ({confidence:.0%}): the model is unsure; "
-                       "review this image with particular care.")
+            message = unsure_message(confidence, self.card)
         return Prediction(
             status=OK, label=self.class_names[index], confidence=round(confidence, 4),
+            display_label=self.card.display_name(self.class_names[index]),
             probabilities={n: round(float(p), 4) for n, p in zip(self.class_names, probs,
                                                                   strict=True)},
             message=message, **common)
+
+
+def unsure_message(confidence: float, card: ModelCard) -> str:
+    """The note on an answer below the card's low-confidence threshold, saying what the
+    threshold means on the model's calibrated validation data when the card records it."""
+    threshold = card.low_confidence_threshold
+    measured = card.metrics.low_confidence
+    if measured is not None and measured.accuracy_below is not None:
+        meaning = (f"on the model's validation images, answers below {threshold:.0%} "
+                   f"confidence were right {measured.accuracy_below:.0%} of the time "
+                   f"({measured.n_below} images)")
+    else:
+        meaning = f"below this model's {threshold:.0%} threshold"
+    return (f"Unsure ({confidence:.0%} confidence): {meaning}. Review this image with "
+            "particular care.")
 
 
 def _cache_dir() -> Path:
@@ -356,11 +379,12 @@ def _default_name(source: object, index: int) -> str:
     return f"input-{index}"
 
 
-def series_summaries(results: Iterable[Prediction], tumour_threshold: float = 0.5
-                     ) -> list[dict[str, Any]]:
+def series_summaries(results: Iterable[Prediction], normal_class: str | None = None,
+                     tumour_threshold: float = 0.5) -> list[dict[str, Any]]:
     """One summary per DICOM series with two or more slices: the most likely tumour class
-    over its slices and the slice it comes from, or "notumor" when no slice shows a tumour
-    class with at least ``tumour_threshold`` probability."""
+    over its slices and the slice it comes from, or ``normal_class`` (the card's) when no
+    slice shows a tumour class with at least ``tumour_threshold`` probability. A model
+    without a normal class gets its most likely class over the slices."""
     by_series: dict[str, list[Prediction]] = {}
     for result in results:
         if result.series and result.status == OK:
@@ -372,10 +396,12 @@ def series_summaries(results: Iterable[Prediction], tumour_threshold: float = 0.
         best_slice, best_class, best_p = None, None, -1.0
         for result in slices:
             for name, p in (result.probabilities or {}).items():
-                if name != "notumor" and p > best_p:
+                if name != normal_class and p > best_p:
                     best_slice, best_class, best_p = result, name, p
         assert best_slice is not None
-        label = best_class if best_p >= tumour_threshold else "notumor"
+        label = best_class
+        if normal_class is not None and best_p < tumour_threshold:
+            label = normal_class
         summaries.append({"series": series, "slices": len(slices), "label": label,
                           "probability": round(best_p, 4), "slice": best_slice.path})
     return summaries

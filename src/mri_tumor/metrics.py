@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+# Equal-width confidence bins of the expected calibration error, everywhere it is given.
+ECE_BINS = 15
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
     """Counts with rows = true class, columns = predicted class."""
@@ -39,7 +41,7 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
 
 
 def expected_calibration_error(probabilities: np.ndarray, y_true: np.ndarray,
-                               bins: int = 15) -> float:
+                               bins: int = ECE_BINS) -> float:
     """ECE: |accuracy - confidence| of the top class, averaged over equal-width bins."""
     confidence = probabilities.max(axis=1)
     correct = probabilities.argmax(axis=1) == np.asarray(y_true)
@@ -133,7 +135,7 @@ def roc_curve(scores: np.ndarray, positives: np.ndarray) -> tuple[np.ndarray, np
 
 
 def reliability_bins(probabilities: np.ndarray, y_true: np.ndarray,
-                     bins: int = 15) -> dict[str, np.ndarray]:
+                     bins: int = ECE_BINS) -> dict[str, np.ndarray]:
     """Per equal-width confidence bin: count, mean confidence and accuracy of the top class.
 
     Binned exactly as ``expected_calibration_error`` (bin i holds (edges[i], edges[i+1]]);

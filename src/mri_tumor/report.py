@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,8 +19,8 @@ from PIL import Image, PngImagePlugin
 
 from mri_tumor import metrics
 from mri_tumor.card import DISCLAIMER
-from mri_tumor.data.folders import DISPLAY_NAMES
 from mri_tumor.data.reading import ImageReadError, read_image
+from mri_tumor.data.splitting import NEAR_DUPLICATE_BITS
 
 if TYPE_CHECKING:
     from mri_tumor.evaluation import Evaluation
@@ -68,14 +68,14 @@ def check_output_dir(out: Path) -> None:
     anything but its own earlier outputs. Writes nothing."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: exists and is not a folder")
+        raise ValueError(f"report folder {out}: exists and is not a folder")
     if not out.exists():
         return
     foreign = [name for name in OUTPUT_FILES
                if ((out / name).exists() or (out / name).is_symlink())
                and not is_own_output(out / name)]
     if foreign:
-        raise ValueError(f"--out {out}: would overwrite {', '.join(foreign)}, which "
+        raise ValueError(f"report folder {out}: would overwrite {', '.join(foreign)}, which "
                          f"{SIGNATURE} did not write; choose another folder or move them")
 
 
@@ -102,8 +102,9 @@ def _pyplot() -> Any:
     return plt
 
 
-def _display(names: Sequence[str]) -> list[str]:
-    return [DISPLAY_NAMES.get(name, name) for name in names]
+def _display(names: Sequence[str], display: Mapping[str, str] | None) -> list[str]:
+    """Class names as the model card shows them to people."""
+    return [(display or {}).get(name, name) for name in names]
 
 
 def _save(figure: Any, path: Path, dpi: int = 110) -> None:
@@ -112,14 +113,14 @@ def _save(figure: Any, path: Path, dpi: int = 110) -> None:
 
 
 def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: Path,
-                          title: str) -> None:
+                          title: str, display: Mapping[str, str] | None = None) -> None:
     """Heat map of counts; the colour is the share of the true class (row), so that
     classes of different sizes read alike."""
     plt = _pyplot()
     matrix = np.asarray(matrix)
     totals = matrix.sum(axis=1, keepdims=True)
     shares = np.divide(matrix, totals, out=np.zeros(matrix.shape), where=totals > 0)
-    labels = _display(class_names)
+    labels = _display(class_names, display)
     figure, ax = plt.subplots(figsize=(6.2, 5.2))
     image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     for (row, col), count in np.ndenumerate(matrix):
@@ -133,11 +134,12 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: 
 
 
 def plot_roc_curves(probabilities: np.ndarray, labels: np.ndarray,
-                    class_names: Sequence[str], path: Path) -> None:
+                    class_names: Sequence[str], path: Path,
+                    display: Mapping[str, str] | None = None) -> None:
     """One-vs-rest ROC curve per class, with a zoom on the top-left corner beside it."""
     plt = _pyplot()
     figure, (full, zoom) = plt.subplots(1, 2, figsize=(11, 4.8))
-    for c, name in enumerate(_display(class_names)):
+    for c, name in enumerate(_display(class_names, display)):
         positives = labels == c
         if positives.all() or not positives.any():
             continue
@@ -178,8 +180,8 @@ def plot_reliability(before: np.ndarray, after: np.ndarray, labels: np.ndarray,
     for col, (probabilities, title) in enumerate(
             ((before, "Before calibration (T = 1)"),
              (after, f"After temperature scaling (T = {temperature:.3f})"))):
-        bins = metrics.reliability_bins(probabilities, labels, 15)
-        ece = metrics.expected_calibration_error(probabilities, labels, 15)
+        bins = metrics.reliability_bins(probabilities, labels)
+        ece = metrics.expected_calibration_error(probabilities, labels)
         edges = bins["edges"]
         centres, width = (edges[:-1] + edges[1:]) / 2, edges[1] - edges[0]
         filled = bins["count"] > 0
@@ -199,24 +201,11 @@ def plot_reliability(before: np.ndarray, after: np.ndarray, labels: np.ndarray,
 
 
 def plot_history(history: list[dict[str, Any]], path: Path) -> None:
-    """Training and validation loss and accuracy per epoch (from ``history.json``)."""
-    plt = _pyplot()
-    epochs = [int(row.get("epoch", i)) + 1 for i, row in enumerate(history)]
-    figure, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    for key, label, ax in (("train_loss_epoch", "training", loss_ax),
-                           ("val_loss", "validation", loss_ax),
-                           ("train_acc", "training", acc_ax), ("val_acc", "validation", acc_ax)):
-        values = [row.get(key) for row in history]
-        if any(isinstance(v, int | float) for v in values):
-            ax.plot(epochs, [v if isinstance(v, int | float) else np.nan for v in values],
-                    marker="o", label=label)
-    loss_ax.set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
-    acc_ax.set(title="Accuracy", xlabel="epoch", ylabel="accuracy")
-    for ax in (loss_ax, acc_ax):
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend()
-    _save(figure, path)
+    """Training and validation loss and accuracy per epoch (from ``history.json``), marked as
+    this report's own output; the figure is ``curves.plot_history``, the one ``train`` draws."""
+    from mri_tumor.curves import plot_history as draw_curves
+
+    draw_curves(history, path, metadata=_png_metadata())
 
 
 def write_training_curves(model_dir: Path | None, path: Path) -> str | None:
@@ -249,7 +238,8 @@ def write_training_curves(model_dir: Path | None, path: Path) -> str | None:
     return None
 
 
-def plot_mistakes(mistakes: Sequence[Any], path: Path) -> None:
+def plot_mistakes(mistakes: Sequence[Any], path: Path,
+                  display: Mapping[str, str] | None = None) -> None:
     """Thumbnails of the worst mistakes with true label, prediction and confidence."""
     plt = _pyplot()
     columns = 4
@@ -265,7 +255,8 @@ def plot_mistakes(mistakes: Sequence[Any], path: Path) -> None:
             ax.imshow(np.asarray(image), cmap="gray", vmin=0, vmax=255)
         except (ImageReadError, OSError):
             ax.text(0.5, 0.5, "unreadable", ha="center", va="center")
-        true_name, predicted_name = _display([mistake.true_label, mistake.predicted_label])
+        true_name, predicted_name = _display([mistake.true_label, mistake.predicted_label],
+                                             display)
         ax.set_title(f"true: {true_name}\npredicted: {predicted_name} "
                      f"({mistake.confidence:.0%})\n{_shorten(mistake.relative_path, 34)}",
                      fontsize=9)
@@ -282,12 +273,13 @@ def _number(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def metrics_rows(result: dict[str, Any], class_names: Sequence[str]) -> list[list[str]]:
+def metrics_rows(result: dict[str, Any], class_names: Sequence[str],
+                 display: Mapping[str, str] | None = None) -> list[list[str]]:
     """Classification-report rows: header, one row per class, macro and weighted averages."""
     rows = [["class", "precision", "recall", "F1", "support", "ROC AUC"]]
     for name in class_names:
         scores = result["per_class"][name]
-        rows.append([DISPLAY_NAMES.get(name, name), _number(scores["precision"]),
+        rows.append([*_display([name], display), _number(scores["precision"]),
                      _number(scores["recall"]), _number(scores["f1"]), str(scores["support"]),
                      _number(result["auc"][name])])
     for key, label in (("macro_avg", "macro average"), ("weighted_avg", "weighted average")):
@@ -299,9 +291,10 @@ def metrics_rows(result: dict[str, Any], class_names: Sequence[str]) -> list[lis
     return rows
 
 
-def confusion_rows(result: dict[str, Any], class_names: Sequence[str]) -> list[list[str]]:
+def confusion_rows(result: dict[str, Any], class_names: Sequence[str],
+                   display: Mapping[str, str] | None = None) -> list[list[str]]:
     """Confusion-matrix rows: true class down, predicted class across."""
-    labels = _display(class_names)
+    labels = _display(class_names, display)
     rows = [["true \\ predicted", *labels]]
     rows += [[label, *map(str, counts)]
              for label, counts in zip(labels, result["confusion_matrix"], strict=True)]
@@ -329,10 +322,11 @@ def group_rows(by_group: dict[str, dict[str, Any]]) -> list[list[str]]:
     return rows
 
 
-def cell_rows(by_cell: list[dict[str, Any]]) -> list[list[str]]:
+def cell_rows(by_cell: list[dict[str, Any]],
+              display: Mapping[str, str] | None = None) -> list[list[str]]:
     """Source x sequence x class rows: the accuracy there is the class's recall."""
     rows = [["source", "sequence", "class", "n", "accuracy"]]
-    rows += [[f"`{c['source']}`", c["sequence"] or "-", DISPLAY_NAMES.get(c["class"], c["class"]),
+    rows += [[f"`{c['source']}`", c["sequence"] or "-", *_display([c["class"]], display),
               str(c["n"]), _number(c["accuracy"])] for c in by_cell]
     return rows
 
@@ -437,7 +431,7 @@ def _leak_line(evaluation: Evaluation) -> str | None:
 def format_summary(evaluation: Evaluation, report_path: Path | None = None) -> str:
     """The console summary: headline, tables, guard and leakage lines, then the disclaimer."""
     m = evaluation.metrics
-    names = evaluation.class_names
+    names, shown = evaluation.class_names, evaluation.display_names
     selection = evaluation.scored.selection
     lines = [f"Evaluated {m['n']} images of {evaluation.scored.location}"
              + (f" ({selection})" if selection else "") + f" in "
@@ -449,9 +443,9 @@ def format_summary(evaluation: Evaluation, report_path: Path | None = None) -> s
         lines.append(f"Skipped {len(skipped)} file(s):")
         lines += [f"  {path}: {reason}" for path, reason in skipped]
     lines += ["", f"All images: {_headline(m)}", "",
-              render_table(metrics_rows(m, names), markdown=False), "",
+              render_table(metrics_rows(m, names, shown), markdown=False), "",
               "Confusion matrix (rows = true class, columns = predicted class):",
-              render_table(confusion_rows(m, names), markdown=False), "",
+              render_table(confusion_rows(m, names, shown), markdown=False), "",
               _guard_line(evaluation)]
     leak_line = _leak_line(evaluation)
     if leak_line:
@@ -473,36 +467,31 @@ def format_summary(evaluation: Evaluation, report_path: Path | None = None) -> s
 
 
 # -- report.md -----------------------------------------------------------------------------
-def _metrics_section(result: dict[str, Any], class_names: Sequence[str]) -> list[str]:
+def _metrics_section(result: dict[str, Any], class_names: Sequence[str],
+                     display: Mapping[str, str]) -> list[str]:
     return [f"**{result['n']} images**: {_headline(result)}.", "",
-            render_table(metrics_rows(result, class_names), markdown=True), "",
+            render_table(metrics_rows(result, class_names, display), markdown=True), "",
             "Confusion matrix (rows = true class, columns = predicted class):", "",
-            render_table(confusion_rows(result, class_names), markdown=True), ""]
+            render_table(confusion_rows(result, class_names, display), markdown=True), ""]
 
 
 def _model_lines(evaluation: Evaluation) -> list[str]:
     card = evaluation.predictor.card
-    validation = card.metrics.get("validation", {}) if isinstance(card.metrics, dict) else {}
-    trained = card.training if isinstance(card.training, dict) else {}
+    validation, trained = card.metrics.validation, card.training
     lines = [f"- Model: `{card.architecture}` version {card.version or '-'} "
              f"(created {card.created or '-'}), folder `{evaluation.predictor.model_dir}`",
              f"- Input {card.image_size} x {card.image_size}, {card.color_mode}, intensity "
              f"`{card.intensity}`; calibration temperature T = {card.temperature:.4f}"]
-    if trained:
-        split_counts = trained.get("split_counts")
-        train_counts = split_counts.get("train") if isinstance(split_counts, dict) else None
-        lines.append(f"- Trained for {trained.get('epochs_run', '-')} epoch(s) on "
-                     f"{trained.get('hardware', '-')}"
+    if trained.epochs_run is not None:
+        train_counts = trained.split_counts.get("train")
+        lines.append(f"- Trained for {trained.epochs_run} epoch(s) on {trained.hardware or '-'}"
                      + (f"; training images per class: {json.dumps(train_counts)}"
                         if train_counts else ""))
-        sources = trained.get("sources")
-        if isinstance(sources, list) and len(sources) > 1:
-            lines.append("- Sources: " + ", ".join(f"`{s.get('name')}`" for s in sources
-                                                    if isinstance(s, dict)))
-    if validation:
+    if len(trained.sources) > 1:
+        lines.append("- Sources: " + ", ".join(f"`{s.get('name')}`" for s in trained.sources))
+    if validation is not None:
         lines.append("- Validation (from the model card): accuracy "
-                     f"{_number(validation.get('accuracy'))}, macro-F1 "
-                     f"{_number(validation.get('macro_f1'))}")
+                     f"{_number(validation.accuracy)}, macro-F1 {_number(validation.macro_f1)}")
     return lines
 
 
@@ -538,15 +527,15 @@ def write_report(evaluation: Evaluation, out: Path) -> Path:
     out = Path(out)
     check_output_dir(out)
     out.mkdir(parents=True, exist_ok=True)
-    names = evaluation.class_names
+    names, shown = evaluation.class_names, evaluation.display_names
     m = evaluation.metrics
     scored = evaluation.scored
     written = {REPORT_FILE, PREDICTIONS_FILE}
     calibrated, uncalibrated = evaluation.probabilities(), evaluation.probabilities(False)
 
     plot_confusion_matrix(np.array(m["confusion_matrix"]), names, out / CONFUSION_FIGURE,
-                          f"Confusion matrix, all {m['n']} images")
-    plot_roc_curves(calibrated, scored.labels, names, out / ROC_FIGURE)
+                          f"Confusion matrix, all {m['n']} images", shown)
+    plot_roc_curves(calibrated, scored.labels, names, out / ROC_FIGURE, shown)
     plot_reliability(uncalibrated, calibrated, scored.labels, evaluation.temperature,
                      out / RELIABILITY_FIGURE)
     written |= {CONFUSION_FIGURE, ROC_FIGURE, RELIABILITY_FIGURE}
@@ -603,17 +592,18 @@ def write_report(evaluation: Evaluation, out: Path) -> Path:
                       "folder names tell it):", "",
                       render_table(group_rows(evaluation.by_group), markdown=True), ""]
         lines += ["Source x sequence x class (the accuracy of a cell is the recall of its "
-                  "class there):", "", render_table(cell_rows(evaluation.by_cell), markdown=True),
-                  ""]
+                  "class there):", "",
+                  render_table(cell_rows(evaluation.by_cell, shown), markdown=True), ""]
 
-    lines += ["## All images", "", *_metrics_section(m, names),
+    lines += ["## All images", "", *_metrics_section(m, names, shown),
               f"![Confusion matrix]({CONFUSION_FIGURE})", "",
               "### ROC curves", "",
               "One class against the rest, on the calibrated probabilities. The AUC is "
               "computed from ranks, ties counting one half.", "",
               f"![ROC curves]({ROC_FIGURE})", "",
               "### Calibration", "",
-              f"Expected calibration error (15 equal-width bins of the top-class confidence): "
+              f"Expected calibration error ({metrics.ECE_BINS} equal-width bins of the top-class "
+              f"confidence): "
               f"{_number(m['ece_uncalibrated'])} before and {_number(m['ece'])} after temperature "
               f"scaling with T = {evaluation.temperature:.4f} from the model card. Bars below "
               "the diagonal mean over-confidence.", "",
@@ -635,14 +625,13 @@ def write_report(evaluation: Evaluation, out: Path) -> Path:
     mistakes = evaluation.worst_mistakes(MAX_GALLERY)
     lines += ["## Worst mistakes", ""]
     if mistakes:
-        plot_mistakes(mistakes, out / MISTAKES_FIGURE)
+        plot_mistakes(mistakes, out / MISTAKES_FIGURE, shown)
         written.add(MISTAKES_FIGURE)
         wrong = int((evaluation.predicted != scored.labels).sum())
         lines += [f"The {len(mistakes)} most confident of {wrong} mistakes:", "",
                   f"![Worst mistakes]({MISTAKES_FIGURE})", ""]
         table = [["file", "true class", "predicted class", "confidence"]]
-        table += [[f"`{x.relative_path}`", DISPLAY_NAMES.get(x.true_label, x.true_label),
-                   DISPLAY_NAMES.get(x.predicted_label, x.predicted_label),
+        table += [[f"`{x.relative_path}`", *_display([x.true_label, x.predicted_label], shown),
                    f"{x.confidence:.1%}"] for x in mistakes]
         lines += [render_table(table, markdown=True), ""]
     else:
@@ -673,7 +662,7 @@ def _leak_section(evaluation: Evaluation, out: Path, written: set[str]) -> list[
     duplicates, leaked = evaluation.duplicates, evaluation.leaked
     assert leak_free is not None and training is not None
     assert duplicates is not None and leaked is not None
-    names = evaluation.class_names
+    names, shown = evaluation.class_names, evaluation.display_names
     kinds = [found[0].kind.split(" (")[0] for found in duplicates if found]
     counts = {kind: kinds.count(kind) for kind in sorted(set(kinds))}
     lines = ["## Leak-free subset", "",
@@ -682,14 +671,14 @@ def _leak_section(evaluation: Evaluation, out: Path, written: set[str]) -> list[
              f"{f', {len(training.skipped)} file(s) skipped' if training.skipped else ''}. "
              f"{int(leaked.sum())} of {len(leaked)} evaluation images have a duplicate there "
              f"({', '.join(f'{v} {k}' for k, v in counts.items()) or 'none'}): a 256-bit "
-             "perceptual hash of the image or of its mirror within 16 bits of a training "
-             "image's. Metrics on the remaining images, which the model cannot have "
+             f"perceptual hash of the image or of its mirror within {NEAR_DUPLICATE_BITS} bits "
+             "of a training image's. Metrics on the remaining images, which the model cannot have "
              "memorised:", ""]
     if leak_free["n"]:
-        lines += _metrics_section(leak_free, names)
+        lines += _metrics_section(leak_free, names, shown)
         plot_confusion_matrix(np.array(leak_free["confusion_matrix"]), names,
                               out / CONFUSION_LEAK_FREE_FIGURE,
-                              f"Confusion matrix, {leak_free['n']} leak-free images")
+                              f"Confusion matrix, {leak_free['n']} leak-free images", shown)
         written.add(CONFUSION_LEAK_FREE_FIGURE)
         lines += [f"![Confusion matrix, leak-free images]({CONFUSION_LEAK_FREE_FIGURE})", ""]
     else:

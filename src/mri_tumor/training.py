@@ -17,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -33,10 +34,11 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, TensorDataset
 
 from mri_tumor import __version__
-from mri_tumor.calibration import fit_temperature, softmax
-from mri_tumor.card import ModelCard
+from mri_tumor.calibration import fit_low_confidence, fit_temperature, softmax
+from mri_tumor.card import HISTORY_FILE, SPLIT_FILE, ModelCard, TrainingRecord, ValidationMetrics
+from mri_tumor.curves import plot_history
 from mri_tumor.data.augment import AugmentConfig, augment_batch
-from mri_tumor.data.folders import CLASS_NAMES, scan_folders, source_name
+from mri_tumor.data.folders import DISPLAY_NAMES, NORMAL_LABEL, scan_folders, source_name
 from mri_tumor.data.preprocess import PreprocessSpec, normalize, to_model_pixels
 from mri_tumor.data.reading import read_image
 from mri_tumor.data.splitting import (
@@ -50,7 +52,6 @@ from mri_tumor.data.splitting import (
 )
 from mri_tumor.metrics import accuracy, expected_calibration_error, macro_f1
 from mri_tumor.models import ARCHITECTURES, create_model, half_precision_state, save_weights
-from mri_tumor.models.checkpoint import read_checkpoint
 from mri_tumor.ood import OODGuard, fit_guard, fit_refusal
 
 
@@ -91,11 +92,12 @@ class TrainConfig:
 class TumorClassifier(L.LightningModule):
     """Wraps an architecture with the seed's loss, optimiser and schedule."""
 
-    def __init__(self, config: TrainConfig, spec: PreprocessSpec,
+    def __init__(self, config: TrainConfig, spec: PreprocessSpec, class_names: list[str],
                  val_sources: list[str] | None = None) -> None:
         super().__init__()
         self.config = config
         self.spec = spec
+        self.class_names = class_names
         # Source of each validation image, in loader order: accuracy per source each epoch.
         self.val_sources = np.asarray(val_sources or [])
         if config.from_model is not None:
@@ -103,10 +105,11 @@ class TumorClassifier(L.LightningModule):
 
             self.model, card, _ = load_model(config.from_model)
             if card.architecture != config.arch:
-                raise ValueError(f"--from-model holds a {card.architecture}, not a {config.arch}")
+                raise ValueError(f"{config.from_model} holds a {card.architecture}, "
+                                 f"not a {config.arch}")
             self.model.train()
         else:
-            self.model = create_model(config.arch, len(CLASS_NAMES),
+            self.model = create_model(config.arch, len(class_names),
                                       pretrained=config.pretrained,
                                       init_weights=config.init_weights)
         # Channels-last roughly doubles CPU convolution speed here and is neutral on GPU
@@ -153,7 +156,7 @@ class TumorClassifier(L.LightningModule):
         # Every rank holds the gathered set, so "syncing" only averages identical values.
         self.log("val_loss", loss, prog_bar=True, sync_dist=True)
         self.log("val_acc", accuracy(truth, predicted), prog_bar=True, sync_dist=True)
-        self.log("val_macro_f1", macro_f1(truth, predicted, len(CLASS_NAMES)), sync_dist=True)
+        self.log("val_macro_f1", macro_f1(truth, predicted, len(self.class_names)), sync_dist=True)
         # Under DDP the gathered order is rank-major, not the sources' order: skip it there.
         if (self.trainer.world_size == 1 and len(set(self.val_sources)) > 1
                 and len(self.val_sources) == len(truth)):
@@ -176,14 +179,27 @@ class TumorClassifier(L.LightningModule):
 
 class RestoreBestWeights(Callback):
     """Keeps the weights of the epoch with the best monitored value and puts them back when
-    training ends (Keras' ``EarlyStopping(restore_best_weights=True)``)."""
+    training ends (Keras' ``EarlyStopping(restore_best_weights=True)``).
+
+    In ``train`` this is the one place that decides which weights ship: the first epoch with
+    the highest validation accuracy. Early stopping (on validation loss) only stops.
+    The kept weights, epoch and value are part of the checkpoint, so a ``--resume``d run
+    still compares against, and can go back to, epochs trained before the interruption.
+    """
 
     def __init__(self, monitor: str = "val_loss", mode: str = "min") -> None:
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', not {mode!r}")
         self.monitor = monitor
+        self.mode = mode
         self.sign = 1.0 if mode == "min" else -1.0
         self.best_value: float | None = None
         self.best_epoch: int | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(monitor=self.monitor, mode=self.mode)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
@@ -192,30 +208,63 @@ class RestoreBestWeights(Callback):
         if self.best_value is None or self.sign * value < self.sign * self.best_value:
             self.best_value = value
             self.best_epoch = trainer.current_epoch
-            self.best_state = copy.deepcopy({k: v.detach().cpu()
-                                             for k, v in pl_module.state_dict().items()})
+            self.best_state = {k: v.detach().to("cpu", copy=True)
+                               for k, v in pl_module.state_dict().items()}
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.best_state is not None:
             pl_module.load_state_dict(self.best_state)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_value": self.best_value, "best_epoch": self.best_epoch,
+                "best_state": self.best_state}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best_value = state_dict.get("best_value")
+        self.best_epoch = state_dict.get("best_epoch")
+        self.best_state = state_dict.get("best_state")
+
 
 class History(Callback):
-    """Per-epoch metrics in memory, for ``history.json`` and the training-curves plot."""
+    """Per-epoch metrics, for ``history.json`` and the training-curves plot. They are part of
+    the checkpoint, so a ``--resume``d run's history also holds the epochs before the resume.
 
-    KEYS = ("train_loss_epoch", "train_acc", "val_loss", "val_acc", "val_macro_f1")
+    A row is written when the training epoch ends: Lightning aggregates the epoch's training
+    metrics only then, after that epoch's validation has run.
+    """
+
+    TRAIN_KEYS = ("train_loss_epoch", "train_acc")
+    VAL_KEYS = ("val_loss", "val_acc", "val_macro_f1")
 
     def __init__(self) -> None:
         self.epochs: list[dict[str, float]] = []
+        self._validation: dict[str, float] = {}
+        self._validated_epoch: int | None = None
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        row = {"epoch": trainer.current_epoch}
+        self._validated_epoch = trainer.current_epoch
+        self._validation = {k: float(v) for k, v in trainer.callback_metrics.items()
+                            if k in self.VAL_KEYS or k.startswith("val_acc/")}
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        row: dict[str, float] = {"epoch": epoch}
         row.update({k: float(v) for k, v in trainer.callback_metrics.items()
-                    if k in self.KEYS or k.startswith("val_acc/")})
+                    if k in self.TRAIN_KEYS})
+        # An epoch cut short (--max-minutes) may end without validation: no stale values.
+        if self._validated_epoch == epoch:
+            row.update(self._validation)
         row["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
-        self.epochs.append(row)
+        # Keep one row per epoch even if Lightning repeats an epoch after a resume.
+        self.epochs = [r for r in self.epochs if r["epoch"] < epoch] + [row]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epochs": [dict(row) for row in self.epochs]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.epochs = [dict(row) for row in state_dict.get("epochs", [])]
 
 
 def prepare_split(config: TrainConfig) -> list[SplitRow]:
@@ -291,20 +340,28 @@ def load_refusal_pixels(folders: list[Path], image_size: int) -> tuple[torch.Ten
                 pixels.append(to_model_pixels(frame.image, image_size))
                 names.append(str(path))
     if not pixels:
-        raise ValueError(f"--refuse {', '.join(map(str, folders))}: no readable images there")
+        raise ValueError(f"refusal examples {', '.join(map(str, folders))}: no readable "
+                         "images there")
     return torch.from_numpy(np.stack(pixels)), names
 
 
-def load_pixels(roots: dict[str, Path] | Path, rows: list[SplitRow],
-                image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode and resize the listed images once: uint8 (N, H, W) and int64 labels."""
+def load_pixels(roots: dict[str, Path] | Path, rows: list[SplitRow], image_size: int,
+                class_names: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode and resize the listed images once: uint8 (N, H, W) and int64 labels (indices
+    into ``class_names``, by default the rows' labels sorted)."""
     if isinstance(roots, Path):
         roots = {"": roots}
     pixels = np.zeros((len(rows), image_size, image_size), dtype=np.uint8)
     for i, row in enumerate(rows):
         pixels[i] = to_model_pixels(read_image(row_path(row, roots)), image_size)
-    labels = torch.tensor([CLASS_NAMES.index(r.label) for r in rows])
+    class_names = class_names or class_names_of(rows)
+    labels = torch.tensor([class_names.index(r.label) for r in rows])
     return torch.from_numpy(pixels), labels
+
+
+def class_names_of(rows: list[SplitRow]) -> list[str]:
+    """The classes a new model learns from these rows: their labels, sorted."""
+    return sorted({row.label for row in rows})
 
 
 @torch.inference_mode()
@@ -330,7 +387,12 @@ def hardware_description() -> str:
 
 
 def train(config: TrainConfig) -> Path | None:
-    """Train a model and write a complete run folder; returns it (None on non-zero ranks)."""
+    """Train a model and write a complete run folder; returns it (None on non-zero ranks).
+
+    The weights that ship are those of the epoch with the best validation accuracy (the card's
+    ``best_epoch_val_acc``); early stopping on validation loss only ends the run. With
+    ``config.resume`` the run continues from its ``checkpoints/last.ckpt``, history included.
+    """
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*Checkpoint directory.*exists and is not empty.*")
     L.seed_everything(config.seed, workers=True, verbose=False)
@@ -351,8 +413,14 @@ def train(config: TrainConfig) -> Path | None:
         raise ValueError("the split has no training or no validation images; "
                          "the folder needs more images per class")
     roots = source_roots(config.data_dirs)
-    train_pixels, train_labels = load_pixels(roots, train_rows, image_size)
-    val_pixels, val_labels = load_pixels(roots, val_rows, image_size)
+    class_names = class_names_of(rows)
+    if config.from_model is not None:  # fine-tuning keeps the model's outputs and their order
+        class_names = ModelCard.load(config.from_model).class_names
+        if unknown := sorted({row.label for row in rows} - set(class_names)):
+            raise ValueError(f"{config.from_model} has no class {', '.join(unknown)} (its "
+                             f"classes: {', '.join(class_names)})")
+    train_pixels, train_labels = load_pixels(roots, train_rows, image_size, class_names)
+    val_pixels, val_labels = load_pixels(roots, val_rows, image_size, class_names)
     refuse_pixels = None
     if config.refuse_dirs:  # read before training: a bad folder should not cost a run
         refuse_pixels, _ = load_refusal_pixels(config.refuse_dirs, image_size)
@@ -364,13 +432,14 @@ def train(config: TrainConfig) -> Path | None:
                               batch_size=config.batch_size, shuffle=True, drop_last=False)
     val_loader = DataLoader(TensorDataset(val_pixels, val_labels), batch_size=64)
 
-    module = TumorClassifier(config, spec, [r.source for r in val_rows])
+    module = TumorClassifier(config, spec, class_names, [r.source for r in val_rows])
     history = History()
-    restore = RestoreBestWeights("val_loss", "min")
-    best_checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best",
-                                      monitor="val_acc", mode="max", save_last=True)
+    # The one rule for the weights that ship: the epoch with the best validation accuracy,
+    # as the seed served it. Early stopping watches the loss but only stops; the checkpoint
+    # (last.ckpt, every epoch) is where --resume continues.
+    restore = RestoreBestWeights("val_acc", "max")
     callbacks = [
-        best_checkpoint,
+        ModelCheckpoint(dirpath=out / "checkpoints", save_top_k=0, save_last=True),
         EarlyStopping(monitor="val_loss", mode="min", patience=config.early_stop_patience),
         restore,
         LearningRateMonitor(logging_interval="epoch"),
@@ -395,22 +464,21 @@ def train(config: TrainConfig) -> Path | None:
     )
     if trainer.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
-        write_split_csv(rows, out / "split.csv")
+        write_split_csv(rows, out / SPLIT_FILE)
     started = time.perf_counter()
     trainer.fit(module, train_loader, val_loader, ckpt_path=config.resume)
     seconds = time.perf_counter() - started
     if not trainer.is_global_zero:
         return None
 
-    # Export the checkpoint with the best validation accuracy, as the seed served it.
-    model = module.model.cpu()
-    if best_checkpoint.best_model_path:
-        state = read_checkpoint(best_checkpoint.best_model_path)["state_dict"]
-        model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
-    model = model.to(memory_format=torch.contiguous_format).eval()
+    # RestoreBestWeights has put the best-val-accuracy epoch's weights back (the last epoch's
+    # when no epoch was validated, e.g. --max-minutes cut the first one short).
+    model = module.model.cpu().to(memory_format=torch.contiguous_format).eval()
     card = ModelCard(
         architecture=config.arch,
-        class_names=list(CLASS_NAMES),
+        class_names=class_names,
+        display_names={name: DISPLAY_NAMES[name] for name in class_names if name in DISPLAY_NAMES},
+        normal_class=NORMAL_LABEL if NORMAL_LABEL in class_names else None,
         image_size=image_size,
         mean=list(spec.mean),
         std=list(spec.std),
@@ -418,35 +486,35 @@ def train(config: TrainConfig) -> Path | None:
         intensity=spec.intensity,
         version=__version__,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
-        training={
-            "data_fingerprint": folder_fingerprint(roots, [(r.source, r.path) for r in rows]),
-            "split_file": "split.csv",
-            "split_counts": split_summary(rows),
-            "sources": describe_sources(config.data_dirs, rows, repeats),
-            "epochs_run": len(history.epochs),
-            "best_epoch_val_acc": _best_epoch(history.epochs, "val_acc", max),
-            "best_epoch_val_loss": restore.best_epoch,
-            "seconds": round(seconds, 1),
-            "hardware": hardware_description(),
-            "devices": config.devices,
-            "batch_size": config.batch_size,
-            "lr": config.lr,
-            "schedule": config.schedule,
-            "seed": config.seed,
-            "augment": config.augment.to_dict(),
-            "pretrained": (ARCHITECTURES[config.arch].pretrained_default
+        training=TrainingRecord(
+            data_fingerprint=folder_fingerprint(roots, [(r.source, r.path) for r in rows]),
+            split_file=SPLIT_FILE,
+            split_counts=split_summary(rows),
+            sources=describe_sources(config.data_dirs, rows, repeats),
+            epochs_run=len(history.epochs),
+            best_epoch_val_acc=restore.best_epoch,  # the epoch whose weights ship
+            best_epoch_val_loss=_best_epoch(history.epochs, "val_loss", min),
+            seconds=round(seconds, 1),
+            hardware=hardware_description(),
+            devices=config.devices,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            schedule=config.schedule,
+            seed=config.seed,
+            augment=config.augment.to_dict(),
+            pretrained=(ARCHITECTURES[config.arch].pretrained_default
                            if config.pretrained is None else config.pretrained),
-            "init_weights": str(config.init_weights) if config.init_weights else None,
-            "from_model": str(config.from_model) if config.from_model else None,
-        },
+            init_weights=str(config.init_weights) if config.init_weights else None,
+            from_model=str(config.from_model) if config.from_model else None,
+        ),
     )
     if config.refuse_dirs:
-        card.training["refuse_dirs"] = [Path(d).name for d in config.refuse_dirs]
+        card.training.refuse_dirs = [Path(d).name for d in config.refuse_dirs]
     finalize(model, card, train_pixels, train_labels, val_pixels, val_labels, out,
              half=config.half_precision_weights, val_sources=[r.source for r in val_rows],
              refuse_pixels=refuse_pixels)
-    (out / "history.json").write_text(json.dumps(
-        {"sources": card.training["sources"], "epochs": history.epochs}, indent=2) + "\n")
+    (out / HISTORY_FILE).write_text(json.dumps(
+        {"sources": card.training.sources, "epochs": history.epochs}, indent=2) + "\n")
     plot_history(history.epochs, out / "curves.png")
     return out
 
@@ -497,22 +565,26 @@ def finalize(model: torch.nn.Module, card: ModelCard, train_pixels: torch.Tensor
     predicted = logits.argmax(1)
     card.temperature = fit_temperature(logits, labels)
     guard = fit_guard(train_features, train_labels.numpy(), val_features, len(card.class_names))
-    card.metrics.pop("refusal_examples_refused", None)  # from an earlier fit of this folder
+    card.metrics.refusal_examples_refused = None  # from an earlier fit of this folder
     if refuse_pixels is None:
-        card.training.pop("refusal_examples", None)
-        card.training.pop("refuse_dirs", None)
+        card.training.refusal_examples = None
+        card.training.refuse_dirs = None
     if refuse_pixels is not None and len(refuse_pixels):
         _, refuse_features = predict_outputs(model, refuse_pixels, spec)
         fit_refusal(guard, train_features, refuse_features, val_features)
-        card.training["refusal_examples"] = len(refuse_pixels)
-        card.metrics["refusal_examples_refused"] = float(
+        card.training.refusal_examples = len(refuse_pixels)
+        card.metrics.refusal_examples_refused = float(
             (guard.score(refuse_features) > guard.threshold).mean())
     card.ood_threshold = guard.threshold
     rejected = guard.score(val_features) > guard.threshold
-    card.metrics["validation"] = validation_metrics(logits, labels, card, rejected)
+    card.metrics.validation = validation_metrics(logits, labels, card, rejected)
+    calibrated = softmax(logits, card.temperature)
+    unsure = fit_low_confidence(calibrated.max(axis=1), predicted == labels)
+    card.low_confidence_threshold = unsure.threshold
+    card.metrics.low_confidence = unsure
     sources = np.asarray(val_sources or [""] * len(labels))
     if len(set(sources)) > 1:
-        card.metrics["validation_by_source"] = {
+        card.metrics.validation_by_source = {
             str(source): validation_metrics(logits[sources == source], labels[sources == source],
                                             card, rejected[sources == source])
             for source in sorted(set(sources))}
@@ -532,24 +604,24 @@ def finalize(model: torch.nn.Module, card: ModelCard, train_pixels: torch.Tensor
     if half:  # the refusal direction is small and stays fp32
         extra = {k: v.half() if k in ("ood_class_means", "ood_whitening") else v
                  for k, v in extra.items()}
-    card.training["weights_dtype"] = "float16" if half else "float32"
+    card.training.weights_dtype = "float16" if half else "float32"
     save_weights(model.cpu(), out, half=half, extra={f"extra.{k}": v for k, v in extra.items()})
     card.save(out)
     return card
 
 
 def validation_metrics(logits: np.ndarray, labels: np.ndarray, card: ModelCard,
-                       rejected: np.ndarray) -> dict[str, float]:
+                       rejected: np.ndarray) -> ValidationMetrics:
     """Accuracy, macro-F1, ECE (raw and calibrated) and the guard's rejection share."""
     predicted = logits.argmax(1)
-    return {
-        "n": len(labels),
-        "accuracy": accuracy(labels, predicted),
-        "macro_f1": macro_f1(labels, predicted, len(card.class_names)),
-        "ece_uncalibrated": expected_calibration_error(softmax(logits), labels),
-        "ece": expected_calibration_error(softmax(logits, card.temperature), labels),
-        "ood_rejected": float(np.mean(rejected)),
-    }
+    return ValidationMetrics(
+        n=len(labels),
+        accuracy=accuracy(labels, predicted),
+        macro_f1=macro_f1(labels, predicted, len(card.class_names)),
+        ece_uncalibrated=expected_calibration_error(softmax(logits), labels),
+        ece=expected_calibration_error(softmax(logits, card.temperature), labels),
+        ood_rejected=float(np.mean(rejected)),
+    )
 
 
 def refit(model_dir: Path, data_dirs: list[Path] | Path, image_size: int | None = None,
@@ -563,8 +635,13 @@ def refit(model_dir: Path, data_dirs: list[Path] | Path, image_size: int | None 
     from mri_tumor.models import load_model
 
     model, card, _ = load_model(model_dir)
+    if not card.display_names:  # a card from before the field: the names it was shown with
+        card.display_names = {name: DISPLAY_NAMES[name] for name in card.class_names
+                              if name in DISPLAY_NAMES}
+    if card.normal_class is None and NORMAL_LABEL in card.class_names:
+        card.normal_class = NORMAL_LABEL
     if image_size is not None and image_size != card.image_size:
-        card.training.setdefault("image_size", card.image_size)
+        card.training.image_size = card.training.image_size or card.image_size
         card.image_size = image_size
     rows = read_split_under(card.split_path(model_dir), data_dirs)
     roots = source_roots(data_dirs)
@@ -572,39 +649,14 @@ def refit(model_dir: Path, data_dirs: list[Path] | Path, image_size: int | None 
                                              card.image_size)
     val_pixels, val_labels = load_pixels(roots, [r for r in rows if r.split == "val"],
                                          card.image_size)
-    half = card.training.get("weights_dtype") == "float16"
+    half = card.training.weights_dtype == "float16"
     refuse_pixels = None
     if refuse_dirs:
         refuse_pixels, _ = load_refusal_pixels(refuse_dirs, card.image_size)
-        card.training["refuse_dirs"] = [Path(d).name for d in refuse_dirs]
+        card.training.refuse_dirs = [Path(d).name for d in refuse_dirs]
     return finalize(model, card, train_pixels, train_labels, val_pixels, val_labels, model_dir,
                     half=half, val_sources=[r.source for r in rows if r.split == "val"],
                     refuse_pixels=refuse_pixels)
-
-
-def plot_history(epochs: list[dict[str, float]], path: Path) -> None:
-    """Loss and accuracy per epoch, training and validation, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if not epochs:
-        return
-    x = [row["epoch"] + 1 for row in epochs]
-    figure, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    curves = (("train_loss_epoch", "training", loss_ax), ("val_loss", "validation", loss_ax),
-              ("train_acc", "training", acc_ax), ("val_acc", "validation", acc_ax))
-    for key, label, ax in curves:
-        ax.plot(x, [row.get(key, float("nan")) for row in epochs], marker="o", label=label)
-    loss_ax.set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
-    acc_ax.set(title="Accuracy", xlabel="epoch", ylabel="accuracy")
-    for ax in (loss_ax, acc_ax):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
 
 
 __all__ = ["History", "RestoreBestWeights", "TrainConfig", "TumorClassifier", "refit", "train"]

@@ -3,8 +3,14 @@
     mri-tumor serve --host 127.0.0.1 --port 8000 --workers 2
 
 Endpoints: ``POST /v1/predict`` (multipart field ``files`` or one raw image body),
-``GET /v1/model``, ``GET /healthz``, ``GET /readyz``; OpenAPI at ``/openapi.json`` and
-``/docs``. Research tool, not a diagnosis: every prediction response carries the disclaimer.
+``GET /v1/model``, ``GET /healthz``, ``GET /readyz``; OpenAPI at ``/openapi.json``, with
+``/docs`` and ``/redoc`` served from this package (no CDN). Research tool, not a diagnosis:
+every prediction response carries the disclaimer.
+
+Modules: ``settings`` (``MRI_TUMOR_*`` variables), ``service`` (model loading, readiness),
+``queue`` (batched inference), ``uploads`` (reading requests), ``schemas`` (response models,
+OpenAPI prose), ``security`` (API key), ``routers/`` (endpoints), ``errors`` (handlers,
+middleware), ``docs`` (self-hosted Swagger UI and ReDoc), ``server`` (app and ``serve``).
 
 Design: request handlers only read and check the upload, in memory and size-bounded (nothing
 is written to disk). The work goes to one :class:`InferenceQueue` per process: a bounded
@@ -18,6 +24,7 @@ file names or request headers.
 from __future__ import annotations
 
 from mri_tumor.api.server import create_app, serve
-from mri_tumor.api.settings import DISCLAIMER_HEADER, MIB, Settings
+from mri_tumor.api.settings import DISCLAIMER_HEADER, Settings
+from mri_tumor.data.reading import MIB
 
 __all__ = ["DISCLAIMER_HEADER", "MIB", "Settings", "create_app", "serve"]

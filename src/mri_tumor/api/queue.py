@@ -1,5 +1,8 @@
 """The inference queue: bounded admission of uploaded files and one worker thread that
-predicts them in batches (see the package docstring for the design)."""
+predicts them in batches (see the package docstring for the design).
+
+Free of the web framework: it raises its own :class:`QueueUnavailableError`, which the API
+maps to 503 with Retry-After."""
 
 from __future__ import annotations
 
@@ -13,12 +16,27 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import HTTPException
-
-from mri_tumor.api.settings import QUEUE_FULL_RETRY_S
 from mri_tumor.inference import ERROR, Prediction, Predictor, decode
 
 logger = logging.getLogger(__name__)
+
+
+class QueueUnavailableError(Exception):
+    """The queue cannot take a request now; retrying shortly may work."""
+
+
+class QueueFullError(QueueUnavailableError):
+    """Every slot is taken by files waiting or being predicted."""
+
+    def __init__(self) -> None:
+        super().__init__("The server is busy (its queue of images is full); retry shortly.")
+
+
+class QueueClosedError(QueueUnavailableError):
+    """The queue is stopping (the server is shutting down)."""
+
+    def __init__(self) -> None:
+        super().__init__("The server is shutting down; retry shortly.")
 
 
 @dataclass
@@ -68,13 +86,14 @@ class InferenceQueue:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
-    def try_reserve(self, count: int) -> bool:
-        """Reserve room for ``count`` files; False when the queue is full."""
+    def reserve(self, count: int) -> None:
+        """Reserve room for ``count`` files; QueueFullError or QueueClosedError if none."""
         with self._lock:
-            if self._stopping or self._reserved + count > self.capacity:
-                return False
+            if self._stopping:
+                raise QueueClosedError
+            if self._reserved + count > self.capacity:
+                raise QueueFullError
             self._reserved += count
-            return True
 
     def release(self, count: int) -> None:
         """Give back slots reserved by a request that was not queued after all."""
@@ -92,8 +111,7 @@ class InferenceQueue:
         with self._wakeup:
             if self._stopping:  # the worker may be gone: nobody would answer
                 self._reserved = max(0, self._reserved - slots)
-                raise HTTPException(503, "The server is shutting down; retry shortly.",
-                                    headers={"Retry-After": str(QUEUE_FULL_RETRY_S)})
+                raise QueueClosedError
             self._jobs.append(job)
             self._wakeup.notify()
         return await job.future

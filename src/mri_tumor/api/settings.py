@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-MIB = 1024 * 1024
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+
+from mri_tumor.data.reading import MAX_UPLOAD_MB, MIB
+from mri_tumor.inference import BACKENDS, DEFAULT_BACKEND
+
+ENV_PREFIX = "MRI_TUMOR_"
 ENV_MODEL_DIR = "MRI_TUMOR_MODEL_DIR"
 ENV_BACKEND = "MRI_TUMOR_BACKEND"
 ENV_THREADS = "MRI_TUMOR_THREADS"
@@ -24,50 +28,67 @@ LOADING_RETRY_S = 5
 WORKER_HEALTHCHECK_S = 120
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Server configuration; :meth:`from_env` reads the ``MRI_TUMOR_*`` variables."""
+class Settings(BaseSettings):
+    """Server configuration. ``Settings()`` reads the ``MRI_TUMOR_*`` variables (keyword
+    arguments win over them); :meth:`from_env` also reads them from a given mapping and
+    turns a bad value into a one-line ValueError that names the variable."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True,
+                                      extra="ignore", frozen=True)
 
     model_dir: Path | None = None  # None: the shipped model
-    backend: str = "onnx"  # no torch in the server process: less memory, faster start
-    threads: int | None = None  # inference threads per process (None: the predictor's default)
-    max_upload_bytes: int = 20 * MIB  # per request, all files together
-    queue_size: int = 64  # files waiting or being predicted, over all requests
-    max_batch: int = 16  # files taken into one predictor call
+    # The ONNX backend keeps torch out of the server process: less memory, faster start.
+    backend: str = DEFAULT_BACKEND
+    threads: int | None = Field(None, ge=1)  # per process (None: the predictor's default)
+    max_upload_mb: float = Field(MAX_UPLOAD_MB, gt=0, allow_inf_nan=False)  # per request
+    queue_size: int = Field(64, ge=0)  # files waiting or being predicted, over all requests
+    max_batch: int = Field(16, ge=1)  # files taken into one predictor call
     api_key: str | None = None  # when set, /v1/* need a matching X-API-Key header
 
+    @field_validator("backend", mode="before")
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
-        """Settings from environment variables; ValueError names a bad variable."""
-        env = os.environ if environ is None else environ
-        model_dir = env.get(ENV_MODEL_DIR) or None
-        backend = env.get(ENV_BACKEND, "onnx").strip().lower() or "onnx"
-        if backend not in ("torch", "onnx"):
-            raise ValueError(f"{ENV_BACKEND}={backend!r}: use torch or onnx")
-        upload_mb = _env_number(env, ENV_MAX_UPLOAD_MB, 20.0, float, minimum=0.0)
-        if upload_mb <= 0:
-            raise ValueError(f"{ENV_MAX_UPLOAD_MB} must be a positive number of megabytes")
-        threads = env.get(ENV_THREADS)
-        return cls(
-            model_dir=Path(model_dir) if model_dir else None,
-            backend=backend,
-            threads=_env_number(env, ENV_THREADS, 0, int, minimum=1) if threads else None,
-            max_upload_bytes=max(1, int(upload_mb * MIB)),
-            queue_size=_env_number(env, ENV_QUEUE_SIZE, 64, int, minimum=0),
-            max_batch=_env_number(env, ENV_MAX_BATCH, 16, int, minimum=1),
-            api_key=env.get(ENV_API_KEY) or None,
-        )
+    def _known_backend(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        name = value.strip().lower() or DEFAULT_BACKEND
+        if name not in BACKENDS:
+            raise ValueError(f"use {' or '.join(sorted(BACKENDS))}")
+        return name
+
+    @property
+    def max_upload_bytes(self) -> int:
+        """The per-request upload limit in bytes (1 MB = 1,048,576 bytes)."""
+        return max(1, int(self.max_upload_mb * MIB))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from ``environ`` (default: the process environment) alone; ValueError
+        names a bad variable, in one line."""
+        values = _EnvMapping(cls, os.environ if environ is None else environ)()
+        # Every field as a keyword argument: no other source (os.environ) fills a gap.
+        defaults = {name: info.get_default(call_default_factory=True)
+                    for name, info in cls.model_fields.items()}
+        try:
+            return cls(**{**defaults, **values})
+        except ValidationError as error:
+            raise ValueError(_one_line(error, values)) from None
 
 
-def _env_number(env: Any, name: str, default: Any, kind: type, minimum: float) -> Any:
-    raw = env.get(name)
-    if raw is None or not raw.strip():
-        return default
-    try:
-        value = kind(raw.strip())
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a{'n integer' if kind is int else ' number'}"
-                         ) from None
-    if not math.isfinite(value) or value < minimum:
-        raise ValueError(f"{name}={raw!r} must be at least {minimum:g}")
-    return value
+class _EnvMapping(EnvSettingsSource):
+    """The settings' environment source, reading a given mapping instead of os.environ."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {name.lower(): value.strip() for name, value in self._environ.items()
+                if name.upper().startswith(ENV_PREFIX) and value.strip()}
+
+
+def _one_line(error: ValidationError, values: Mapping[str, object]) -> str:
+    """``MRI_TUMOR_X='raw': reason`` for the first bad variable."""
+    first = error.errors()[0]
+    field = str(first["loc"][0]) if first["loc"] else ""
+    reason = first["msg"].removeprefix("Value error, ")
+    return f"{ENV_PREFIX}{field.upper()}={values.get(field)!r}: {reason}"

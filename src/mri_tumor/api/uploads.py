@@ -10,7 +10,8 @@ from fastapi import HTTPException, Request
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from mri_tumor.api.settings import ENV_MAX_UPLOAD_MB, ENV_QUEUE_SIZE, MIB
+from mri_tumor.api.settings import ENV_MAX_UPLOAD_MB, ENV_QUEUE_SIZE
+from mri_tumor.data.reading import MIB
 
 MULTIPART = "multipart/form-data"
 FILES_FIELD = "files"
@@ -29,12 +30,12 @@ ACCEPTED_TYPES_TEXT = ("image/jpeg, image/png, image/bmp, image/tiff, applicatio
                        "application/octet-stream")
 
 
-
 def _media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
 
 def check_declared_length(request: Request, limit: int) -> None:
+    """413 at once when the Content-Length header declares more than ``limit`` bytes."""
     declared = request.headers.get("content-length")
     if declared is None:
         return
@@ -43,12 +44,15 @@ def check_declared_length(request: Request, limit: int) -> None:
     except ValueError:
         raise HTTPException(400, "The Content-Length header is not a number.") from None
     if length > limit:
-        raise HTTPException(413, _too_large(limit))
+        raise HTTPException(413, too_large_detail(limit))
 
 
-def _too_large(limit: int) -> str:
-    return (f"The upload is larger than the {limit / MIB:g} MB limit per request "
-            f"(set by {ENV_MAX_UPLOAD_MB}); send fewer or smaller files per request.")
+def too_large_detail(limit: int) -> str:
+    """The 413 message: the limit in the unit and wording of every front end
+    (:func:`mri_tumor.data.reading.too_large_message`)."""
+    return (f"The upload is larger than the {limit / MIB:.4g} MB limit (1 MB = 1,048,576 "
+            f"bytes) per request, set by {ENV_MAX_UPLOAD_MB}; send fewer or smaller files "
+            "per request.")
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -58,7 +62,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise HTTPException(413, _too_large(limit))
+            raise HTTPException(413, too_large_detail(limit))
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from mri_tumor.data.reading import MAX_PIXELS, ImageReadError, NotMRIError, scale_to_uint8
+from mri_tumor.data.base import MAX_PIXELS, ImageReadError, NotMRIError, scale_to_uint8
 
 # All frames together; a compressed multi-frame file can be small on disk and huge decoded.
 MAX_DICOM_PIXELS = 4 * MAX_PIXELS

@@ -22,8 +22,10 @@ from pathlib import Path
 
 from mri_tumor.data.reading import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, not_a_file_reason
 
-# Output order of every model this project trains (the Kaggle folder names).
+# The labels the folder layouts below are read into (the Kaggle folder names). A model's own
+# classes and their order are in its card; a new model learns the labels its data has.
 CLASS_NAMES = ("glioma", "meningioma", "notumor", "pituitary")
+NORMAL_LABEL = "notumor"  # the label of images without a tumour
 # The older SARTAJ layout names the same classes differently.
 FOLDER_ALIASES = {
     "glioma": "glioma",

@@ -1,4 +1,5 @@
-"""Decode any image a user has (8/16-bit, grayscale, RGB, RGBA, palette) into 8-bit grayscale."""
+"""Decode any image a user has (8/16-bit, grayscale, RGB, RGBA, palette, DICOM) into 8-bit
+grayscale frames."""
 
 from __future__ import annotations
 
@@ -9,39 +10,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from mri_tumor.data.base import (  # re-exported: the readers' shared limits and errors
+    MAX_PIXELS,
+    MAX_UPLOAD_BYTES,
+    MAX_UPLOAD_MB,
+    MIB,
+    ImageReadError,
+    NotMRIError,
+    scale_to_uint8,
+    too_large_message,
+)
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 DICOM_EXTENSIONS = (".dcm", ".dicom", ".dic")
-# A brain MRI slice is at most a few thousand pixels a side; anything far larger is refused
-# before it is decoded so that a hostile or mistaken upload cannot exhaust memory.
-MAX_PIXELS = 64_000_000
-MIB = 1024 * 1024
-# The one size limit of every front end: per file in the app and from the command line, per
-# request in the HTTP API. "MB" is 1,048,576 bytes everywhere (as Streamlit counts them).
-MAX_UPLOAD_MB = 50
-MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * MIB
-
-
-def too_large_message(label: str, size: int) -> str:
-    """The one wording of the size limit (app, API, command line)."""
-    return (f"{label}: {size / MIB:.1f} MB, larger than the {MAX_UPLOAD_MB} MB limit "
-            "(1 MB = 1,048,576 bytes)")
-
 ImageSource = str | Path | bytes | Image.Image | np.ndarray
-
-
-class ImageReadError(ValueError):
-    """An input that cannot be turned into an image; the message says why, in one line."""
-
-
-class NotMRIError(ImageReadError):
-    """A DICOM file whose header says it is not MRI (Modality CT, US...): refused unread.
-
-    Front ends report it as a rejection ("not a brain MRI"), not as an unreadable file.
-    """
-
-    def __init__(self, message: str, modality: str) -> None:
-        super().__init__(message)
-        self.modality = modality
 
 
 @dataclass
@@ -155,23 +137,6 @@ def _array_to_image(array: np.ndarray) -> Image.Image:
                          "or HxWx4)")
 
 
-def scale_to_uint8(array: np.ndarray) -> np.ndarray:
-    """Map any numeric array to uint8: 8-bit data unchanged, wider data min-max scaled."""
-    if array.dtype == np.uint8:
-        return array
-    if array.dtype == np.bool_:
-        return array.astype(np.uint8) * 255
-    values = array.astype(np.float64)
-    finite = np.isfinite(values)
-    if not finite.any():
-        return np.zeros(array.shape, dtype=np.uint8)
-    low, high = values[finite].min(), values[finite].max()
-    if high <= low:
-        return np.zeros(array.shape, dtype=np.uint8)
-    scaled = (np.where(finite, values, low) - low) / (high - low) * 255.0
-    return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
-
-
 def to_grayscale(image: Image.Image) -> Image.Image:
     """Any PIL mode -> 8-bit grayscale ("L"). Transparent pixels become black background."""
     if image.mode == "L":
@@ -183,3 +148,9 @@ def to_grayscale(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         return Image.alpha_composite(background, rgba).convert("L")
     return image.convert("L")
+
+
+__all__ = ["DICOM_EXTENSIONS", "IMAGE_EXTENSIONS", "MAX_PIXELS", "MAX_UPLOAD_BYTES",
+           "MAX_UPLOAD_MB", "MIB", "Frame", "ImageReadError", "ImageSource", "NotMRIError",
+           "looks_like_dicom_bytes", "not_a_file_reason", "read_frames", "read_image",
+           "scale_to_uint8", "to_grayscale", "too_large_message"]

@@ -1,0 +1,1 @@
+"""The API's routers: predictions, the model card, and the health probes."""

@@ -1,0 +1,58 @@
+"""``POST /v1/predict``: classify uploaded MRI slices."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+
+from mri_tumor.api.dependencies import ServiceDep
+from mri_tumor.api.schemas import (
+    PREDICT_DESCRIPTION,
+    PREDICT_REQUEST_BODY,
+    PredictionOut,
+    error_responses,
+)
+from mri_tumor.api.settings import DISCLAIMER_HEADER
+from mri_tumor.api.uploads import MAX_NAME_LENGTH, check_declared_length, uploaded_files
+from mri_tumor.card import DISCLAIMER
+from mri_tumor.inference import ERROR, Prediction
+
+router = APIRouter()
+
+
+@router.post("/predict", summary="Classify MRI slices", description=PREDICT_DESCRIPTION,
+             openapi_extra={"requestBody": PREDICT_REQUEST_BODY},
+             responses=error_responses(400, 401, 413, 415, 422, 503))
+async def predict(
+    request: Request,
+    response: Response,
+    service: ServiceDep,
+    filename: Annotated[str | None, Query(max_length=MAX_NAME_LENGTH,
+                                          description="name for a raw-body upload")] = None,
+) -> list[PredictionOut]:
+    """Classify the uploaded images; see the description for the rules."""
+    _, queue = service.require_ready()
+    limit = service.settings.max_upload_bytes
+    check_declared_length(request, limit)
+    queue.reserve(1)  # refuse before reading the body when the queue is full
+    slots = 1
+    try:
+        files = await uploaded_files(request, filename, limit, max(1, queue.capacity))
+        if len(files) > 1:
+            queue.reserve(len(files) - 1)
+            slots = len(files)
+    except BaseException:
+        queue.release(slots)
+        raise
+    results = await queue.predict(files, slots)
+    if all(result.status == ERROR for result in results):
+        raise HTTPException(422, _unreadable_detail(results))
+    response.headers[DISCLAIMER_HEADER] = DISCLAIMER
+    return [PredictionOut.of(result) for result in results]
+
+
+def _unreadable_detail(results: list[Prediction], shown: int = 5) -> str:
+    reasons = [result.message for result in results[:shown]]
+    more = f"; and {len(results) - shown} more" if len(results) > shown else ""
+    return "No readable image in the request: " + "; ".join(reasons) + more
