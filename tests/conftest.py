@@ -59,3 +59,37 @@ def png_header(width: int, height: int) -> bytes:
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+def make_model_folder(directory: Path, class_names: list[str],
+                      sequence_names: list[str] | None = None, image_size: int = 64) -> Path:
+    """An untrained EfficientNet-Lite0 model folder with these classes (and a sequence head
+    when ``sequence_names`` are given): what any card-driven part must handle unchanged."""
+    from mri_tumor.card import ModelCard
+    from mri_tumor.models import create_model, save_weights
+
+    sequence_names = sequence_names or []
+    torch_seed = sum(map(ord, "".join(class_names)))  # a model that does not favour class 0
+    import torch
+
+    torch.manual_seed(torch_seed)
+    model = create_model("efficientnet_lite0", len(class_names), pretrained=False,
+                         num_sequences=len(sequence_names))
+    save_weights(model, directory)
+    ModelCard(architecture="efficientnet_lite0", class_names=list(class_names),
+              image_size=image_size, mean=[0.5] * 3, std=[0.5] * 3, intensity="equalize",
+              display_names={name: name.title() for name in class_names},
+              normal_class=class_names[0], sequence_names=sequence_names,
+              label_scheme="types" if sequence_names else "classes").save(directory)
+    return directory
+
+
+@pytest.fixture(params=[2, 5, 15], ids=lambda n: f"{n}-classes")
+def other_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+                ) -> Path:
+    """A model folder whose card names 2, 5 or 15 made-up classes (the 15 with a sequence
+    head)."""
+    count = request.param
+    names = [f"class-{chr(ord('a') + i)}" for i in range(count)]
+    sequences = ["T1", "T1C+", "T2"] if count == 15 else None
+    return make_model_folder(tmp_path_factory.mktemp("model"), names, sequences)

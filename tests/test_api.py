@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import io
 import logging
+import os
 import random
 import re
 import threading
@@ -22,21 +23,24 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from PIL import Image
-from tests.conftest import FIXTURE_IMAGES
+from tests.conftest import FIXTURE_IMAGES, make_model_folder
 from tests.dicom_factory import PATIENT, dicom_bytes
 
 import mri_tumor
 from mri_tumor.api import DISCLAIMER_HEADER, MIB, Settings, create_app
 from mri_tumor.api import queue as queue_module
 from mri_tumor.api.queue import InferenceQueue, QueueClosedError
-from mri_tumor.card import DISCLAIMER
+from mri_tumor.api.service import server_model
+from mri_tumor.card import DISCLAIMER, SHIPPED_MODELS, ModelCard
 from mri_tumor.data.reading import MAX_UPLOAD_BYTES, MAX_UPLOAD_MB
-from mri_tumor.inference import DEFAULT_BACKEND, RESULT_KEYS, Predictor
+from mri_tumor.inference import DEFAULT_BACKEND, RESULT_KEYS, SEQUENCE_KEYS, Predictor
 
 SAMPLES = Path(mri_tumor.__file__).parent / "samples"
 CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
 PATIENT_NAME, PATIENT_ID, BIRTH_DATE = (PATIENT["PatientName"], PATIENT["PatientID"],
                                         PATIENT["PatientBirthDate"])
+# Read from the shipped folder, not from a loaded predictor: what the types model must answer.
+TYPES_CARD = ModelCard.load(SHIPPED_MODELS["types"])
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -56,13 +60,17 @@ def wait_ready(client: TestClient, timeout: float = 60.0) -> None:
 
 
 @pytest.fixture(scope="module")
-def client(predictor: Predictor) -> Iterator[TestClient]:
-    with serving(create_app(Settings(), predictor=predictor)) as test_client:
+def types_predictor() -> Predictor:
+    """The shipped types model (15 tumour types and the MR sequence) on the ONNX backend."""
+    return Predictor.load("types", backend="onnx", threads=2)
+
+
+@pytest.fixture(scope="module")
+def client(predictor: Predictor, types_predictor: Predictor) -> Iterator[TestClient]:
+    """The default model as the server's model, and the types model already loaded."""
+    app = create_app(Settings(), predictor=predictor, models={"types": types_predictor})
+    with serving(app) as test_client:
         yield test_client
-
-
-def fixture_paths() -> list[Path]:
-    return sorted(FIXTURE_IMAGES.glob("*/*.jpg"))
 
 
 def fixture_of(label: str) -> Path:
@@ -142,6 +150,7 @@ def test_model_card_and_disclaimer(client: TestClient, predictor: Predictor) -> 
     assert answer.status_code == 200
     card = answer.json()
     assert card["disclaimer"] == DISCLAIMER
+    assert card["name"] == "default"
     assert card["class_names"] == list(CLASSES)
     assert card["architecture"] == predictor.card.architecture
     assert card["image_size"] == predictor.card.image_size
@@ -150,12 +159,18 @@ def test_model_card_and_disclaimer(client: TestClient, predictor: Predictor) -> 
 
 def test_openapi_and_docs(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
-    assert {"/v1/predict", "/v1/model", "/healthz", "/readyz"} <= set(schema["paths"])
+    assert {"/v1/predict", "/v1/model", "/v1/models", "/healthz",
+            "/readyz"} <= set(schema["paths"])
     predict = schema["paths"]["/v1/predict"]["post"]
     assert DISCLAIMER in predict["description"] and DISCLAIMER in schema["info"]["description"]
     content = predict["requestBody"]["content"]
     assert {"multipart/form-data", "image/jpeg", "application/dicom"} <= set(content)
-    assert {"401", "413", "415", "422", "503"} <= set(predict["responses"])
+    assert {"401", "404", "413", "415", "422", "503"} <= set(predict["responses"])
+    [model] = [p for p in predict["parameters"] if p["name"] == "model"]
+    assert model["in"] == "query" and model["schema"]["enum"] == list(SHIPPED_MODELS)
+    result = schema["components"]["schemas"]["PredictionOut"]
+    assert set(SEQUENCE_KEYS) <= set(result["properties"]) and "model" in result["required"]
+    assert not set(SEQUENCE_KEYS) & set(result["required"])
     docs = client.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
 
@@ -168,6 +183,7 @@ def test_responses_are_declared_by_their_models(client: TestClient) -> None:
 
     assert ok_schema("/v1/predict", "post")["items"]["$ref"].endswith("/PredictionOut")
     assert ok_schema("/v1/model", "get")["$ref"].endswith("/ModelCardOut")
+    assert ok_schema("/v1/models", "get")["$ref"].endswith("/ModelsOut")
     assert ok_schema("/healthz", "get")["$ref"].endswith("/HealthOut")
     assert ok_schema("/readyz", "get")["$ref"].endswith("/HealthOut")
 
@@ -196,14 +212,16 @@ def test_predict_one_file_multipart(client: TestClient) -> None:
     assert answer.status_code == 200
     assert answer.headers[DISCLAIMER_HEADER] == DISCLAIMER
     [result] = answer.json()
-    assert tuple(result) == RESULT_KEYS
+    assert tuple(result) == RESULT_KEYS  # no sequence keys: the default model has no such head
+    assert result["model"] == "default"
     assert result["path"] == "meningioma.jpg"
     assert result["status"] == "ok" and result["label"] in CLASSES
     assert sum(result["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
 
 
-def test_many_files_come_back_in_upload_order(client: TestClient, predictor: Predictor) -> None:
-    paths = fixture_paths()
+def test_many_files_come_back_in_upload_order(client: TestClient, predictor: Predictor,
+                                              fixture_paths: list[Path]) -> None:
+    paths = list(fixture_paths)
     random.Random(7).shuffle(paths)
     uploads = [(f"{i:02d}-{p.name}", p.read_bytes(), "image/jpeg") for i, p in enumerate(paths)]
     answer = client.post("/v1/predict", files=as_files(uploads))
@@ -311,6 +329,292 @@ def test_non_mr_dicom_is_rejected_not_an_error(client: TestClient,
     for secret in (PATIENT_NAME, PATIENT_ID, BIRTH_DATE):
         assert secret not in answer.text and secret not in raw.text
         assert secret not in caplog.text
+
+
+# -- models: ?model=, /v1/models, cards with other classes -----------------------------------
+def assert_sums_to_one(probabilities: dict[str, float]) -> None:
+    assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_model_types_names_a_type_and_the_sequence(client: TestClient,
+                                                   types_predictor: Predictor) -> None:
+    uploads = [jpeg(SAMPLES / f"{name}.jpg") for name in CLASSES]
+    answer = client.post("/v1/predict?model=types", files=as_files(uploads))
+    assert answer.status_code == 200, answer.text
+    assert answer.headers[DISCLAIMER_HEADER] == DISCLAIMER
+    results = answer.json()
+    expected = types_predictor.predict([data for _, data, _ in uploads],
+                                       names=[name for name, _, _ in uploads])
+    # (The trained model's guard may refuse a slice of another collection: no class then.)
+    assert any(result["status"] == "ok" for result in results)
+    for result, want in zip(results, expected, strict=True):
+        assert result["model"] == "types" and result["status"] == want.status
+        if result["status"] != "ok":
+            assert tuple(result) == RESULT_KEYS and result["label"] is None
+            continue
+        assert tuple(result) == RESULT_KEYS + SEQUENCE_KEYS
+        assert result["label"] in TYPES_CARD.class_names
+        assert list(result["probabilities"]) == TYPES_CARD.class_names
+        assert_sums_to_one(result["probabilities"])
+        assert result["sequence"] in TYPES_CARD.sequence_names == ["T1", "T1C+", "T2"]
+        assert list(result["sequence_probabilities"]) == TYPES_CARD.sequence_names
+        assert_sums_to_one(result["sequence_probabilities"])
+        assert result["sequence"] == max(result["sequence_probabilities"],
+                                         key=result["sequence_probabilities"].get)
+        # The types model answered, not the default one.
+        assert result["label"] == want.label and result["sequence"] == want.sequence
+        assert result["probabilities"] == pytest.approx(want.probabilities, abs=2e-3)
+    ok = next(upload for upload, result in zip(uploads, results, strict=True)
+              if result["status"] == "ok")
+    raw = client.post("/v1/predict?model=types&filename=s.jpg", content=ok[1],
+                      headers={"Content-Type": "image/jpeg"})
+    assert raw.status_code == 200 and raw.json()[0]["model"] == "types"
+    assert raw.json()[0]["sequence"] in TYPES_CARD.sequence_names
+
+
+def test_without_model_the_servers_model_answers_with_no_sequence(client: TestClient) -> None:
+    uploads = [jpeg(SAMPLES / "glioma.jpg"), ("broken.jpg", b"\xff\xd8 nope", "image/jpeg")]
+    for url in ("/v1/predict", "/v1/predict?model=default"):
+        answer = client.post(url, files=as_files(uploads))
+        assert answer.status_code == 200, answer.text
+        good, bad = answer.json()
+        assert good["model"] == bad["model"] == "default"
+        assert tuple(good) == tuple(bad) == RESULT_KEYS
+        assert good["label"] in CLASSES and list(good["probabilities"]) == list(CLASSES)
+        assert bad["status"] == "error"
+    # An unreadable file sent to the types model names it too, without a sequence.
+    [bad] = client.post("/v1/predict?model=types", files=as_files(uploads)).json()[1:]
+    assert bad["model"] == "types" and bad["status"] == "error" and "sequence" not in bad
+
+
+def test_unknown_model_is_404_naming_the_shipped_models(client: TestClient) -> None:
+    sample = (SAMPLES / "glioma.jpg").read_bytes()
+    for answer in (client.post("/v1/predict?model=nope", content=sample,
+                               headers={"Content-Type": "image/jpeg"}),
+                   client.get("/v1/model?model=nope"),
+                   client.post("/v1/predict?model=", content=sample,
+                               headers={"Content-Type": "image/jpeg"}),
+                   client.post("/v1/predict?model=TYPES", files=as_files([jpeg(SAMPLES /
+                                                                              "glioma.jpg")]))):
+        assert answer.status_code == 404, answer.text
+        detail = answer.json()["detail"]
+        assert "\n" not in detail
+        assert "default" in detail and "types" in detail and "Unknown model" in detail
+    assert "'nope'" in client.get("/v1/model?model=nope").json()["detail"]
+    long = client.get("/v1/model", params={"model": "x\n" * 500}).json()["detail"]
+    assert "\n" not in long and len(long) < 400
+
+
+@pytest.mark.parametrize("value", [str(SHIPPED_MODELS["types"]),
+                                   str(SHIPPED_MODELS["types"].resolve()) + "/",
+                                   "../weights/types", "./types", "types/", "/etc",
+                                   "weights/types", "~/.cache/mri-tumor"])
+def test_a_path_in_model_is_refused(client: TestClient, monkeypatch: pytest.MonkeyPatch,
+                                    value: str) -> None:
+    """No folder named by a client is read: refused before any card or weights are."""
+    reads: list[object] = []
+    monkeypatch.setattr(ModelCard, "load", lambda *args: reads.append(args))
+    monkeypatch.setattr(Predictor, "load", lambda *args, **kwargs: reads.append(args))
+    predicted = client.post("/v1/predict", params={"model": value},
+                            files=as_files([jpeg(SAMPLES / "glioma.jpg")]))
+    card = client.get("/v1/model", params={"model": value})
+    for answer in (predicted, card):
+        assert answer.status_code == 404, answer.text
+        assert "never a path" in answer.json()["detail"]
+    assert reads == []
+
+
+def test_a_path_to_a_real_model_folder_is_refused(client: TestClient, tmp_path: Path) -> None:
+    folder = make_model_folder(tmp_path / "planted", ["a", "b"])
+    for value in (str(folder), str(folder.resolve()), "planted"):
+        answer = client.post("/v1/predict", params={"model": value},
+                             files=as_files([jpeg(SAMPLES / "glioma.jpg")]))
+        assert answer.status_code == 404
+        assert client.get("/v1/model", params={"model": value}).status_code == 404
+    assert set(client.get("/v1/models").text.split('"')).isdisjoint({"planted", "a", "b"})
+
+
+def test_models_lists_both_shipped_models(client: TestClient, predictor: Predictor) -> None:
+    answer = client.get("/v1/models")
+    assert answer.status_code == 200 and answer.headers[DISCLAIMER_HEADER] == DISCLAIMER
+    listing = answer.json()
+    assert listing["default"] == "default"
+    by_name = {entry["name"]: entry for entry in listing["models"]}
+    assert [entry["name"] for entry in listing["models"]] == ["default", "types"]
+    default, types = by_name["default"], by_name["types"]
+    assert default["default"] is True and types["default"] is False
+    assert default["shipped"] is types["shipped"] is True
+    assert default["loaded"] is types["loaded"] is True  # the client fixture loaded both
+    assert default["class_names"] == list(CLASSES) and default["sequence_names"] == []
+    assert types["class_names"] == TYPES_CARD.class_names and len(types["class_names"]) == 15
+    assert types["sequence_names"] == TYPES_CARD.sequence_names
+    assert types["display_names"]["carcinoma (metastasis)"] == "Carcinoma (metastasis)"
+    assert default["architecture"] == predictor.card.architecture
+    assert default["version"] == predictor.card.version
+    validation = predictor.card.metrics.validation
+    assert default["validation"] == {"accuracy": validation.accuracy,
+                                     "macro_f1": validation.macro_f1,
+                                     "sequence_accuracy": validation.sequence_accuracy}
+    assert set(types["validation"]) == {"accuracy", "macro_f1", "sequence_accuracy"}
+
+
+def test_model_card_of_a_named_model(client: TestClient) -> None:
+    types = client.get("/v1/model?model=types")
+    assert types.status_code == 200 and types.headers[DISCLAIMER_HEADER] == DISCLAIMER
+    card = types.json()
+    assert card["name"] == "types" and card["disclaimer"] == DISCLAIMER
+    assert card["class_names"] == TYPES_CARD.class_names
+    assert card["sequence_names"] == TYPES_CARD.sequence_names
+    assert client.get("/v1/model?model=default").json() == client.get("/v1/model").json()
+
+
+def test_a_shipped_model_loads_on_first_use_with_503_meanwhile(
+        predictor: Predictor, types_predictor: Predictor) -> None:
+    release, calls = threading.Event(), []
+
+    def slow_loader() -> Predictor:
+        calls.append(1)
+        assert release.wait(30)
+        return types_predictor
+
+    app = create_app(Settings(), predictor=predictor, models={"types": slow_loader})
+    upload = as_files([jpeg(SAMPLES / "glioma.jpg")])
+    with serving(app) as client:
+        try:
+            assert calls == []  # not loaded at start-up: readiness is the server's model
+            assert client.get("/v1/models").json()["models"][1]["loaded"] is False
+            for _ in range(2):
+                loading = client.post("/v1/predict?model=types", files=upload)
+                assert loading.status_code == 503, loading.text
+                assert int(loading.headers["Retry-After"]) > 0
+                assert "'types' is still loading" in loading.json()["detail"]
+            # Its card is there without loading it; the server's model answers meanwhile.
+            assert client.get("/v1/model?model=types").json()["name"] == "types"
+            assert client.post("/v1/predict", files=upload).json()[0]["model"] == "default"
+        finally:
+            release.set()
+        deadline = time.monotonic() + 30
+        while (answer := client.post("/v1/predict?model=types", files=upload)).status_code != 200:
+            assert answer.status_code == 503 and time.monotonic() < deadline
+            time.sleep(0.02)
+        assert answer.json()[0]["model"] == "types" and calls == [1]  # loaded once
+        assert client.get("/v1/models").json()["models"][1]["loaded"] is True
+
+
+def test_a_shipped_model_that_fails_to_load_is_503_with_the_reason(
+        predictor: Predictor) -> None:
+    def broken() -> Predictor:
+        raise FileNotFoundError("no weights at /somewhere")
+
+    app = create_app(Settings(), predictor=predictor, models={"types": broken})
+    with serving(app) as client:
+        deadline = time.monotonic() + 10
+        while "failed" not in (answer := client.post(
+                "/v1/predict?model=types",
+                files=as_files([jpeg(SAMPLES / "glioma.jpg")]))).json()["detail"]:
+            assert answer.status_code == 503 and time.monotonic() < deadline
+            time.sleep(0.02)
+        assert answer.status_code == 503 and "no weights at" in answer.json()["detail"]
+        assert client.get("/readyz").status_code == 200  # the server's model is fine
+
+
+def test_preload_loads_the_other_models_after_the_servers_model(
+        predictor: Predictor, types_predictor: Predictor) -> None:
+    loaded = threading.Event()
+
+    def loader() -> Predictor:
+        loaded.set()
+        return types_predictor
+
+    app = create_app(Settings.from_env({"MRI_TUMOR_PRELOAD_MODELS": "1"}), predictor=predictor,
+                     models={"types": loader})
+    with serving(app) as client:
+        assert loaded.wait(30)  # without any request naming it
+        deadline = time.monotonic() + 10
+        while not client.get("/v1/models").json()["models"][1]["loaded"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+
+
+def test_the_shipped_types_model_loads_for_real_on_first_use(predictor: Predictor) -> None:
+    """No injected types predictor: the server loads the shipped folder itself (ONNX)."""
+    with serving(create_app(Settings(threads=1), predictor=predictor)) as client:
+        upload = as_files([jpeg(SAMPLES / "meningioma.jpg")])
+        deadline = time.monotonic() + 300
+        while (answer := client.post("/v1/predict?model=types", files=upload)).status_code != 200:
+            assert answer.status_code == 503, answer.text
+            assert time.monotonic() < deadline, answer.text
+            time.sleep(0.1)
+        [result] = answer.json()
+        assert result["model"] == "types"
+        if result["status"] == "ok":  # (the trained model's guard may refuse this slice)
+            assert result["label"] in TYPES_CARD.class_names
+            assert result["sequence"] in TYPES_CARD.sequence_names
+        else:
+            assert result["status"] == "rejected" and "sequence" not in result
+
+
+def test_another_card_drives_predict_and_model_unchanged(other_model: Path) -> None:
+    """A model folder with 2, 5 or 15 made-up classes (the 15 with a sequence head), served
+    as the server's model exactly as `mri-tumor serve --model FOLDER` does."""
+    card = ModelCard.load(other_model)
+    settings = Settings.from_env({"MRI_TUMOR_MODEL_DIR": str(other_model),
+                                  "MRI_TUMOR_THREADS": "1"})
+    with serving(create_app(settings)) as client:
+        uploads = [jpeg(SAMPLES / f"{name}.jpg") for name in CLASSES]
+        answer = client.post("/v1/predict", files=as_files(uploads))
+        assert answer.status_code == 200, answer.text
+        for result in answer.json():
+            assert result["status"] == "ok" and result["model"] == other_model.name
+            assert result["label"] in card.class_names
+            assert list(result["probabilities"]) == card.class_names
+            assert_sums_to_one(result["probabilities"])
+            if card.sequence_names:
+                assert tuple(result) == RESULT_KEYS + SEQUENCE_KEYS
+                assert result["sequence"] in card.sequence_names
+                assert_sums_to_one(result["sequence_probabilities"])
+            else:
+                assert tuple(result) == RESULT_KEYS
+        model = client.get("/v1/model").json()
+        assert model["name"] == other_model.name and model["class_names"] == card.class_names
+        assert model["sequence_names"] == card.sequence_names
+        listing = client.get("/v1/models").json()
+        assert listing["default"] == other_model.name
+        own, *shipped = listing["models"]
+        assert (own["name"], own["default"], own["shipped"]) == (other_model.name, True, False)
+        assert own["class_names"] == card.class_names
+        assert [(m["name"], m["default"], m["loaded"]) for m in shipped] == [
+            ("default", False, False), ("types", False, False)]
+        # The folder's own name is not a shipped model's: not selectable with ?model=.
+        refused = client.post("/v1/predict", params={"model": other_model.name},
+                              files=as_files(uploads[:1]))
+        assert refused.status_code == 404
+
+
+def test_the_servers_model_by_name_or_folder(monkeypatch: pytest.MonkeyPatch,
+                                             tmp_path: Path) -> None:
+    """`serve --model NAME_OR_DIR` hands the workers a shipped model by name and a folder by
+    its full path; the workers name a shipped folder by its shipped name."""
+    import uvicorn
+
+    from mri_tumor.api import serve
+
+    for given, name in [(None, "default"), ("types", "types"), ("default", "default"),
+                        (Path("types"), "types"),
+                        (SHIPPED_MODELS["types"], "types"),
+                        (SHIPPED_MODELS["default"].resolve(), "default")]:
+        assert server_model(Settings(model_dir=given))[::2] == (name, True)
+    missing = server_model(Settings(model_dir=tmp_path / "gone"))
+    assert missing == ("gone", tmp_path / "gone", False)
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)
+    for given, recorded in [("types", "types"), (None, "default"),
+                            (str(make_model_folder(tmp_path / "mine", ["a", "b"])),
+                             str((tmp_path / "mine").resolve()))]:
+        monkeypatch.setenv("MRI_TUMOR_MODEL_DIR", "")  # restored after the test
+        assert serve(model_dir=given) == 0
+        assert os.environ["MRI_TUMOR_MODEL_DIR"] == recorded
+    with pytest.raises(ValueError, match="default, types"):
+        serve(model_dir="nope")
 
 
 # -- errors -----------------------------------------------------------------------------------
@@ -698,6 +1002,9 @@ def test_serve_refuses_a_missing_or_damaged_model_folder(tmp_path: Path, capsys)
     from mri_tumor.cli import main
 
     assert main(["serve", "--model", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert "not a model folder" in err and "default, types" in err
+    assert main(["serve", "--model", str(tmp_path)]) == 2  # a folder without a card
     assert "no model card at" in capsys.readouterr().err
     (tmp_path / "card.json").write_text("[]")
     assert main(["serve", "--model", str(tmp_path)]) == 2
@@ -737,7 +1044,8 @@ def _tiny(fmt: str) -> st.SearchStrategy[bytes]:
     return st.one_of(st.binary(max_size=64), st.just(encode(image, fmt)))
 
 
-def test_no_input_gives_a_server_error(predictor: Predictor) -> None:
+def test_no_input_gives_a_server_error(predictor: Predictor,
+                                      types_predictor: Predictor) -> None:
     """Schemathesis generates requests (valid and invalid) from the app's OpenAPI schema for
     every operation; none may get a 5xx. Bounded: a fixed number of examples and a deadline.
 
@@ -753,8 +1061,9 @@ def test_no_input_gives_a_server_error(predictor: Predictor) -> None:
     schemathesis.openapi.media_type("image/tiff", _tiny("TIFF"))
     schemathesis.openapi.media_type("application/dicom", st.one_of(
         st.binary(max_size=64), st.just(make_dicom(fixture_of("notumor")))))
-    app = create_app(Settings(max_upload_mb=1), predictor=predictor)
-    with serving(app):  # runs the lifespan: the model is ready and the worker started
+    app = create_app(Settings(max_upload_mb=1), predictor=predictor,
+                     models={"types": types_predictor})
+    with serving(app):  # runs the lifespan: the models are ready and their workers started
         schema = schemathesis.openapi.from_asgi("/openapi.json", app)
         cases = st.one_of(schema.as_strategy(GenerationMode.POSITIVE),
                           schema.as_strategy(GenerationMode.NEGATIVE))

@@ -1,6 +1,8 @@
 """The Streamlit page (mri_tumor/app.py), driven by Streamlit's AppTest: examples, uploads
 (good, corrupt, empty, wrong type, oversized, multi-frame DICOM), the rejection of non-MRI
-images, the results table and its CSV download, the heat-map controls and the sidebar."""
+images, the results table and its CSV download, the heat-map controls, the sidebar, and the
+model selector (shipped models by name, a --model folder with any classes, a model that
+also names the MR sequence)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import torch
 from PIL import Image
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
-from tests.conftest import FIXTURE_IMAGES
+from tests.conftest import FIXTURE_IMAGES, make_model_folder
 from tests.dicom_factory import PATIENT, dicom_bytes
 
 from mri_tumor import Predictor
@@ -28,11 +30,20 @@ from mri_tumor.app import (
     AnalysedImage,
     _probability_chart,
     analyse_upload,
+    model_choices,
+    model_description,
     note_row_height,
     plural,
     results_rows,
 )
-from mri_tumor.card import DISCLAIMER, SHIPPED_MODEL_DIR, ModelCard
+from mri_tumor.card import (
+    DISCLAIMER,
+    SHIPPED_MODEL_DIR,
+    SHIPPED_MODELS,
+    ModelCard,
+    ModelMetrics,
+    ValidationMetrics,
+)
 from mri_tumor.explain import gradcam
 from mri_tumor.frontend import csv_columns, format_probability
 from mri_tumor.inference import Prediction
@@ -41,6 +52,7 @@ APP = Path(__file__).resolve().parents[1] / "src" / "mri_tumor" / "app.py"
 TIMEOUT = 120  # seconds per script run; the first one loads the model
 CARD = ModelCard.load(SHIPPED_MODEL_DIR)  # class names, their order and display names
 CLASS_NAMES = CARD.class_names
+TYPES_CARD = ModelCard.load(SHIPPED_MODELS["types"])  # 15 tumour types + the MR sequence
 
 
 def _fixture(class_name: str) -> Path:
@@ -131,6 +143,9 @@ def test_empty_page_shows_model_card_disclaimer_and_examples(app: AppTest) -> No
     assert app.pills[0].options == [CARD.display_name(name) for name in CLASS_NAMES]
     assert app.file_uploader[0].accept_multiple_files
     assert not app.dataframe and not _predicted_classes(app)
+    assert app.selectbox(key="model").value == "default"  # no --model: the default model
+    intro = app.main.markdown[0].value
+    assert all(f"**{CARD.display_name(name)}**" in intro for name in CLASS_NAMES)
 
 
 # -- examples ----------------------------------------------------------------------------------
@@ -318,6 +333,9 @@ def test_app_command_refuses_a_bad_port_or_model_folder_before_starting(tmp_path
     assert main(["app", "--port", "99999"]) == 2
     assert "--port must be between 1 and 65535" in capsys.readouterr().err
     assert main(["app", "--model", str(tmp_path / "nowhere")]) == 2
+    error = capsys.readouterr().err
+    assert "nowhere" in error and "not a shipped model (default, types)" in error
+    assert main(["app", "--model", str(tmp_path)]) == 2  # a folder, but no model in it
     assert "no model card at" in capsys.readouterr().err
     (tmp_path / "card.json").write_text("{")
     assert main(["app", "--model", str(tmp_path)]) == 2
@@ -418,3 +436,134 @@ def test_notes_are_shown_whole_next_to_the_result(app: AppTest, predictor: Predi
     assert note_row_height([note]) == frame.proto.row_height > 64  # Streamlit wraps > 64 px
     assert note_row_height(["short"]) is None
     assert note_row_height(["x" * 2000]) == note_row_height(["x" * 200])  # at most 4 lines
+
+
+# -- the model selector and models with other classes ------------------------------------------
+def _page_for(monkeypatch: pytest.MonkeyPatch, model: str) -> AppTest:
+    monkeypatch.setattr(sys, "argv", [str(APP), "--model", model])
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    return at
+
+
+def _sidebar_text(at: AppTest) -> str:
+    return "\n".join(m.value for m in at.sidebar.markdown)
+
+
+def _sequence_metrics(at: AppTest) -> list[str]:
+    return [m.value for m in at.main.metric if m.label == "MR sequence"]
+
+
+def test_model_description_comes_from_the_card() -> None:
+    assert model_description(CARD) == f"{len(CLASS_NAMES)} classes"
+    assert model_description(TYPES_CARD) == (f"{len(TYPES_CARD.class_names)} tumour types "
+                                             "+ MR sequence")
+    choices = model_choices(None)
+    assert list(choices) == list(SHIPPED_MODELS)
+    assert [c.label for c in choices.values()] == [
+        f"default: {len(CLASS_NAMES)} classes",
+        f"types: {len(TYPES_CARD.class_names)} tumour types + MR sequence"]
+
+
+def test_a_model_folder_with_any_classes_works_on_the_page(
+        monkeypatch: pytest.MonkeyPatch, other_model: Path, downloads: list[bytes]) -> None:
+    """A --model folder whose card names 2, 5 or 15 made-up classes (the 15 with a sequence
+    head): listed and preselected in the selector, its classes everywhere on the page."""
+    card = ModelCard.load(other_model)
+    shown = [card.display_name(name) for name in card.class_names]
+    at = _page_for(monkeypatch, str(other_model))
+    selector = at.selectbox(key="model")
+    assert selector.value == str(other_model)
+    assert selector.options[-1] == f"{other_model.name}: {model_description(card)}"
+    assert f"**Classes:** {', '.join(shown)}" in _sidebar_text(at)
+    _upload(at, [("scan.jpg", _fixture("glioma").read_bytes())])
+    assert not at.exception
+    [predicted] = _predicted_classes(at)
+    assert predicted in shown
+    table = at.dataframe[0].value
+    assert list(table["Result"]) == [predicted]
+    assert [c for c in table.columns if c in shown] == shown  # a column per class, in order
+    assert any(DISCLAIMER in c.value for c in at.main.caption)
+    # Made-up classes have no explanation text: a note says so instead of an error.
+    assert any(f"No description of {predicted}" in c.value.replace("\\", "")
+               for c in at.main.caption)
+    [row] = list(csv.DictReader(io.StringIO(downloads[-1].decode())))
+    assert list(row) == csv_columns(card.class_names, card.sequence_names)
+    assert row["label"] in card.class_names
+    if card.sequence_names:
+        [sequence] = _sequence_metrics(at)
+        assert sequence.split(" (")[0] in card.sequence_names
+        assert list(table["Sequence"]) == [sequence]
+        assert row["sequence"] in card.sequence_names and sequence.startswith(row["sequence"])
+    else:
+        assert not _sequence_metrics(at) and "Sequence" not in table.columns
+
+
+def test_selecting_the_types_model_switches_the_sidebar_and_the_results(app: AppTest) -> None:
+    selector = app.selectbox(key="model")
+    assert selector.options == [
+        f"default: {len(CLASS_NAMES)} classes",
+        f"types: {len(TYPES_CARD.class_names)} tumour types + MR sequence"]
+    default_sidebar = _sidebar_text(app)
+    app.pills[0].set_value(["glioma.jpg"]).run()
+    assert _predicted_classes(app)[0] in map(CARD.display_name, CLASS_NAMES)
+    assert not _sequence_metrics(app)
+
+    selector.set_value("types").run()
+    assert not app.exception
+    types_shown = [TYPES_CARD.display_name(name) for name in TYPES_CARD.class_names]
+    sidebar = _sidebar_text(app)
+    assert sidebar != default_sidebar
+    assert f"**Classes:** {', '.join(types_shown)}" in sidebar
+    assert f"**MR sequences:** {', '.join(TYPES_CARD.sequence_names)}" in sidebar
+    # The same example, analysed again by the types model (results are cached per model).
+    [predicted] = _predicted_classes(app)
+    assert predicted in types_shown
+    [sequence] = _sequence_metrics(app)
+    assert sequence.split(" (")[0] in TYPES_CARD.sequence_names and sequence.endswith("%)")
+    assert list(app.dataframe[0].value["Sequence"]) == [sequence]
+    assert any(DISCLAIMER in c.value for c in app.main.caption)
+    about = [m.value for m in app.main.markdown if m.value.startswith("**About")]
+    assert len(about) == 1 and "Sources:" in _sent_text(app)  # the type's explanation
+
+    app.selectbox(key="model").set_value("default").run()
+    assert not app.exception
+    assert _sidebar_text(app) == default_sidebar
+    assert _predicted_classes(app)[0] in map(CARD.display_name, CLASS_NAMES)
+    assert not _sequence_metrics(app) and "Sequence" not in app.dataframe[0].value.columns
+
+
+def test_a_shipped_model_given_by_name_is_preselected(monkeypatch: pytest.MonkeyPatch) -> None:
+    at = _page_for(monkeypatch, "types")
+    assert at.selectbox(key="model").value == "types"
+    assert len(at.selectbox(key="model").options) == len(SHIPPED_MODELS)  # no extra entry
+    assert "**MR sequences:**" in _sidebar_text(at)
+
+
+def test_sidebar_shows_the_sequence_accuracy_when_the_card_has_it(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    folder = make_model_folder(tmp_path / "model", [f"class-{c}" for c in "abc"],
+                               ["T1", "T2"])
+    card = ModelCard.load(folder)
+    card.metrics = ModelMetrics(validation=ValidationMetrics(
+        n=40, accuracy=0.8, macro_f1=0.75, ece=0.05, sequence_accuracy=0.925))
+    card.save(folder)
+    sidebar = _sidebar_text(_page_for(monkeypatch, str(folder)))
+    assert "Sequence accuracy" in sidebar and "92.5%" in sidebar and "80.0%" in sidebar
+
+
+def test_table_rows_of_a_sequence_model_have_a_sequence_column() -> None:
+    card = dataclasses.replace(TYPES_CARD)
+    top = card.class_names[0]
+    typed = Prediction("a.jpg", "ok", label=top, display_label=card.display_name(top),
+                       confidence=0.9, probabilities={n: 0.9 if n == top else 0.1 / 14
+                                                      for n in card.class_names},
+                       sequence=card.sequence_names[1], sequence_probabilities={
+                           n: 0.87 if n == card.sequence_names[1] else 0.065
+                           for n in card.sequence_names})
+    rejected = Prediction("cat.png", "rejected", message="Not a brain MRI slice")
+    rows = results_rows([AnalysedImage(typed), AnalysedImage(rejected)], card)
+    assert list(rows[0])[:5] == ["File", "Result", "Confidence", "Sequence", "Note"]
+    assert rows[0]["Sequence"] == f"{card.sequence_names[1]} (87.0%)"
+    assert rows[1]["Sequence"] == ""
+    assert "Sequence" not in results_rows([AnalysedImage(rejected)], CARD)[0]

@@ -10,6 +10,7 @@ import pytest
 from tests.conftest import FIXTURE_IMAGES
 
 from mri_tumor.cli import build_parser, main
+from mri_tumor.data.reading import MAX_UPLOAD_BYTES, MAX_UPLOAD_MB
 from mri_tumor.inference import DEFAULT_BACKEND
 
 
@@ -59,3 +60,13 @@ def test_predict_on_an_empty_folder_fails(tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["predict", "--recursive", str(tmp_path)]) == 1
     assert "or its sub-folders" in capsys.readouterr().err
+
+
+def test_a_file_over_the_upload_limit_gets_the_one_wording(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    big = tmp_path / "big.png"
+    with big.open("wb") as handle:  # sparse: no 51 MB written to disk
+        handle.truncate(MAX_UPLOAD_BYTES + 1)
+    assert main(["predict", str(big)]) == 1
+    out = capsys.readouterr().out
+    assert f"larger than the {MAX_UPLOAD_MB} MB limit (1 MB = 1,048,576 bytes)" in out

@@ -204,7 +204,7 @@ def test_tta_averages_the_logits_of_the_image_and_its_mirror(predictor: Predicto
                        for p in sorted(FIXTURE_IMAGES.glob("glioma/*.jpg"))[:2]])
     plain, _, plain_scores = predictor.forward(pixels)
     mirrored, _, _ = predictor.forward(np.ascontiguousarray(pixels[:, :, ::-1]))
-    averaged, scores = _forward(predictor, pixels, tta=True)
+    averaged, scores, _ = _forward(predictor, pixels, tta=True)
     np.testing.assert_allclose(averaged, (plain + mirrored) / 2, atol=1e-4)
     np.testing.assert_allclose(scores, plain_scores, rtol=1e-4)
 

@@ -85,6 +85,56 @@ def test_csv_without_class_names_uses_those_of_the_results() -> None:
     assert header == csv_columns(names)
 
 
+SEQUENCES = ["T1", "T1C+", "T2"]
+
+
+def _sequence_results(names: list[str]) -> list[Prediction]:
+    """The results of a model with a sequence head: the classified one names a sequence."""
+    ok, rejected, error = _results(names)
+    ok.sequence = "T1C+"
+    ok.sequence_probabilities = {"T1": 0.05, "T1C+": 0.87, "T2": 0.08}
+    return [ok, rejected, error]
+
+
+def test_csv_of_a_sequence_model_has_the_sequence_columns() -> None:
+    names = [f"type-{i}" for i in range(15)]
+    card = _card(names)
+    card.sequence_names = list(SEQUENCES)
+    text = format_results(_sequence_results(names), "csv", card)
+    rows = list(csv.reader(io.StringIO(text)))
+    assert rows[0] == csv_columns(names, SEQUENCES) == [
+        "path", "status", "label", "confidence", *(f"p_{n}" for n in names),
+        "sequence", "p_sequence_T1", "p_sequence_T1C+", "p_sequence_T2", "ood_score",
+        "message"]
+    ok, rejected, error = (dict(zip(rows[0], row, strict=True)) for row in rows[1:])
+    assert ok["sequence"] == "T1C+"
+    assert [ok[f"p_sequence_{s}"] for s in SEQUENCES] == ["0.05", "0.87", "0.08"]
+    for row in (rejected, error):  # no sequence for an input that got no class
+        assert [row["sequence"], *(row[f"p_sequence_{s}"] for s in SEQUENCES)] == [""] * 4
+    # Without a card the sequences come from the results, as the classes do.
+    header = next(csv.reader(io.StringIO(format_results(_sequence_results(names), "csv"))))
+    assert header == csv_columns(names, SEQUENCES)
+
+
+def test_csv_of_a_model_without_a_sequence_head_has_no_sequence_columns() -> None:
+    names = ["benign", "malignant"]
+    header = next(csv.reader(io.StringIO(format_results(_results(names), "csv",
+                                                        _card(names)))))
+    assert "sequence" not in header and not any(c.startswith("p_sequence_") for c in header)
+
+
+def test_table_shows_the_sequence_next_to_the_prediction() -> None:
+    names = ["astrocytoma", "normal"]
+    results = _sequence_results(names)
+    results[0].display_label = "Astrocytoma"
+    table = format_results(results, "table").splitlines()
+    assert table[0].split() == ["FILE", "STATUS", "PREDICTION", "CONFIDENCE", "SEQUENCE",
+                                "NOTE"]
+    assert table[1].split() == ["a.jpg", "ok", "Astrocytoma", ">", "99.9%", "T1C+", "(87.0%)"]
+    assert table[2].split()[:5] == ["cat.png", "rejected", "-", "-", "-"]
+    assert "SEQUENCE" not in format_results(_results(names), "table")
+
+
 # -- `mri-tumor app` and signals -----------------------------------------------------------
 def test_run_until_stopped_returns_the_status_of_its_command() -> None:
     assert run_until_stopped([sys.executable, "-c", "raise SystemExit(3)"]) == 3

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import ast
+import re
+import tomllib
 from pathlib import Path
+
+import pytest
 
 import mri_tumor
 
@@ -73,3 +77,50 @@ def test_no_import_circles_between_modules() -> None:
     # A package's __init__ re-exports its modules; a module importing a name from its own
     # package's __init__ is a circle through that __init__, and is caught here too.
     assert find_cycle(graph) is None
+
+
+REPO = PACKAGE_DIR.parents[1]
+# Stages that data flows through: command-line handling (argparse, flag names) lives in cli.
+LIBRARY_MODULES = ["calibration", "card", "curves", "evaluation", "export", "inference",
+                   "metrics", "ood", "report", "training", "data/folders", "data/splitting",
+                   "data/reading", "data/dicom", "data/preprocess", "data/augment"]
+
+
+@pytest.mark.parametrize("module", LIBRARY_MODULES)
+def test_library_modules_leave_the_command_line_to_cli(module: str) -> None:
+    source = (PACKAGE_DIR / f"{module}.py").read_text()
+    assert "import argparse" not in source
+    flags = re.findall(r'(?:raise \w+\(|Error\()f?"(--[a-z-]+)', source)
+    assert not flags, f"{module}.py names command-line flags in its errors: {flags}"
+
+
+def test_the_predictor_does_not_branch_on_backend_names() -> None:
+    source = (PACKAGE_DIR / "inference.py").read_text()
+    assert not re.search(r"""backend\s*==\s*["'](onnx|torch)["']""", source)
+
+
+def test_shared_test_fixtures_are_defined_once() -> None:
+    defined = [path.name for path in (REPO / "tests").glob("test_*.py")
+               if re.search(r"^def (predictor|onnx_predictor|fixture_paths)\(",
+                            path.read_text(), re.M)]
+    assert defined == []
+    assert not [path.name for path in (REPO / "tests").glob("test_*.py")
+                if re.search(r"^FIXTURE_IMAGES = ", path.read_text(), re.M)]
+
+
+def test_the_app_installs_without_the_test_tools() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    runtime = " ".join(project["dependencies"]).lower()
+    for tool in ("pytest", "playwright", "schemathesis", "ruff"):
+        assert tool not in runtime
+        assert tool in " ".join(project["optional-dependencies"]["test"]).lower()
+    makefile = (REPO / "Makefile").read_text()
+    app_recipe = makefile.split("$(APP_STAMP): pyproject.toml")[1].split("\n\n")[0]
+    assert "pip install --quiet -e .\n" in app_recipe and "[test]" not in app_recipe
+
+
+def test_readme_is_for_users() -> None:
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) < 300
+    for page in ("docs/experiments.md", "docs/benchmarks.md"):
+        assert (REPO / page).is_file() and page in readme

@@ -294,7 +294,7 @@ def test_calibrate_can_serve_a_model_at_another_input_size(dataset: Path, tmp_pa
         Predictor.load(out, backend="onnx")
     assert main(["calibrate", str(out), str(dataset), "--image-size", "8"]) == 2
     assert "between 32 and 1024" in capsys.readouterr().err
-    assert main(["calibrate", str(tmp_path), str(dataset)]) == 2
+    assert main(["calibrate", str(dataset), "--model", str(tmp_path)]) == 2
     assert "not a model folder" in capsys.readouterr().err
 
 

@@ -1,9 +1,11 @@
 """The web app: upload brain MRI slices, see the predicted class, how sure the model is, where
 it looked (Grad-CAM) and what the class means. Research tool, not a diagnosis.
 
-Start it with ``mri-tumor app [--port N] [--model DIR]``, which runs
-``streamlit run app.py -- --model DIR``. The page only calls the predictor and
-``mri_tumor.explain``; no model logic lives here.
+Start it with ``mri-tumor app [--port N] [--model NAME_OR_DIR]``, which runs
+``streamlit run app.py -- --model NAME_OR_DIR``. The page lists the shipped models
+(``mri_tumor.card.SHIPPED_MODELS``) and the ``--model`` folder in a selector; everything it
+shows about classes (names, explanations, the MR sequence) comes from the selected model's
+card. The page only calls the predictor and ``mri_tumor.explain``; no model logic lives here.
 
 Modules that import torch (inference, explain, data) are imported inside the functions that
 use them: importing torch takes seconds, and this way the title and the uploader are on the
@@ -28,9 +30,9 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from mri_tumor.card import DISCLAIMER, ModelCard
+from mri_tumor.card import DISCLAIMER, SHIPPED_MODELS, ModelCard, resolve_model
 from mri_tumor.data.reading import MAX_UPLOAD_BYTES, MAX_UPLOAD_MB, too_large_message
-from mri_tumor.frontend import format_probability
+from mri_tumor.frontend import format_probability, format_sequence
 
 if TYPE_CHECKING:
     from mri_tumor.inference import Prediction, Predictor
@@ -44,6 +46,8 @@ UPLOAD_HELP = (f"JPG, PNG, BMP, TIFF or DICOM (.dcm), up to {MAX_UPLOAD_MB} MB e
 RESULT_NAMES = {"ok": None, "rejected": "Not a brain MRI", "error": "Unreadable"}
 NOTE_LINE_CHARS = 50  # about what one line of the table's (large) Note column holds
 NOTE_MAX_LINES = 4  # a longer note is cut in the table (it is in full on its result card)
+DEFAULT_MODEL = "default"  # the shipped model the selector starts on without --model
+MAX_LISTED_CLASSES = 6  # the page's intro names the classes of a model with at most this many
 
 logger = logging.getLogger(__name__)
 
@@ -107,9 +111,10 @@ def plural(count: int, noun: str, nouns: str | None = None) -> str:
 
 def results_rows(items: Sequence[AnalysedImage], card: ModelCard) -> list[dict]:
     """The results table: one row per upload (or DICOM frame), a probability column per class
-    of the model's card. Probabilities are the texts of ``format_probability`` (as on the
-    result cards), empty where there is none (a rejected or unreadable input); the note
-    leaves out the file name, which the File column shows."""
+    of the model's card, and for a model with a sequence head a Sequence column (the MR
+    sequence with its probability, as on the result cards). Probabilities are the texts of
+    ``format_probability`` (as on the result cards), empty where there is none (a rejected
+    or unreadable input); the note leaves out the file name, which the File column shows."""
     rows = []
     for item in items:
         p = item.prediction
@@ -117,8 +122,10 @@ def results_rows(items: Sequence[AnalysedImage], card: ModelCard) -> list[dict]:
             "File": p.path,
             "Result": RESULT_NAMES.get(p.status) or p.display_label,
             "Confidence": format_probability(p.confidence),
-            "Note": p.message.removeprefix(f"{p.path}: "),
         }
+        if card.sequence_names:
+            row["Sequence"] = format_sequence(p)
+        row["Note"] = p.message.removeprefix(f"{p.path}: ")
         for name in card.class_names:
             row[card.display_name(name)] = format_probability((p.probabilities or {}).get(name))
         rows.append(row)
@@ -135,10 +142,67 @@ def note_row_height(notes: Sequence[str]) -> int | None:
 
 def results_csv(items: Sequence[AnalysedImage], card: ModelCard) -> str:
     """CSV of all results (the columns of ``mri-tumor predict --csv``: one ``p_<class>``
-    column per class of the model's card), one row per item."""
+    column per class of the model's card; ``sequence`` and ``p_sequence_<name>`` columns for
+    a model with a sequence head), one row per item."""
     from mri_tumor.frontend import format_results
 
     return format_results([item.prediction for item in items], "csv", card)
+
+
+def model_description(card: ModelCard) -> str:
+    """What a model names, in a few words, from its card: ``4 classes``, ``15 tumour types +
+    MR sequence``."""
+    count = len(card.class_names)
+    text = (f"{count} tumour types" if card.label_scheme == "types"
+            else plural(count, "class", "classes"))
+    return text + (" + MR sequence" if card.sequence_names else "")
+
+
+@dataclass
+class ModelChoice:
+    """One entry of the page's model selector."""
+
+    label: str  # "default: 4 classes"
+    card: ModelCard | None  # None: its card cannot be read (the page says why on loading)
+
+
+def model_choices(given: str | None) -> dict[str, ModelChoice]:
+    """The selector's entries by the value the predictor is loaded from: the shipped models
+    by name, then the ``--model`` folder (``given``) when it is not a shipped model's name.
+    Each is labelled with its name and what it names (``model_description``)."""
+    keys = list(SHIPPED_MODELS)
+    if given and given not in SHIPPED_MODELS:
+        keys.append(given)
+    choices = {}
+    for key in keys:
+        try:
+            name, directory = resolve_model(key)
+            card = ModelCard.load(directory)
+        except (OSError, ValueError):
+            choices[key] = ModelChoice(key if key not in SHIPPED_MODELS else
+                                       f"{key}: not available", None)
+            continue
+        choices[key] = ModelChoice(f"{name}: {model_description(card)}", card)
+    return choices
+
+
+def page_intro(card: ModelCard | None) -> str:
+    """The sentence under the title: what the selected model names (from its card)."""
+    if card is None:
+        what = "Sorts brain MRI slices into the classes of the selected model"
+    elif len(card.class_names) <= MAX_LISTED_CLASSES:
+        names = [f"**{_plain(card.display_name(name))}**" for name in card.class_names]
+        what = ("Sorts brain MRI slices into " + ", ".join(names[:-1])
+                + (" or " if len(names) > 1 else "") + names[-1])
+    else:
+        kind = "tumour type" if card.label_scheme == "types" else "class"
+        what = (f"Names the {kind} of brain MRI slices (one of {len(card.class_names)}, "
+                "listed in the sidebar)")
+    if card is not None and card.sequence_names:
+        sequences = [_plain(name) for name in card.sequence_names]
+        what += (" and their MR sequence (" + ", ".join(sequences[:-1])
+                 + (" or " if len(sequences) > 1 else "") + sequences[-1] + ")")
+    return what + ", says how sure it is, and shows where in the image it looked."
 
 
 # -- page ----------------------------------------------------------------------------------
@@ -150,10 +214,21 @@ def _model_dir_from_argv(argv: Sequence[str]) -> str | None:
 
 
 @st.cache_resource(show_spinner="Loading the model…")
-def _predictor(model_dir: str | None) -> Predictor:
+def _predictor(model: str) -> Predictor:
+    # Cached per model (a shipped model's name or a folder), shared by every browser tab.
     from mri_tumor.frontend import load_predictor
 
-    return load_predictor(Path(model_dir) if model_dir else None)
+    return load_predictor(model)
+
+
+def _select_model(choices: dict[str, ModelChoice], given: str | None) -> str:
+    keys = list(choices)
+    start = given if given in choices else DEFAULT_MODEL
+    return st.sidebar.selectbox(
+        "Model", keys, index=keys.index(start) if start in keys else 0,
+        format_func=lambda key: choices[key].label, key="model",
+        help="The shipped models by name (and the one given with --model). Each names its "
+             "own classes; the sidebar below describes the selected one.")
 
 
 @st.cache_resource(max_entries=64, ttl=3600, show_spinner=False)
@@ -177,10 +252,13 @@ def _render_sidebar(card: ModelCard) -> None:
     sidebar.markdown(f"**Architecture:** {card.architecture}  \n"
                      f"**Version:** {card.version or '-'}  \n"
                      f"**Trained:** {created or '-'}  \n"
-                     f"**Classes:** {', '.join(map(card.display_name, card.class_names))}")
+                     f"**Classes:** {', '.join(map(card.display_name, card.class_names))}"
+                     + (f"  \n**MR sequences:** {', '.join(card.sequence_names)}"
+                        if card.sequence_names else ""))
     validation = card.metrics.validation
     shown = [(label, getattr(validation, key)) for key, label in
-             (("accuracy", "Accuracy"), ("macro_f1", "Macro-F1"), ("ece", "ECE"))
+             (("accuracy", "Accuracy"), ("macro_f1", "Macro-F1"), ("ece", "ECE"),
+              ("sequence_accuracy", "Sequence accuracy"))
              if isinstance(getattr(validation, key, None), int | float)]
     if shown:
         count = validation.n if validation is not None else 0
@@ -204,9 +282,17 @@ def _uploads() -> list[tuple[str, bytes]]:
 
 def _examples(card: ModelCard) -> list[tuple[str, bytes]]:
     samples = {path.name: path for path in sorted(SAMPLES_DIR.glob("*.jpg"))}
-    chosen = st.pills("No images at hand? Try an example (one slice of each class from the "
-                      "validation set):", options=list(samples), selection_mode="multi",
-                      format_func=lambda name: card.display_name(Path(name).stem),
+    # The bundled samples are named by the default model's class they show: labelled with
+    # their classes when the selected model has them all, numbered otherwise.
+    numbers = {name: index for index, name in enumerate(samples, start=1)}
+    by_class = all(Path(name).stem in card.class_names for name in samples)
+    prompt = ("No images at hand? Try an example (one slice of each class from the "
+              "validation set):" if by_class else
+              "No images at hand? Try an example (brain MRI slices from the default model's "
+              "validation set):")
+    chosen = st.pills(prompt, options=list(samples), selection_mode="multi",
+                      format_func=lambda name: (card.display_name(Path(name).stem) if by_class
+                                                else f"Example {numbers[name]}"),
                       key="examples")
     return [(f"example-{name}", samples[name].read_bytes()) for name in chosen or []]
 
@@ -249,13 +335,23 @@ def _render_prediction(p: Prediction, card: ModelCard) -> None:
     from mri_tumor.explain import explanation
 
     assert p.label is not None and p.confidence is not None and p.probabilities is not None
-    label_column, confidence_column = st.columns(2)
-    label_column.metric("Predicted class", p.display_label or p.label)
-    confidence_column.metric("Confidence (calibrated)", format_probability(p.confidence))
+    columns = st.columns(3 if p.sequence is not None else 2)
+    columns[0].metric("Predicted class", p.display_label or card.display_name(p.label))
+    columns[1].metric("Confidence (calibrated)", format_probability(p.confidence))
+    if p.sequence is not None:  # a model with a sequence head
+        columns[2].metric("MR sequence", format_sequence(p),
+                          help="The MR sequence the model reads off the image, with its "
+                               "probability: " + ", ".join(
+                                   f"{name} {format_probability(value)}" for name, value in
+                                   (p.sequence_probabilities or {}).items()))
     if p.message:
         st.warning(p.message, icon=":material/warning:")
     st.vega_lite_chart(_probability_chart(p, card), width="stretch")
-    about = explanation(p.label)
+    try:
+        about = explanation(p.label)
+    except KeyError:  # a model of one's own whose classes have no explanation text
+        st.caption(f"No description of {_plain(card.display_name(p.label))} is available.")
+        return
     subject = "this result" if p.label == card.normal_class else about.title.lower()
     st.markdown(f"**About {subject}.** "
                 f"{about.summary}\n\n**On MRI:** {about.on_mri}")
@@ -312,6 +408,9 @@ def _render_results(items: list[AnalysedImage], card: ModelCard) -> None:
         "Confidence": st.column_config.TextColumn(
             help="Calibrated probability of the predicted class"),
         "Note": st.column_config.TextColumn(width="large" if any(notes) else None)}
+    if card.sequence_names:
+        columns["Sequence"] = st.column_config.TextColumn(
+            help="The MR sequence the model reads off the image, with its probability")
     for name in card.class_names:
         columns[card.display_name(name)] = st.column_config.TextColumn(
             help=f"Probability of {card.display_name(name)}")
@@ -342,12 +441,14 @@ def main() -> None:
     # Hides the developer menu (deploy, rerun...) that a clinician has no use for.
     st.set_option("client.toolbarMode", "minimal")
     st.title(":material/neurology: Brain MRI tumour classifier")
-    st.markdown("Sorts brain MRI slices into **glioma**, **meningioma**, **pituitary tumor** "
-                "or **no tumor**, says how sure it is, and shows where in the image it looked.")
+    given = _model_dir_from_argv(sys.argv[1:])
+    choices = model_choices(given)
+    selected = _select_model(choices, given)
+    st.markdown(page_intro(choices[selected].card))
     st.warning(DISCLAIMER, icon=":material/warning:")
     uploads = _uploads()
     try:
-        predictor = _predictor(_model_dir_from_argv(sys.argv[1:]))
+        predictor = _predictor(selected)
     except Exception as error:  # a broken model folder must show a message, not a traceback
         st.error(f"The model could not be loaded: {_plain(str(error))}",
                  icon=":material/block:")
@@ -358,7 +459,9 @@ def main() -> None:
         st.info("Upload one or more MRI slices above, or pick an example, to see results.",
                 icon=":material/upload_file:")
         return
-    model_key = f"{predictor.model_dir}|{predictor.card.version}|{predictor.card.created}"
+    # Results are cached per model too: the same upload gives other classes on another one.
+    model_key = (f"{predictor.name}|{predictor.model_dir}|{predictor.card.version}|"
+                 f"{predictor.card.created}")
     items: list[AnalysedImage] = []
     progress = st.progress(0.0, text=f"Analysing {plural(len(inputs), 'file')}…")
     for done, (name, data) in enumerate(inputs, start=1):

@@ -21,12 +21,30 @@ HISTORY_FILE = "history.json"
 ONNX_FILE = "model.onnx"  # optional: an export the ONNX backend uses instead of its cache
 # Bump when the exported graph's inputs or outputs change: cached exports are keyed by it.
 ONNX_GRAPH_VERSION = 3
-SHIPPED_MODEL_DIR = Path(__file__).parent / "weights" / "efficientnet_lite0"
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+# The models that ship in the package, by the name ``--model`` and ``?model=`` take.
+SHIPPED_MODELS = {"default": WEIGHTS_DIR / "efficientnet_lite0", "types": WEIGHTS_DIR / "types"}
+SHIPPED_MODEL_DIR = SHIPPED_MODELS["default"]
 
 DISCLAIMER = ("Research tool, not a diagnosis. Results must be reviewed by a qualified "
               "clinician and must not be used for clinical decisions.")
 
 Record = TypeVar("Record")
+
+
+def resolve_model(name_or_dir: str | Path | None) -> tuple[str, Path]:
+    """(name, folder) of a model given by a shipped model's name or a model folder (None:
+    the default model). A folder is named by its folder name. ValueError, in one line,
+    for anything else."""
+    if name_or_dir is None or str(name_or_dir) == "":
+        return "default", SHIPPED_MODEL_DIR
+    if str(name_or_dir) in SHIPPED_MODELS:
+        return str(name_or_dir), SHIPPED_MODELS[str(name_or_dir)]
+    directory = Path(name_or_dir)
+    if directory.is_dir():
+        return directory.resolve().name, directory
+    raise ValueError(f"unknown model {str(name_or_dir)!r}: not a shipped model "
+                     f"({', '.join(SHIPPED_MODELS)}) and not a model folder")
 
 
 def _record(cls: type[Record], raw: Any) -> Record:
@@ -83,6 +101,8 @@ class ValidationMetrics:
     ece_uncalibrated: float | None = None
     ece: float | None = None
     ood_rejected: float | None = None  # share of these MRIs the guard refuses
+    sequence_accuracy: float | None = None  # models with a sequence head
+    sequence_ece: float | None = None
     other: dict[str, Any] = field(default_factory=dict)
 
 
@@ -150,6 +170,13 @@ class ModelCard:
     # The class that means "no tumour", if the model has one: a DICOM series is summarised
     # by its most likely other class.
     normal_class: str | None = None
+    # How labelled folders are read for this model (data.folders.LABEL_SCHEMES): "classes"
+    # (glioma, meningioma, notumor, pituitary) or "types" (the tumour types).
+    label_scheme: str = "classes"
+    # A second output: the MR sequence, its classes in output order and its temperature
+    # (empty: the model has no sequence head).
+    sequence_names: list[str] = field(default_factory=list)
+    sequence_temperature: float = 1.0
     # How a decoded image becomes model input: any mode -> 8-bit grayscale -> the grey
     # channel repeated `input_channels` times. MRI slices are grey in content, so this
     # removes the RGB/BGR ambiguity of the seed project for good.

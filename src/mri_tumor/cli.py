@@ -25,6 +25,14 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def _add_model(p: argparse.ArgumentParser) -> None:
+    from mri_tumor.card import SHIPPED_MODELS
+
+    p.add_argument("--model", metavar="NAME_OR_DIR",
+                   help=f"a shipped model ({', '.join(SHIPPED_MODELS)}; default: default, "
+                        "the 4-class model) or a model folder")
+
+
 def _add_backend(p: argparse.ArgumentParser) -> None:
     from mri_tumor.inference import BACKENDS, DEFAULT_BACKEND
 
@@ -78,6 +86,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="intensity augmentation: smooth multiplicative field up to exp(+-B)")
     p.add_argument("--noise", type=float, default=0.03,
                    help="intensity augmentation: Rician noise up to this standard deviation")
+    p.add_argument("--labels", choices=("classes", "types"), default="classes",
+                   help="classes: glioma, meningioma, no tumour, pituitary (folders of either "
+                        "layout); types: the tumour type of each '<Type> <Sequence>' folder, "
+                        "plus a second head that names the MR sequence")
     p.add_argument("--intensity", choices=("equalize", "none"),
                    help="intensity standardisation of every input: per-image histogram "
                         "equalisation (default) or none (pixels / 255, as models before it); "
@@ -158,7 +170,7 @@ def _run_train(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction, schedule=args.schedule, augment=augment,
         early_stop_patience=args.early_stop_patience, max_minutes=args.max_minutes,
         max_train_batches=int(max_batches) if max_batches > 1 else max_batches,
-        half_precision_weights=not args.fp32_weights,
+        half_precision_weights=not args.fp32_weights, label_scheme=args.labels,
     )
     out = train(config)
     if out is not None:
@@ -175,9 +187,10 @@ def _run_train(args: argparse.Namespace) -> int:
 def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("calibrate", help="re-fit the temperature and the out-of-distribution "
                        "guard of a trained model on its own split")
-    p.add_argument("model_dir", type=Path, help="a run folder with card.json and split.csv")
     p.add_argument("data_dirs", type=Path, nargs="+", metavar="DATA_DIR",
-                   help="the folder(s) the model was trained on")
+                   help="the folder(s) the model was trained on (written before them, a model "
+                        "folder is taken as --model, as in earlier versions)")
+    _add_model(p)
     p.add_argument("--image-size", type=int,
                    help="serve the model at this input size from now on (the card records "
                         "the training size); measure candidates with benchmarks/input_size.py")
@@ -187,8 +200,14 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_calibrate(args: argparse.Namespace) -> int:
+    from mri_tumor.card import resolve_model
     from mri_tumor.training import refit
 
+    if args.model is None and (args.data_dirs[0] / CARD_FILE).is_file():
+        args.model, args.data_dirs = args.data_dirs[0], args.data_dirs[1:]
+        if not args.data_dirs:
+            raise UsageError("give the folder(s) the model was trained on after the model")
+    _, args.model_dir = resolve_model(args.model)
     for data_dir in args.data_dirs:
         if not data_dir.is_dir():
             raise UsageError(f"{data_dir}: no such folder")
@@ -219,7 +238,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders")
     p.add_argument("--batch-size", type=int, default=32, help="files decoded per step")
     _add_backend(p)
-    p.add_argument("--model", type=Path, help="model folder (default: the shipped model)")
+    _add_model(p)
 
 
 def _run_predict(args: argparse.Namespace) -> int:
@@ -269,7 +288,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", type=Path, help="output file, e.g. model.onnx")
     p.add_argument("--format", choices=("onnx",), default="onnx", help="output format")
     p.add_argument("--quantize", choices=("int8",), help="static int8 quantisation")
-    p.add_argument("--model", type=Path, help="model folder (default: the shipped model)")
+    _add_model(p)
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
 
 
@@ -293,7 +312,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("data_dirs", type=Path, nargs="+", metavar="DATA_DIR",
                    help="one folder per source: a sub-folder per class (glioma, notumor ...) "
                         "or per tumour type and sequence ('Meningioma T1C+', '_NORMAL T2')")
-    p.add_argument("--model", type=Path, help="model folder (default: the shipped model)")
+    _add_model(p)
     p.add_argument("--split", type=Path, metavar="CSV",
                    help="score only the images on one side of this split file (a run's "
                         "split.csv), found under the DATA_DIRs by their source names")
@@ -317,6 +336,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from mri_tumor import report
+    from mri_tumor.card import ModelCard, resolve_model
     from mri_tumor.data.folders import scan_folders
     from mri_tumor.evaluation import collect_images, evaluate, split_training_rows
     from mri_tumor.frontend import load_predictor
@@ -325,14 +345,16 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         raise UsageError("--batch-size must be at least 1")
     if args.split is not None and not args.split.is_file():
         raise UsageError(f"--split {args.split}: no such file")
-    # Folder and file problems are reported before the model is loaded and anything scored.
-    image_set = collect_images(args.data_dirs, args.split, args.subset)
+    # Folder and file problems are reported before the model is loaded and anything scored;
+    # the card says how the folders are labelled.
+    scheme = ModelCard.load(resolve_model(args.model)[1]).label_scheme
+    image_set = collect_images(args.data_dirs, args.split, args.subset, scheme)
     train_dirs = args.train_dirs or []
     for train_dir in train_dirs:
         if not train_dir.is_dir():
             raise UsageError(f"--train-dir {train_dir}: no such folder")
     if train_dirs:
-        scan_folders(train_dirs)
+        scan_folders(train_dirs, scheme)
     if args.out is not None:
         if args.out.exists() and not args.out.is_dir():
             raise UsageError(f"--out {args.out}: exists and is not a folder")
@@ -360,13 +382,13 @@ def _add_app(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("app", help="start the Streamlit web app")
     p.add_argument("--port", type=int, default=8501, help="port to listen on")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    p.add_argument("--model", type=Path, help="model folder (default: the shipped model)")
+    _add_model(p)
 
 
 def _run_app(args: argparse.Namespace) -> int:
     from mri_tumor.frontend import launch_app
 
-    return launch_app(port=args.port, host=args.host, model_dir=args.model)
+    return launch_app(port=args.port, host=args.host, model=args.model)
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -375,7 +397,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000, help="port to listen on")
     p.add_argument("--workers", type=int, default=1,
                    help="server processes, each with its own copy of the model")
-    p.add_argument("--model", type=Path, help="model folder (default: the shipped model)")
+    _add_model(p)
 
 
 def _run_serve(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ Research tool, not a diagnosis.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import sys
 import time
@@ -63,7 +64,8 @@ from mri_tumor.inference import Predictor
 
 JSON_KEYS = ("n", "classes", "accuracy", "macro_f1", "per_class", "confusion_matrix", "auc",
              "ece", "ece_uncalibrated", "leak_free", "by_group", "by_cell", "stress",
-             "shortcut_baseline_accuracy", "shift_warning", "skipped")
+             "shortcut_baseline_accuracy", "shift_warning", "sequence_accuracy", "sequence",
+             "skipped")
 # Two decoding threads keep the model fed on a 2-core machine: JPEG decoding and resizing
 # release the GIL, and a window of a few batches bounds the memory held by decoded images.
 DECODE_WORKERS = 2
@@ -127,9 +129,10 @@ class ImageSet:
 
 
 def collect_images(data_dirs: str | Path | Sequence[str | Path], split: Path | None = None,
-                   subset: str = "val") -> ImageSet:
+                   subset: str = "val", scheme: str = "classes") -> ImageSet:
     """The images of one or more labelled folders (each a source), or only those listed on
     the ``subset`` side of a split CSV, resolved under the folders by their source names.
+    ``scheme`` is how folders are labelled (the model card's ``label_scheme``).
 
     Raises FileNotFoundError / ValueError with a one-line message for a missing folder, file
     or source, an unknown class folder, or nothing to evaluate.
@@ -139,7 +142,7 @@ def collect_images(data_dirs: str | Path | Sequence[str | Path], split: Path | N
         raise ValueError("no data folder given")
     if split is not None:
         return _split_images(dirs, Path(split), subset)
-    scans = scan_folders(dirs)
+    scans = scan_folders(dirs, scheme)
     prefixed = len(scans) > 1
     images: list[LabelledImage] = []
     names: list[str] = []
@@ -273,6 +276,7 @@ class ScoredImages:
     labels: np.ndarray  # class index per image
     logits: np.ndarray  # (N, C), averaged over the image and its mirror with TTA
     ood_scores: np.ndarray | None  # None when the model has no out-of-distribution guard
+    sequence_logits: np.ndarray | None = None  # (N, S) for a model with a sequence head
     sources: list[str] = field(default_factory=list)  # source name per image
     sequences: list[str] = field(default_factory=list)  # MR sequence per image ("" unknown)
     hashes: np.ndarray | None = None  # (N, HASH_WORDS) perceptual hashes, with --train-dir
@@ -296,14 +300,23 @@ def score_images(predictor: Predictor, image_set: ImageSet, batch_size: int = 64
     skipped. Optionally also hashes (leakage), brightness features (shortcut audit) and the
     model pixels themselves (stress test)."""
     class_index = {name: i for i, name in enumerate(predictor.class_names)}
-    images = image_set.images
-    unknown = sorted({item.label for item in images} - set(class_index))
-    if unknown:
+    unknown = sorted({item.label for item in image_set.images} - set(class_index))
+    if unknown and len(unknown) == len({item.label for item in image_set.images}):
         raise ValueError(f"{image_set.location}: class(es) {', '.join(unknown)} are not among "
                          f"the model's classes ({', '.join(predictor.class_names)})")
-    skipped = list(image_set.skipped)
+    # Images of classes the model does not have are passed over, each folder named once.
+    skipped = list(image_set.skipped) + [
+        (f"{label} ({sum(item.label == label for item in image_set.images)} images)",
+         f"not one of the model's classes ({', '.join(predictor.class_names)})")
+        for label in unknown]
+    kept_images = [i for i, item in enumerate(image_set.images) if item.label in class_index]
+    image_set = dataclasses.replace(
+        image_set, images=[image_set.images[i] for i in kept_images],
+        names=[image_set.names[i] for i in kept_images])
+    images = image_set.images
     kept: list[int] = []
     logits: list[np.ndarray] = []
+    sequence_logits: list[np.ndarray] = []
     ood: list[np.ndarray] = []
     hashes: list[tuple[np.ndarray, np.ndarray]] = []
     digests: list[str] = []
@@ -314,8 +327,10 @@ def score_images(predictor: Predictor, image_set: ImageSet, batch_size: int = 64
     def flush() -> None:
         if not batch:
             return
-        batch_logits, scores = _forward(predictor, np.stack(batch), tta)
+        batch_logits, scores, batch_sequences = _forward(predictor, np.stack(batch), tta)
         logits.append(batch_logits)
+        if batch_sequences is not None:
+            sequence_logits.append(batch_sequences)
         if predictor.ood_threshold is not None:
             ood.append(scores)
         batch.clear()
@@ -357,6 +372,8 @@ def score_images(predictor: Predictor, image_set: ImageSet, batch_size: int = 64
         labels=np.array([class_index[images[i].label] for i in kept]),
         logits=np.concatenate(logits).astype(np.float64),
         ood_scores=np.concatenate(ood) if ood else None,
+        sequence_logits=(np.concatenate(sequence_logits).astype(np.float64)
+                         if sequence_logits else None),
         sources=[images[i].source for i in kept], sequences=[images[i].sequence for i in kept],
         hashes=_stack_hashes([h[0] for h in hashes]) if with_hashes else None,
         mirrored_hashes=_stack_hashes([h[1] for h in hashes]) if with_hashes else None,
@@ -373,16 +390,20 @@ def score_folder(predictor: Predictor, scan: FolderScan, batch_size: int = 64,
                         progress=progress)
 
 
-def _forward(predictor: Predictor, pixels: np.ndarray, tta: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and OOD scores of a batch; with TTA the logits of the mirror image are averaged
-    in, while the OOD score stays that of the image as the user gave it."""
+def _forward(predictor: Predictor, pixels: np.ndarray,
+             tta: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Logits, OOD scores and sequence logits (None without that head) of a batch; with TTA
+    the logits of the mirror image are averaged in, while the OOD score stays that of the
+    image as the user gave it."""
+    batch = np.concatenate([pixels, pixels[:, :, ::-1]]) if tta else pixels
+    outputs = predictor.network_outputs(batch)
+    logits, scores = outputs["logits"], outputs["ood_score"]
+    sequences = outputs.get("sequence_logits")
     if not tta:
-        logits, _, scores = predictor.forward(pixels)
-        return logits, scores
-    both = np.concatenate([pixels, pixels[:, :, ::-1]])
-    logits, _, scores = predictor.forward(both)
+        return logits, scores, sequences
     half = len(pixels)
-    return (logits[:half] + logits[half:]) / 2.0, scores[:half]
+    return ((logits[:half] + logits[half:]) / 2.0, scores[:half],
+            None if sequences is None else (sequences[:half] + sequences[half:]) / 2.0)
 
 
 def _stack_hashes(words: list[np.ndarray]) -> np.ndarray:
@@ -431,13 +452,14 @@ class TrainingMatch:
 
 def hash_training_folders(train_dirs: Path | Sequence[Path], image_size: int | None = None,
                           progress: bool = True,
-                          only: set[tuple[str, str]] | None = None) -> HashedFolder:
+                          only: set[tuple[str, str]] | None = None,
+                          scheme: str = "classes") -> HashedFolder:
     """Hash every image of one or more training folders (either layout); unreadable files
     are skipped. With ``image_size`` the brightness features of the model-size pixels are
     computed in the same pass (the pixels themselves are not kept). ``only`` keeps just the
     listed ``(source, relative path)`` images (a split's training rows; source "" for a
     single folder)."""
-    scans = scan_folders(_as_paths(train_dirs))
+    scans = scan_folders(_as_paths(train_dirs), scheme)
     prefixed = len(scans) > 1
     # A split names each row's source ("" in single-folder splits); a single training folder
     # matches rows by path alone.
@@ -571,6 +593,28 @@ def group_metrics(scored: ScoredImages, class_names: Sequence[str]) -> dict[str,
                    "accuracy": metrics.accuracy(labels[mask], predicted[mask]),
                    "macro_f1": metrics.macro_f1(labels[mask], predicted[mask], len(class_names))}
             for name, mask in groups.items()}
+
+
+def sequence_metrics(scored: ScoredImages, sequence_names: Sequence[str],
+                     temperature: float) -> dict[str, Any] | None:
+    """How well a sequence head names the MR sequence, on the images whose folder tells it:
+    ``{classes, n, accuracy, confusion_matrix, ece}`` (rows = true sequence). None when the
+    model has no sequence head or no image's sequence is one it knows."""
+    if scored.sequence_logits is None or not sequence_names:
+        return None
+    index = {name: i for i, name in enumerate(sequence_names)}
+    known = np.array([sequence in index for sequence in scored.sequences])
+    if not known.any():
+        return None
+    truth = np.array([index[s] for s in np.array(scored.sequences)[known]])
+    logits = scored.sequence_logits[known]
+    predicted = logits.argmax(axis=1)
+    matrix = np.zeros((len(sequence_names), len(sequence_names)), dtype=int)
+    np.add.at(matrix, (truth, predicted), 1)
+    return {"classes": list(sequence_names), "n": int(known.sum()),
+            "accuracy": metrics.accuracy(truth, predicted),
+            "confusion_matrix": matrix.tolist(),
+            "ece": metrics.expected_calibration_error(softmax(logits, temperature), truth)}
 
 
 def cell_metrics(scored: ScoredImages, class_names: Sequence[str]) -> list[dict[str, Any]]:
@@ -738,7 +782,7 @@ def stress_test(predictor: Predictor, pixels: np.ndarray, labels: np.ndarray,
             predicted = []
             for start in range(0, len(labels), batch_size):
                 at = np.arange(start, min(start + batch_size, len(labels)))
-                logits, _ = _forward(predictor, np.ascontiguousarray(perturb(at)), tta)
+                logits = _forward(predictor, np.ascontiguousarray(perturb(at)), tta)[0]
                 predicted.append(logits.argmax(axis=1))
                 bar.update(len(at))
             result[key] = metrics.accuracy(labels, np.concatenate(predicted))
@@ -834,6 +878,7 @@ class Evaluation:
     shortcut_accuracy: float | None = None  # brightness-only classifier, with --train-dir
     shift: list[ShiftCheck] = field(default_factory=list)
     shift_warning: str | None = None
+    sequence: dict[str, Any] | None = None  # a model with a sequence head: see sequence_metrics
 
     @property
     def class_names(self) -> list[str]:
@@ -901,6 +946,8 @@ class Evaluation:
             "by_group": self.by_group, "by_cell": self.by_cell, "stress": self.stress,
             "shortcut_baseline_accuracy": self.shortcut_accuracy,
             "shift_warning": self.shift_warning,
+            "sequence_accuracy": self.sequence["accuracy"] if self.sequence else None,
+            "sequence": self.sequence,
             "skipped": [{"path": path, "reason": reason} for path, reason in self.scored.skipped],
         }
         assert tuple(result) == JSON_KEYS
@@ -917,13 +964,15 @@ def evaluate(predictor: Predictor, data: ImageSet | Path | Sequence[Path],
     stress test (on the leak-free images when training folders are given)."""
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    image_set = data if isinstance(data, ImageSet) else collect_images(data)
+    image_set = (data if isinstance(data, ImageSet)
+                 else collect_images(data, scheme=predictor.card.label_scheme))
     train_list = _as_paths(train_dirs)
     for train_dir in train_list:
         if not train_dir.is_dir():
             raise FileNotFoundError(f"training folder {train_dir}: no such folder")
     if train_list:
-        scan_folders(train_list)  # fail on a bad training folder before the long scoring step
+        # fail on a bad training folder before the long scoring step
+        scan_folders(train_list, predictor.card.label_scheme)
     started = time.perf_counter()
     scored = score_images(predictor, image_set, batch_size, tta, with_hashes=bool(train_list),
                           with_features=bool(train_list), keep_pixels=stress, progress=progress)
@@ -934,6 +983,8 @@ def evaluate(predictor: Predictor, data: ImageSet | Path | Sequence[Path],
                             compute_metrics(scored.logits, scored.labels, names, temperature),
                             tta, seconds)
     evaluation.by_group = group_metrics(scored, names)
+    evaluation.sequence = sequence_metrics(scored, predictor.card.sequence_names,
+                                           predictor.card.sequence_temperature)
     evaluation.by_cell = cell_metrics(scored, names)
     validation_share = validation_rejected_share(predictor)
     evaluation.shift = shift_checks(scored, predictor.ood_threshold, validation_share)
@@ -942,7 +993,7 @@ def evaluate(predictor: Predictor, data: ImageSet | Path | Sequence[Path],
     clean = np.ones(len(scored.labels), dtype=bool)
     if train_list:
         training = hash_training_folders(train_list, predictor.spec.image_size, progress,
-                                         only=train_only)
+                                         only=train_only, scheme=predictor.card.label_scheme)
         duplicates = find_training_duplicates(scored, training)
         clean = np.array([not found for found in duplicates], dtype=bool)
         evaluation.training = training

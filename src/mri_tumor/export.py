@@ -1,8 +1,9 @@
 """Export to ONNX (optionally int8-quantised) for onnxruntime, edge devices and other stacks.
 
 The graph takes normalised pixels ``pixels`` (B, 3, H, W) and returns ``logits``, the pooled
-``features`` and, when the model has an out-of-distribution guard, its ``ood_score``: the file
-is self-contained, and the ONNX backend needs neither torch nor the safetensors file.
+``features``, when the model has an out-of-distribution guard its ``ood_score``, and when it
+has a sequence head the ``sequence_logits``: the file is self-contained, and the ONNX backend
+needs neither torch nor the safetensors file.
 """
 
 from __future__ import annotations
@@ -19,20 +20,26 @@ from mri_tumor.ood import OODGuard
 
 
 class InferenceGraph(nn.Module):
-    """Network + guard: pixels -> (logits, features[, ood_score]). The torch backend runs
-    this module and the ONNX export is this module, so both compute the same things."""
+    """Network + guard: pixels -> the tensors named in ``output_names`` (logits, features[,
+    ood_score][, sequence_logits]). The torch backend runs this module and the ONNX export
+    is this module, so both compute the same things."""
 
     def __init__(self, model: nn.Module, guard: OODGuard | None) -> None:
         super().__init__()
         self.model = model
         self.score = guard.module() if guard is not None else None
+        self.has_sequence = getattr(model, "_fc_sequence", None) is not None
+        self.output_names = ["logits", "features"] + (["ood_score"] if self.score else []) + (
+            ["sequence_logits"] if self.has_sequence else [])
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         features = self.model.pool_features(self.model.feature_maps(pixels))
-        logits = self.model.classify(features)
-        if self.score is None:
-            return logits, features
-        return logits, features, self.score(features)
+        outputs = [self.model.classify(features), features]
+        if self.score is not None:
+            outputs.append(self.score(features))
+        if self.has_sequence:
+            outputs.append(self.model.classify_sequence(features))
+        return tuple(outputs)
 
 
 def export_onnx(model: nn.Module, card: ModelCard, path: Path,
@@ -40,7 +47,7 @@ def export_onnx(model: nn.Module, card: ModelCard, path: Path,
     """Write an fp32 ONNX graph with a dynamic batch axis (with the guard's score if given)."""
     graph = InferenceGraph(model.eval().float().to(memory_format=torch.contiguous_format),
                            guard).eval()
-    outputs = ["logits", "features"] + (["ood_score"] if guard is not None else [])
+    outputs = graph.output_names
     example = torch.zeros(1, card.input_channels, card.image_size, card.image_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():

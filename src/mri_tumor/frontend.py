@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mri_tumor.card import SHIPPED_MODEL_DIR, ModelCard
+from mri_tumor.card import ModelCard, resolve_model
 from mri_tumor.data.reading import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, looks_like_dicom_bytes
 from mri_tumor.inference import DEFAULT_BACKEND
 
@@ -23,14 +23,13 @@ if TYPE_CHECKING:  # torch is imported only when a model is needed (fast `mri-tu
     from mri_tumor.inference import Prediction, Predictor
 
 
-def load_predictor(model_dir: Path | None = None, backend: str = DEFAULT_BACKEND) -> Predictor:
-    """Load a model folder (default: the shipped one) or raise FileNotFoundError saying why."""
+def load_predictor(model: str | Path | None = None,
+                   backend: str = DEFAULT_BACKEND) -> Predictor:
+    """Load a shipped model by name or a model folder (default: the default shipped model);
+    ValueError or FileNotFoundError say why not, in one line."""
     from mri_tumor.inference import Predictor
 
-    directory = Path(model_dir) if model_dir else SHIPPED_MODEL_DIR
-    if not directory.is_dir():
-        raise FileNotFoundError(f"{directory}: no such model folder")
-    return Predictor.load(directory, backend=backend)
+    return Predictor.load(model, backend=backend)
 
 
 def _is_candidate(path: Path) -> bool:
@@ -95,11 +94,36 @@ def result_class_names(results: Sequence[Prediction]) -> list[str]:
     return list(names)
 
 
-def csv_columns(class_names: Sequence[str]) -> list[str]:
+def result_sequence_names(results: Sequence[Prediction]) -> list[str]:
+    """The MR sequence names found in the results' sequence probabilities, in their order
+    (empty when no result names a sequence; the card's ``sequence_names`` are the
+    reference)."""
+    names: dict[str, None] = {}
+    for result in results:
+        names.update(dict.fromkeys(result.sequence_probabilities or {}))
+    return list(names)
+
+
+def csv_columns(class_names: Sequence[str], sequence_names: Sequence[str] = ()) -> list[str]:
     """The header of ``predict --csv`` (and of the app's download): one ``p_<class>`` column
-    per class, named as in ``evaluate``'s ``predictions.csv``."""
+    per class, named as in ``evaluate``'s ``predictions.csv``; for a model with a sequence
+    head (``sequence_names``) also ``sequence`` and one ``p_sequence_<name>`` column per
+    sequence."""
+    sequence = (["sequence", *(f"p_sequence_{name}" for name in sequence_names)]
+                if sequence_names else [])
     return ["path", "status", "label", "confidence", *(f"p_{name}" for name in class_names),
-            "ood_score", "message"]
+            *sequence, "ood_score", "message"]
+
+
+def format_sequence(result: Prediction) -> str:
+    """A result's MR sequence with its probability, as the front ends show it ("T1C+
+    (87.0%)"); "" when it names none."""
+    if result.sequence is None:
+        return ""
+    probability = (result.sequence_probabilities or {}).get(result.sequence)
+    if probability is None:
+        return result.sequence
+    return f"{result.sequence} ({format_probability(probability)})"
 
 
 def format_results(results: Sequence[Prediction], mode: str = "table",
@@ -107,8 +131,10 @@ def format_results(results: Sequence[Prediction], mode: str = "table",
     """Render results as a table, JSON Lines or CSV; DICOM series get summary lines.
 
     ``card``, the model's card (``predictor.card``), gives the CSV's ``p_<class>`` columns
-    (its ``class_names``, in their order) and the normal class of the series summaries;
-    without it the classes found in the results are used.
+    (its ``class_names``, in their order), its sequence columns (``sequence_names``: a model
+    with a sequence head) and the normal class of the series summaries; without it the
+    classes and sequences found in the results are used. The table shows the MR sequence
+    next to the prediction when a result names one.
     """
     from mri_tumor.inference import series_summaries
 
@@ -119,43 +145,53 @@ def format_results(results: Sequence[Prediction], mode: str = "table",
         return "\n".join(lines) + ("\n" if lines else "")
     if mode == "csv":
         names = list(card.class_names) if card else result_class_names(results)
+        sequences = list(card.sequence_names) if card else result_sequence_names(results)
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(csv_columns(names))
+        writer.writerow(csv_columns(names, sequences))
         for r in results:
             probabilities = r.probabilities or {}
+            sequence_cells = []
+            if sequences:
+                sequence_probabilities = r.sequence_probabilities or {}
+                sequence_cells = [r.sequence or "", *(
+                    _blank_if_none(sequence_probabilities.get(name)) for name in sequences)]
             writer.writerow([r.path, r.status, r.label or "", _blank_if_none(r.confidence),
                              *(_blank_if_none(probabilities.get(name)) for name in names),
-                             _blank_if_none(r.ood_score), r.message])
+                             *sequence_cells, _blank_if_none(r.ood_score), r.message])
         return buffer.getvalue()
-    rows = [("FILE", "STATUS", "PREDICTION", "CONFIDENCE", "NOTE")]
+    with_sequence = any(r.sequence is not None for r in results)
+    header = ("FILE", "STATUS", "PREDICTION", "CONFIDENCE",
+              *(("SEQUENCE",) if with_sequence else ()))
+    rows: list[tuple[tuple[str, ...], str]] = [(header, "NOTE")]
     for r in results:
         note = r.message.removeprefix(f"{r.path}: ")  # the FILE column already names it
-        rows.append((r.path, r.status, r.display_label or "-",
-                     format_probability(r.confidence) or "-", note))
-    widths = [min(max(len(row[i]) for row in rows), 60) for i in range(4)]
-    out = ["  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True))
-           + ("  " + row[4] if row[4] else "") for row in rows]
+        cells = (r.path, r.status, r.display_label or "-",
+                 format_probability(r.confidence) or "-",
+                 *((format_sequence(r) or "-",) if with_sequence else ()))
+        rows.append((cells, note))
+    widths = [min(max(len(cells[i]) for cells, _ in rows), 60) for i in range(len(header))]
+    out = ["  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True))
+           + ("  " + note if note else "") for cells, note in rows]
     for s in summaries:
         out.append(f"series {s['series']} ({s['slices']} slices): most likely {s['label']} "
                    f"(p = {format_probability(s['probability'])}, slice {s['slice']})")
     return "\n".join(out) + "\n"
 
 
-def export_model(model_dir: Path | None, out: Path, quantize: str | None = None) -> Path:
+def export_model(model: str | Path | None, out: Path, quantize: str | None = None) -> Path:
     """Export a model folder to ONNX (network and guard score); int8 calibrates on the
     bundled sample images and keeps the guard's score in fp32."""
     from mri_tumor.export import export_onnx, quantize_int8
     from mri_tumor.models import load_model
     from mri_tumor.ood import OODGuard
 
-    directory = Path(model_dir) if model_dir else SHIPPED_MODEL_DIR
-    model, card, extras = load_model(directory)
+    network, card, extras = load_model(resolve_model(model)[1])
     guard = OODGuard.from_tensors(extras, card.ood_threshold)
     if quantize != "int8":
-        return export_onnx(model, card, out, guard)
+        return export_onnx(network, card, out, guard)
     fp32 = out.with_suffix(".fp32.onnx")
-    export_onnx(model, card, fp32, guard)
+    export_onnx(network, card, fp32, guard)
     try:
         return quantize_int8(fp32, out, calibration_batch(card))
     finally:
@@ -177,25 +213,27 @@ STOP_SECONDS = 10.0  # how long the server may take to stop before it is killed
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def launch_app(port: int = 8501, host: str = "127.0.0.1", model_dir: Path | None = None) -> int:
+def launch_app(port: int = 8501, host: str = "127.0.0.1",
+               model: str | Path | None = None) -> int:
     """Run the Streamlit app in this process' Python until it stops; returns its exit status.
 
     SIGINT (Ctrl+C) and SIGTERM stop the server too: the signal is passed on to it (as
     SIGTERM, which it handles at any point of its start-up), it is waited for (killed after
     ``STOP_SECONDS``), and the status is 128 + the signal's number (130, 143), as a shell
     reports it. Raises ValueError for a bad port and FileNotFoundError or ValueError for a
-    model folder that cannot be loaded, before anything starts.
+    model that cannot be loaded, before anything starts. ``model`` (a shipped model's name or
+    a model folder) is the one the page starts with; the page lists the shipped ones too.
     """
     if not 0 < port < 65536:
         raise ValueError("--port must be between 1 and 65535")
-    if model_dir:
-        ModelCard.load(Path(model_dir))
+    if model:
+        ModelCard.load(resolve_model(model)[1])
     script = Path(__file__).with_name("app.py")
     command = [sys.executable, "-m", "streamlit", "run", str(script),
                "--server.port", str(port), "--server.address", host,
                "--server.headless", "true", "--browser.gatherUsageStats", "false"]
-    if model_dir:
-        command += ["--", "--model", str(model_dir)]
+    if model:
+        command += ["--", "--model", str(model)]
     print(f"MRI tumour classifier: http://{host}:{port}  (Ctrl+C to stop)", flush=True)
     return run_until_stopped(command)
 

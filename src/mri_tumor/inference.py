@@ -28,8 +28,8 @@ from mri_tumor.card import (
     DISCLAIMER,
     ONNX_FILE,
     ONNX_GRAPH_VERSION,
-    SHIPPED_MODEL_DIR,
     ModelCard,
+    resolve_model,
 )
 from mri_tumor.data.preprocess import PreprocessSpec, normalize_array, to_model_pixels
 from mri_tumor.data.reading import (
@@ -58,7 +58,10 @@ class Status(StrEnum):
 
 
 OK, REJECTED, ERROR = Status.OK, Status.REJECTED, Status.ERROR
-RESULT_KEYS = ("path", "status", "label", "confidence", "probabilities", "ood_score", "message")
+RESULT_KEYS = ("path", "status", "label", "confidence", "probabilities", "ood_score", "message",
+               "model")
+# Results of a model with a sequence head also carry these.
+SEQUENCE_KEYS = ("sequence", "sequence_probabilities")
 NOT_MRI_MESSAGE = "This does not look like a brain MRI slice; no tumour class is given."
 BLANK_MESSAGE = ("This image is blank (almost one grey level), so it does not look like a brain "
                  "MRI slice; no tumour class is given.")
@@ -82,10 +85,15 @@ class Prediction:
     series: str | None = field(default=None, repr=False)  # opaque DICOM series key
     instance: int | None = field(default=None, repr=False)
     display_label: str | None = field(default=None, repr=False)  # ``label`` as the card shows it
+    model: str | None = None  # the name of the model that gave it
+    sequence: str | None = None  # MR sequence (models with a sequence head)
+    sequence_probabilities: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The public result: exactly ``RESULT_KEYS`` (what the CLI and API emit)."""
-        return {key: getattr(self, key) for key in RESULT_KEYS}
+        """The public result: ``RESULT_KEYS``, plus ``SEQUENCE_KEYS`` when it names a
+        sequence (what the CLI and API emit)."""
+        keys = RESULT_KEYS + (SEQUENCE_KEYS if self.sequence is not None else ())
+        return {key: getattr(self, key) for key in keys}
 
 
 
@@ -118,13 +126,16 @@ class TorchBackend:
         """The torch network, e.g. for Grad-CAM."""
         return self.graph.model
 
-    def run(self, batch: np.ndarray) -> list[np.ndarray]:
-        """Normalised float32 (B, C, H, W) -> [logits, features(, ood scores)]."""
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Normalised float32 (B, C, H, W) -> the graph's outputs by name (``logits``,
+        ``features``, and ``ood_score`` and ``sequence_logits`` when the model has them)."""
         import torch
 
         with torch.inference_mode():
             tensor = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
-            return [t.numpy() for t in self.graph(tensor)]
+            outputs = self.graph(tensor)
+        return {name: t.numpy() for name, t in zip(self.graph.output_names, outputs,
+                                                      strict=True)}
 
 
 class OnnxBackend:
@@ -160,9 +171,11 @@ class OnnxBackend:
                              "out-of-distribution guard; re-export it with mri-tumor export")
         return cls(session, card.ood_threshold if has_score else None), card
 
-    def run(self, batch: np.ndarray) -> list[np.ndarray]:
-        """Normalised float32 (B, C, H, W) -> [logits, features(, ood scores)]."""
-        return self.session.run(None, {"pixels": batch})
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Normalised float32 (B, C, H, W) -> the graph's outputs by name (as the torch
+        backend's)."""
+        names = [output.name for output in self.session.get_outputs()]
+        return dict(zip(names, self.session.run(None, {"pixels": batch}), strict=True))
 
 
 BACKENDS: dict[str, type[TorchBackend] | type[OnnxBackend]] = {
@@ -201,8 +214,10 @@ class Predictor:
     predictions. Every front end and evaluation go through it."""
 
     def __init__(self, card: ModelCard, backend: TorchBackend | OnnxBackend,
-                 model_dir: Path | None = None) -> None:
+                 model_dir: Path | None = None, name: str | None = None) -> None:
         self.card = card
+        # The model's name in results: a shipped model's name, or its folder's name.
+        self.name = name or (Path(model_dir).resolve().name if model_dir else "model")
         self.backend = backend
         # Scores above this are rejected as not a brain MRI (None: the model has no guard).
         self.ood_threshold = backend.ood_threshold
@@ -222,15 +237,16 @@ class Predictor:
         return getattr(self.backend, "guard", None)
 
     @classmethod
-    def load(cls, model_dir: str | Path | None = None, backend: str = DEFAULT_BACKEND,
+    def load(cls, model: str | Path | None = None, backend: str = DEFAULT_BACKEND,
              threads: int | None = None) -> Predictor:
-        """Load a model folder (default: the shipped model) for the torch or onnx backend."""
-        directory = Path(model_dir) if model_dir else SHIPPED_MODEL_DIR
+        """Load a shipped model by name (``default``, ``types``) or a model folder (default:
+        the default shipped model) for the torch or onnx backend."""
+        name, directory = resolve_model(model)
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; use {' or '.join(BACKENDS)}")
         threads = threads or min(4, len(os.sched_getaffinity(0)))
         loaded, card = BACKENDS[backend].load(directory, threads)
-        return cls(card, loaded, directory)
+        return cls(card, loaded, directory, name)
 
     # -- the pipeline: inputs -> frames -> pixels -> (logits, features) -> results -----------
     def predict(self, inputs: Sequence[ImageSource], names: Sequence[str] | None = None,
@@ -246,6 +262,7 @@ class Predictor:
             name = names[index] if names else _default_name(source, index)
             decoded = decode(source, name)
             if isinstance(decoded, Prediction):
+                decoded.model = self.name
                 results.append(decoded)
                 continue
             frames = decoded
@@ -264,33 +281,40 @@ class Predictor:
         if not frames:
             return []
         pixels = np.stack([to_model_pixels(f.image, self.spec.image_size) for f in frames])
-        logits, _, scores = self.forward(pixels)
-        probabilities = softmax(logits, self.card.temperature)
+        outputs = self.network_outputs(pixels)
+        probabilities = softmax(outputs["logits"], self.card.temperature)
+        sequences = outputs.get("sequence_logits")
+        if sequences is not None:
+            sequences = softmax(sequences, self.card.sequence_temperature)
         blank = pixels.reshape(len(pixels), -1).std(axis=1) < BLANK_MAX_STD
-        return [self._result(frame, probs, float(score), bool(is_blank))
-                for frame, probs, score, is_blank in zip(frames, probabilities, scores, blank,
-                                                         strict=True)]
+        return [self._result(frame, probabilities[i], float(outputs["ood_score"][i]),
+                             bool(blank[i]), None if sequences is None else sequences[i])
+                for i, frame in enumerate(frames)]
 
     def forward(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """uint8 (B, H, W) pixels -> logits, pooled features and out-of-distribution scores
         (NaN without a guard), as numpy arrays."""
-        parts = [self._forward_chunk(pixels[start:start + NETWORK_BATCH])
-                 for start in range(0, len(pixels), NETWORK_BATCH)]
-        logits, features, scores = (np.concatenate(column) for column in zip(*parts,
-                                                                              strict=True))
-        return logits, features, scores
+        outputs = self.network_outputs(pixels)
+        return outputs["logits"], outputs["features"], outputs["ood_score"]
 
-    def _forward_chunk(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        outputs = self.backend.run(normalize_array(pixels, self.spec))
-        if len(outputs) == 2:  # a model without a guard
-            outputs = [*outputs, np.full(len(pixels), np.nan, dtype=np.float32)]
-        logits, features, scores = outputs
-        return logits, features, scores.astype(np.float64)
+    def network_outputs(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        """uint8 (B, H, W) pixels -> every output of the network by name: ``logits``,
+        ``features``, ``ood_score`` (NaN without a guard) and, for a model with a sequence
+        head, ``sequence_logits``."""
+        parts = [self.backend.run(normalize_array(pixels[start:start + NETWORK_BATCH],
+                                                  self.spec))
+                 for start in range(0, len(pixels), NETWORK_BATCH)]
+        outputs = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+        if "ood_score" not in outputs:  # a model without a guard
+            outputs["ood_score"] = np.full(len(pixels), np.nan)
+        outputs["ood_score"] = outputs["ood_score"].astype(np.float64)
+        return outputs
 
     def _result(self, frame: Frame, probs: np.ndarray, score: float,
-                blank: bool = False) -> Prediction:
+                blank: bool = False, sequence_probs: np.ndarray | None = None) -> Prediction:
         common = {"path": frame.name, "series": frame.series, "instance": frame.instance,
-                  "ood_score": None if np.isnan(score) else round(score, 4)}
+                  "ood_score": None if np.isnan(score) else round(score, 4),
+                  "model": self.name}
         if blank:
             return Prediction(status=REJECTED, message=BLANK_MESSAGE, **common)
         if self.ood_threshold is not None and score > self.ood_threshold:
@@ -305,7 +329,16 @@ class Predictor:
             display_label=self.card.display_name(self.class_names[index]),
             probabilities={n: round(float(p), 4) for n, p in zip(self.class_names, probs,
                                                                   strict=True)},
-            message=message, **common)
+            message=message, **common, **self._sequence(sequence_probs))
+
+    def _sequence(self, probs: np.ndarray | None) -> dict[str, Any]:
+        """The ``sequence`` fields of a result (none for a model without a sequence head)."""
+        if probs is None:
+            return {}
+        names = self.card.sequence_names
+        return {"sequence": names[int(np.argmax(probs))],
+                "sequence_probabilities": {n: round(float(p), 4)
+                                           for n, p in zip(names, probs, strict=True)}}
 
 
 def unsure_message(confidence: float, card: ModelCard) -> str:

@@ -301,6 +301,20 @@ def confusion_rows(result: dict[str, Any], class_names: Sequence[str],
     return rows
 
 
+def _sequence_headline(sequence: dict[str, Any]) -> str:
+    return (f"MR sequence (second head), {sequence['n']} images: accuracy "
+            f"{_number(sequence['accuracy'])}, ECE {_number(sequence['ece'])}; confusion "
+            "matrix (rows = true sequence):")
+
+
+def sequence_rows(sequence: dict[str, Any]) -> list[list[str]]:
+    """The sequence head's confusion matrix: true sequence down, predicted across."""
+    names = sequence["classes"]
+    return [["true \\ predicted", *names],
+            *[[name, *map(str, counts)]
+              for name, counts in zip(names, sequence["confusion_matrix"], strict=True)]]
+
+
 def _looks_numeric(cell: str) -> bool:
     return cell in ("", "-") or cell.lstrip("+-").rstrip("%").replace(".", "", 1).isdigit()
 
@@ -457,6 +471,9 @@ def format_summary(evaluation: Evaluation, report_path: Path | None = None) -> s
     if evaluation.by_group:
         lines += ["", "By group (source, MR sequence):",
                   render_table(group_rows(evaluation.by_group), markdown=False)]
+    if evaluation.sequence is not None:
+        lines += ["", _sequence_headline(evaluation.sequence),
+                  render_table(sequence_rows(evaluation.sequence), markdown=False)]
     if evaluation.stress is not None:
         lines += ["", f"Stress test on {_stress_subset(evaluation.stress)}:",
                   render_table(stress_rows(evaluation.stress), markdown=False)]
@@ -608,6 +625,10 @@ def write_report(evaluation: Evaluation, out: Path) -> Path:
               f"scaling with T = {evaluation.temperature:.4f} from the model card. Bars below "
               "the diagonal mean over-confidence.", "",
               f"![Reliability diagram]({RELIABILITY_FIGURE})", ""]
+
+    if evaluation.sequence is not None:
+        lines += ["## MR sequence", "", _sequence_headline(evaluation.sequence), "",
+                  render_table(sequence_rows(evaluation.sequence), markdown=True), ""]
 
     if leak_free is not None and evaluation.training is not None:
         lines += _leak_section(evaluation, out, written)

@@ -38,7 +38,13 @@ from mri_tumor.calibration import fit_low_confidence, fit_temperature, softmax
 from mri_tumor.card import HISTORY_FILE, SPLIT_FILE, ModelCard, TrainingRecord, ValidationMetrics
 from mri_tumor.curves import plot_history
 from mri_tumor.data.augment import AugmentConfig, augment_batch
-from mri_tumor.data.folders import DISPLAY_NAMES, NORMAL_LABEL, scan_folders, source_name
+from mri_tumor.data.folders import (
+    DISPLAY_NAMES,
+    NORMAL_LABEL,
+    NORMAL_TYPE,
+    scan_folders,
+    source_name,
+)
 from mri_tumor.data.preprocess import PreprocessSpec, normalize, to_model_pixels
 from mri_tumor.data.reading import read_image
 from mri_tumor.data.splitting import (
@@ -53,6 +59,10 @@ from mri_tumor.data.splitting import (
 from mri_tumor.metrics import accuracy, expected_calibration_error, macro_f1
 from mri_tumor.models import ARCHITECTURES, create_model, half_precision_state, save_weights
 from mri_tumor.ood import OODGuard, fit_guard, fit_refusal
+
+# The sequence is easy to learn and would otherwise pull on the shared features as much as
+# the tumour type does: its loss counts half.
+SEQUENCE_LOSS_WEIGHT = 0.5
 
 
 @dataclass
@@ -87,17 +97,22 @@ class TrainConfig:
     # them (``ood.fit_refusal``). Not used for the network's training.
     refuse_dirs: list[Path] = field(default_factory=list)
     half_precision_weights: bool = True
+    # How the folders are labelled (data.folders.LABEL_SCHEMES); "types" also trains a second
+    # head that names the MR sequence.
+    label_scheme: str = "classes"
 
 
 class TumorClassifier(L.LightningModule):
     """Wraps an architecture with the seed's loss, optimiser and schedule."""
 
     def __init__(self, config: TrainConfig, spec: PreprocessSpec, class_names: list[str],
-                 val_sources: list[str] | None = None) -> None:
+                 val_sources: list[str] | None = None,
+                 sequence_names: list[str] | None = None) -> None:
         super().__init__()
         self.config = config
         self.spec = spec
         self.class_names = class_names
+        self.sequence_names = sequence_names or []
         # Source of each validation image, in loader order: accuracy per source each epoch.
         self.val_sources = np.asarray(val_sources or [])
         if config.from_model is not None:
@@ -111,15 +126,31 @@ class TumorClassifier(L.LightningModule):
         else:
             self.model = create_model(config.arch, len(class_names),
                                       pretrained=config.pretrained,
-                                      init_weights=config.init_weights)
+                                      init_weights=config.init_weights,
+                                      num_sequences=len(self.sequence_names))
         # Channels-last roughly doubles CPU convolution speed here and is neutral on GPU
         # (H200: 23.4 vs 25.2 ms per EfficientNet-Lite0 step at batch 32).
         self.model = self.model.to(memory_format=torch.channels_last)
         self._val_logits: list[torch.Tensor] = []
         self._val_labels: list[torch.Tensor] = []
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x.contiguous(memory_format=torch.channels_last))
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Class logits, and sequence logits when the model has that head (else None)."""
+        maps = self.model.feature_maps(x.contiguous(memory_format=torch.channels_last))
+        features = self.model.pool_features(maps)
+        sequences = self.model.classify_sequence(features) if self.sequence_names else None
+        return self.model.classify(features), sequences
+
+    def _loss(self, logits: torch.Tensor, sequence_logits: torch.Tensor | None,
+              labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy of the class, plus SEQUENCE_LOSS_WEIGHT x that of the sequence;
+        labels are (N,) classes or (N, 2) classes and sequences. Returns (loss, classes)."""
+        if sequence_logits is None:
+            return F.cross_entropy(logits, labels), labels
+        classes, sequences = labels[:, 0], labels[:, 1]
+        loss = (F.cross_entropy(logits, classes)
+                + SEQUENCE_LOSS_WEIGHT * F.cross_entropy(sequence_logits, sequences))
+        return loss, classes
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         pixels, labels = batch
@@ -130,16 +161,19 @@ class TumorClassifier(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         inputs, labels = batch
-        logits = self(inputs)
-        loss = F.cross_entropy(logits, labels)
-        acc = (logits.argmax(1) == labels).float().mean()
+        logits, sequence_logits = self(inputs)
+        loss, classes = self._loss(logits, sequence_logits, labels)
+        acc = (logits.argmax(1) == classes).float().mean()
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
         self.log("train_acc", acc, prog_bar=True, on_step=False, on_epoch=True, sync_dist=True)
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
         inputs, labels = batch
-        self._val_logits.append(self(inputs).float())
+        logits, sequence_logits = self(inputs)
+        if sequence_logits is not None:  # one tensor: class logits, then sequence logits
+            logits = torch.cat([logits, sequence_logits], dim=1)
+        self._val_logits.append(logits.float())
         self._val_labels.append(labels)
 
     def on_validation_epoch_end(self) -> None:
@@ -150,13 +184,21 @@ class TumorClassifier(L.LightningModule):
         if self.trainer.world_size > 1:
             logits = self.all_gather(logits).flatten(0, 1)
             labels = self.all_gather(labels).flatten(0, 1)
-        loss = F.cross_entropy(logits, labels)
+        sequence_logits = None
+        if self.sequence_names:
+            logits, sequence_logits = logits.split([len(self.class_names),
+                                                    len(self.sequence_names)], dim=1)
+        loss, classes = self._loss(logits, sequence_logits, labels)
         predicted = logits.argmax(1).cpu().numpy()
-        truth = labels.cpu().numpy()
+        truth = classes.cpu().numpy()
         # Every rank holds the gathered set, so "syncing" only averages identical values.
         self.log("val_loss", loss, prog_bar=True, sync_dist=True)
         self.log("val_acc", accuracy(truth, predicted), prog_bar=True, sync_dist=True)
         self.log("val_macro_f1", macro_f1(truth, predicted, len(self.class_names)), sync_dist=True)
+        if sequence_logits is not None:
+            self.log("val_sequence_acc", accuracy(labels[:, 1].cpu().numpy(),
+                                                  sequence_logits.argmax(1).cpu().numpy()),
+                     sync_dist=True)
         # Under DDP the gathered order is rank-major, not the sources' order: skip it there.
         if (self.trainer.world_size == 1 and len(set(self.val_sources)) > 1
                 and len(self.val_sources) == len(truth)):
@@ -234,7 +276,7 @@ class History(Callback):
     """
 
     TRAIN_KEYS = ("train_loss_epoch", "train_acc")
-    VAL_KEYS = ("val_loss", "val_acc", "val_macro_f1")
+    VAL_KEYS = ("val_loss", "val_acc", "val_macro_f1", "val_sequence_acc")
 
     def __init__(self) -> None:
         self.epochs: list[dict[str, float]] = []
@@ -271,7 +313,7 @@ def prepare_split(config: TrainConfig) -> list[SplitRow]:
     """Reuse ``config.split`` if given, else make a duplicate-aware split of the folders."""
     if config.split is not None:
         return read_split_under(config.split, config.data_dirs)
-    scans = scan_folders(config.data_dirs)
+    scans = scan_folders(config.data_dirs, config.label_scheme)
     rows = split_folders(scans, val_fraction=config.val_fraction, seed=config.seed)
     for scan in scans:
         if scan.skipped:
@@ -346,9 +388,11 @@ def load_refusal_pixels(folders: list[Path], image_size: int) -> tuple[torch.Ten
 
 
 def load_pixels(roots: dict[str, Path] | Path, rows: list[SplitRow], image_size: int,
-                class_names: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                class_names: list[str] | None = None,
+                sequence_names: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode and resize the listed images once: uint8 (N, H, W) and int64 labels (indices
-    into ``class_names``, by default the rows' labels sorted)."""
+    into ``class_names``, by default the rows' labels sorted); with ``sequence_names`` the
+    labels are (N, 2): class and sequence."""
     if isinstance(roots, Path):
         roots = {"": roots}
     pixels = np.zeros((len(rows), image_size, image_size), dtype=np.uint8)
@@ -356,12 +400,26 @@ def load_pixels(roots: dict[str, Path] | Path, rows: list[SplitRow], image_size:
         pixels[i] = to_model_pixels(read_image(row_path(row, roots)), image_size)
     class_names = class_names or class_names_of(rows)
     labels = torch.tensor([class_names.index(r.label) for r in rows])
+    if sequence_names:
+        sequences = torch.tensor([sequence_names.index(r.sequence) for r in rows])
+        labels = torch.stack([labels, sequences], dim=1)
     return torch.from_numpy(pixels), labels
 
 
 def class_names_of(rows: list[SplitRow]) -> list[str]:
     """The classes a new model learns from these rows: their labels, sorted."""
     return sorted({row.label for row in rows})
+
+
+def sequence_names_of(rows: list[SplitRow]) -> list[str]:
+    """The MR sequences a sequence head learns from these rows, sorted; ValueError when a
+    row does not say its sequence."""
+    unknown = [row.path for row in rows if not row.sequence]
+    if unknown:
+        raise ValueError(f"{len(unknown)} image(s) have no MR sequence in their folder name "
+                         f"(e.g. {unknown[0]}); a sequence head needs '<Type> <Sequence>' "
+                         "folders")
+    return sorted({row.sequence for row in rows})
 
 
 @torch.inference_mode()
@@ -419,8 +477,13 @@ def train(config: TrainConfig) -> Path | None:
         if unknown := sorted({row.label for row in rows} - set(class_names)):
             raise ValueError(f"{config.from_model} has no class {', '.join(unknown)} (its "
                              f"classes: {', '.join(class_names)})")
-    train_pixels, train_labels = load_pixels(roots, train_rows, image_size, class_names)
-    val_pixels, val_labels = load_pixels(roots, val_rows, image_size, class_names)
+    sequence_names = sequence_names_of(rows) if config.label_scheme == "types" else []
+    if config.from_model is not None:
+        sequence_names = ModelCard.load(config.from_model).sequence_names
+    train_pixels, train_labels = load_pixels(roots, train_rows, image_size, class_names,
+                                             sequence_names)
+    val_pixels, val_labels = load_pixels(roots, val_rows, image_size, class_names,
+                                         sequence_names)
     refuse_pixels = None
     if config.refuse_dirs:  # read before training: a bad folder should not cost a run
         refuse_pixels, _ = load_refusal_pixels(config.refuse_dirs, image_size)
@@ -432,7 +495,8 @@ def train(config: TrainConfig) -> Path | None:
                               batch_size=config.batch_size, shuffle=True, drop_last=False)
     val_loader = DataLoader(TensorDataset(val_pixels, val_labels), batch_size=64)
 
-    module = TumorClassifier(config, spec, class_names, [r.source for r in val_rows])
+    module = TumorClassifier(config, spec, class_names, [r.source for r in val_rows],
+                             sequence_names)
     history = History()
     # The one rule for the weights that ship: the epoch with the best validation accuracy,
     # as the seed served it. Early stopping watches the loss but only stops; the checkpoint
@@ -478,7 +542,9 @@ def train(config: TrainConfig) -> Path | None:
         architecture=config.arch,
         class_names=class_names,
         display_names={name: DISPLAY_NAMES[name] for name in class_names if name in DISPLAY_NAMES},
-        normal_class=NORMAL_LABEL if NORMAL_LABEL in class_names else None,
+        normal_class=next((n for n in (NORMAL_LABEL, NORMAL_TYPE) if n in class_names), None),
+        label_scheme=config.label_scheme,
+        sequence_names=sequence_names,
         image_size=image_size,
         mean=list(spec.mean),
         std=list(spec.std),
@@ -561,10 +627,14 @@ def finalize(model: torch.nn.Module, card: ModelCard, train_pixels: torch.Tensor
     model = model.to("cuda" if torch.cuda.is_available() else "cpu")
     logits, val_features = predict_outputs(model, val_pixels, spec)
     _, train_features = predict_outputs(model, train_pixels, spec)
-    labels = val_labels.numpy()
+    labels, sequences = _split_labels(val_labels)
     predicted = logits.argmax(1)
     card.temperature = fit_temperature(logits, labels)
-    guard = fit_guard(train_features, train_labels.numpy(), val_features, len(card.class_names))
+    sequence_logits = _sequence_logits(model, val_features)
+    if sequence_logits is not None:
+        card.sequence_temperature = fit_temperature(sequence_logits, sequences)
+    guard = fit_guard(train_features, _split_labels(train_labels)[0], val_features,
+                      len(card.class_names))
     card.metrics.refusal_examples_refused = None  # from an earlier fit of this folder
     if refuse_pixels is None:
         card.training.refusal_examples = None
@@ -578,6 +648,11 @@ def finalize(model: torch.nn.Module, card: ModelCard, train_pixels: torch.Tensor
     card.ood_threshold = guard.threshold
     rejected = guard.score(val_features) > guard.threshold
     card.metrics.validation = validation_metrics(logits, labels, card, rejected)
+    if sequence_logits is not None:
+        card.metrics.validation.sequence_accuracy = accuracy(sequences,
+                                                             sequence_logits.argmax(1))
+        card.metrics.validation.sequence_ece = expected_calibration_error(
+            softmax(sequence_logits, card.sequence_temperature), sequences)
     calibrated = softmax(logits, card.temperature)
     unsure = fit_low_confidence(calibrated.max(axis=1), predicted == labels)
     card.low_confidence_threshold = unsure.threshold
@@ -598,6 +673,9 @@ def finalize(model: torch.nn.Module, card: ModelCard, train_pixels: torch.Tensor
                               guard.threshold, guard.refusal_weight, guard.refusal_bias,
                               guard.refusal_cut)
         same_labels = bool((half_logits.argmax(1) == predicted).all())
+        if sequence_logits is not None:
+            half_sequences = _sequence_logits(half_model, half_features)
+            same_labels &= bool((half_sequences.argmax(1) == sequence_logits.argmax(1)).all())
         same_rejections = bool(((half_guard.score(half_features) > guard.threshold)
                                 == (guard.score(val_features) > guard.threshold)).all())
         half = same_labels and same_rejections
@@ -608,6 +686,21 @@ def finalize(model: torch.nn.Module, card: ModelCard, train_pixels: torch.Tensor
     save_weights(model.cpu(), out, half=half, extra={f"extra.{k}": v for k, v in extra.items()})
     card.save(out)
     return card
+
+
+def _split_labels(labels: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+    """(classes, sequences) from ``load_pixels``' labels; sequences None without them."""
+    values = labels.numpy()
+    return (values[:, 0], values[:, 1]) if values.ndim == 2 else (values, None)
+
+
+@torch.inference_mode()
+def _sequence_logits(model: torch.nn.Module, features: np.ndarray) -> np.ndarray | None:
+    """The sequence head on pooled features (None for a model without one)."""
+    head = getattr(model, "classify_sequence", None)
+    device = next(model.parameters()).device
+    logits = head(torch.from_numpy(features).to(device)) if head else None
+    return None if logits is None else logits.float().cpu().numpy()
 
 
 def validation_metrics(logits: np.ndarray, labels: np.ndarray, card: ModelCard,
@@ -645,10 +738,11 @@ def refit(model_dir: Path, data_dirs: list[Path] | Path, image_size: int | None 
         card.image_size = image_size
     rows = read_split_under(card.split_path(model_dir), data_dirs)
     roots = source_roots(data_dirs)
+    names = (card.class_names, card.sequence_names)
     train_pixels, train_labels = load_pixels(roots, [r for r in rows if r.split == "train"],
-                                             card.image_size)
+                                             card.image_size, *names)
     val_pixels, val_labels = load_pixels(roots, [r for r in rows if r.split == "val"],
-                                         card.image_size)
+                                         card.image_size, *names)
     half = card.training.weights_dtype == "float16"
     refuse_pixels = None
     if refuse_dirs:

@@ -2,23 +2,28 @@
 
     mri-tumor serve --host 127.0.0.1 --port 8000 --workers 2
 
-Endpoints: ``POST /v1/predict`` (multipart field ``files`` or one raw image body),
-``GET /v1/model``, ``GET /healthz``, ``GET /readyz``; OpenAPI at ``/openapi.json``, with
-``/docs`` and ``/redoc`` served from this package (no CDN). Research tool, not a diagnosis:
-every prediction response carries the disclaimer.
+Endpoints: ``POST /v1/predict`` (multipart field ``files`` or one raw image body;
+``?model=default|types`` picks a shipped model), ``GET /v1/model`` (a card),
+``GET /v1/models`` (the models offered), ``GET /healthz``, ``GET /readyz``; OpenAPI at
+``/openapi.json``, with ``/docs`` and ``/redoc`` served from this package (no CDN). Research
+tool, not a diagnosis: every prediction response carries the disclaimer.
 
-Modules: ``settings`` (``MRI_TUMOR_*`` variables), ``service`` (model loading, readiness),
+Modules: ``settings`` (``MRI_TUMOR_*`` variables), ``service`` (the models: loading,
+readiness, selection by name),
 ``queue`` (batched inference), ``uploads`` (reading requests), ``schemas`` (response models,
 OpenAPI prose), ``security`` (API key), ``routers/`` (endpoints), ``errors`` (handlers,
 middleware), ``docs`` (self-hosted Swagger UI and ReDoc), ``server`` (app and ``serve``).
 
 Design: request handlers only read and check the upload, in memory and size-bounded (nothing
-is written to disk). The work goes to one :class:`InferenceQueue` per process: a bounded
-count of waiting files and one background thread that takes every waiting request (up to
-``max_batch`` files), decodes the files and runs the predictor once for all their slices,
-then resolves each request's future. A full queue answers 503 with ``Retry-After`` at once,
-so memory stays bounded under any load. Logs never carry file contents, DICOM headers,
-file names or request headers.
+is written to disk). The work goes to one :class:`InferenceQueue` per loaded model: a
+bounded count of waiting files and one background thread that takes every waiting request
+(up to ``max_batch`` files), decodes the files and runs the predictor once for all their
+slices, then resolves each request's future. A full queue answers 503 with ``Retry-After``
+at once, so memory stays bounded under any load (at most ``queue_size`` files per model).
+The server's own model loads at start-up (readiness); another shipped model loads in the
+background when a request first names it (503 + ``Retry-After`` meanwhile). ``?model=``
+takes shipped names only, never a path. Logs never carry file contents, DICOM headers, file
+names, query strings or request headers.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mri_tumor.api.queue import QueueUnavailableError
-from mri_tumor.api.service import ModelNotReadyError
+from mri_tumor.api.service import ModelNotReadyError, UnknownModelError
 from mri_tumor.api.settings import LOADING_RETRY_S, QUEUE_FULL_RETRY_S
 
 logger = logging.getLogger(__name__)
@@ -27,6 +27,7 @@ def install_error_handling(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(QueueUnavailableError, queue_unavailable)
     app.add_exception_handler(ModelNotReadyError, not_ready)
+    app.add_exception_handler(UnknownModelError, unknown_model)
     app.add_exception_handler(Exception, unexpected_error)
     app.add_middleware(GuardMiddleware)
 
@@ -58,6 +59,11 @@ async def not_ready(request: Request, error: Exception) -> JSONResponse:
     """503 with Retry-After: the model is loading (or failed to load)."""
     return JSONResponse({"detail": str(error)}, 503,
                         headers={"Retry-After": str(LOADING_RETRY_S)})
+
+
+async def unknown_model(request: Request, error: Exception) -> JSONResponse:
+    """404: ``?model=`` names no shipped model; the detail names them, in one line."""
+    return JSONResponse({"detail": str(error)}, 404)
 
 
 async def unexpected_error(request: Request, error: Exception) -> JSONResponse:

@@ -51,7 +51,8 @@ class _Job:
 
 
 class InferenceQueue:
-    """A bounded queue of uploaded files and one worker thread that predicts them in batches.
+    """A bounded queue of uploaded files and one worker thread that predicts them in batches
+    with one model (the server has one queue per loaded model).
 
     ``capacity`` counts files (waiting or being predicted) over all requests; requests
     reserve their slots before they are queued and the worker frees them when done.
@@ -162,8 +163,8 @@ class InferenceQueue:
                 pending: list[tuple[list[Prediction | None], int, Any]]
                 ) -> list[Prediction | None]:
         frames = decode(data, name)
-        if isinstance(frames, Prediction):
-            return [frames]
+        if isinstance(frames, Prediction):  # unreadable or not an MRI: no model ran
+            return [self._stamped(frames)]
         slots: list[Prediction | None] = [None] * len(frames)
         pending.extend((slots, index, frame) for index, frame in enumerate(frames))
         return slots
@@ -174,10 +175,18 @@ class InferenceQueue:
         except Exception as error:
             if len(frames) == 1:
                 logger.warning("prediction failed for one image: %s", type(error).__name__)
-                return [Prediction(frames[0].name, ERROR,
-                                   message=f"{frames[0].name}: this image could not be analysed")]
+                return [self._stamped(Prediction(
+                    frames[0].name, ERROR,
+                    message=f"{frames[0].name}: this image could not be analysed"))]
         # One bad frame must not fail the others: retry one by one.
         return [p for frame in frames for p in self._predict([frame])]
+
+    def _stamped(self, prediction: Prediction) -> Prediction:
+        """``prediction`` naming this queue's model (every result says which model it is
+        from, also when no model ran)."""
+        if prediction.model is None:
+            prediction.model = getattr(self.predictor, "name", None)
+        return prediction
 
 
 def _resolve(job: _Job, results: list[Prediction] | None = None,

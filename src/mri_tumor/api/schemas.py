@@ -8,7 +8,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from mri_tumor.api.settings import ENV_API_KEY
 from mri_tumor.api.uploads import FILES_FIELD, MULTIPART
-from mri_tumor.card import DISCLAIMER
+from mri_tumor.card import DISCLAIMER, SHIPPED_MODELS, ModelCard
 from mri_tumor.inference import ERROR, OK, REJECTED, Prediction
 
 STATUSES = (OK, REJECTED, ERROR)
@@ -28,16 +28,29 @@ class PredictionOut(BaseModel):
     status: Annotated[str, AfterValidator(_known_status)] = Field(
         description=f'"{OK}", "{REJECTED}" (not a brain MRI slice) or "{ERROR}" '
                     "(unreadable file)", json_schema_extra={"enum": list(STATUSES)})
-    label: str | None = Field(description="glioma, meningioma, notumor or pituitary")
+    label: str | None = Field(description="one of the model's class names (GET /v1/models): "
+                                          "glioma, meningioma, notumor or pituitary for the "
+                                          "default model, a tumour type for types")
     confidence: float | None = Field(description="calibrated probability of the label")
-    probabilities: dict[str, float] | None
+    probabilities: dict[str, float] | None = Field(description="per class name of the model")
     ood_score: float | None = Field(description="higher = less like the training MRIs")
     message: str = Field(description="why a file was rejected or unreadable, or a "
                                      "low-confidence note")
+    model: str = Field(description="the model that answered: a shipped model's name "
+                                   f"({', '.join(SHIPPED_MODELS)}) or the server's model "
+                                   "folder's name")
+    # Only in results of a model with a sequence head (types) that gave a class; absent
+    # otherwise (the predict route leaves unset fields out).
+    sequence: str | None = Field(None, description="the MR sequence (T1, T1C+ or T2) of an "
+                                 "\"ok\" result of a model with a sequence head (types); "
+                                 "absent otherwise")
+    sequence_probabilities: dict[str, float] | None = Field(
+        None, description="calibrated probability per sequence name; present with sequence")
 
     @classmethod
     def of(cls, prediction: Prediction) -> PredictionOut:
-        """The public form of a predictor result (NaN and infinities come out as null)."""
+        """The public form of a predictor result (NaN and infinities come out as null); the
+        sequence fields are set only when the result has them."""
         return cls.model_validate(prediction.to_dict())
 
 
@@ -46,15 +59,63 @@ class ModelCardOut(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
+    name: str = Field(description="the model's name, as results carry it in `model`")
     architecture: str
     class_names: list[str]
     image_size: int
     disclaimer: str = DISCLAIMER
 
     @classmethod
-    def of(cls, card: dict[str, Any]) -> ModelCardOut:
-        """The card's fields, with the disclaimer added."""
-        return cls.model_validate({**card, "disclaimer": DISCLAIMER})
+    def of(cls, name: str, card: dict[str, Any]) -> ModelCardOut:
+        """The card's fields, with the model's name and the disclaimer added."""
+        return cls.model_validate({**card, "name": name, "disclaimer": DISCLAIMER})
+
+
+class ValidationSummaryOut(BaseModel):
+    """Headline scores on the model's validation split (null where the card has none)."""
+
+    accuracy: float | None = None
+    macro_f1: float | None = None
+    sequence_accuracy: float | None = Field(None, description="models with a sequence head")
+
+
+class ModelSummaryOut(BaseModel):
+    """One model this server offers."""
+
+    name: str = Field(description="what ?model= takes (shipped models) and results carry "
+                                  "in `model`")
+    default: bool = Field(description="this server's model: the one used without ?model=")
+    shipped: bool = Field(description="a model of the package, selectable with ?model=")
+    loaded: bool = Field(description="loaded in this server process (the other shipped "
+                                     "models load on first use)")
+    architecture: str
+    class_names: list[str]
+    display_names: dict[str, str] = Field(description="how each class is shown to people")
+    sequence_names: list[str] = Field(description="the MR sequences a second head names "
+                                                  "(empty: the model has none)")
+    version: str
+    validation: ValidationSummaryOut
+
+    @classmethod
+    def of(cls, name: str, card: ModelCard, default: bool, shipped: bool,
+           loaded: bool) -> ModelSummaryOut:
+        """The summary of a model from its card."""
+        scores = card.metrics.validation
+        return cls(name=name, default=default, shipped=shipped, loaded=loaded,
+                   architecture=card.architecture, class_names=list(card.class_names),
+                   display_names={c: card.display_name(c) for c in card.class_names},
+                   sequence_names=list(card.sequence_names), version=card.version,
+                   validation=ValidationSummaryOut(
+                       accuracy=getattr(scores, "accuracy", None),
+                       macro_f1=getattr(scores, "macro_f1", None),
+                       sequence_accuracy=getattr(scores, "sequence_accuracy", None)))
+
+
+class ModelsOut(BaseModel):
+    """The models this server offers."""
+
+    default: str = Field(description="the name of the model used without ?model=")
+    models: list[ModelSummaryOut]
 
 
 class ErrorOut(BaseModel):
@@ -72,11 +133,12 @@ class HealthOut(BaseModel):
 ERROR_TEXT = {
     400: "Malformed request",
     401: "Missing or wrong X-API-Key",
+    404: "Unknown model: ?model= names no shipped model",
     413: "Upload above the size limit, or too many files",
     415: "Unsupported content type",
     422: "No readable image in the request (every file is corrupt or unreadable), "
          "or no file at all",
-    503: "Model still loading, or the queue is full (see Retry-After)",
+    503: "Model still loading (or failed to), or the queue is full (see Retry-After)",
 }
 
 
@@ -106,13 +168,25 @@ allowed), or one image as the raw request body with its Content-Type (`?filename
 default "upload"). The answer is a list with one result per file, in upload order; a
 multi-frame DICOM file gives one result per frame (`path` is `name#frame`).
 
+`?model=` selects a shipped model by name: `default` (glioma, meningioma, notumor,
+pituitary) or `types` (15 tumour types, and the MR sequence: T1, T1C+ or T2); without it the
+server's own model answers (`GET /v1/models` lists them). Each result names its model in
+`model`; results of the types model also carry `sequence` and `sequence_probabilities`. An
+unknown name (or a path) is 404. A shipped model loads on first use: meanwhile 503 with
+Retry-After.
+
 Unreadable files: when *every* file of the request is unreadable the answer is 422; when at
 least one is readable the answer is 200 and each unreadable file has `status: "{ERROR}"` with
 its reason in `message`. Images that are not brain MRI slices get `status: "{REJECTED}"`.
 
 **{DISCLAIMER}**"""
 
-APP_DESCRIPTION = f"""Brain MRI tumour classifier (glioma, meningioma, pituitary, no tumour).
+MODEL_QUERY_DESCRIPTION = (f"a shipped model by name ({', '.join(SHIPPED_MODELS)}); "
+                           "without it, the server's model. Never a path.")
+
+APP_DESCRIPTION = f"""Brain MRI tumour classifier. Two shipped models: `default` (glioma,
+meningioma, pituitary, no tumour) and `types` (15 tumour types and the MR sequence); choose
+with `?model=` (`GET /v1/models` lists them).
 
 **{DISCLAIMER}**
 

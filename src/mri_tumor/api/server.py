@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -18,24 +18,44 @@ from mri_tumor.api.errors import install_error_handling
 from mri_tumor.api.routers import health, model, predict
 from mri_tumor.api.schemas import APP_DESCRIPTION
 from mri_tumor.api.security import require_api_key
-from mri_tumor.api.service import Service, default_loader
+from mri_tumor.api.service import Service, default_loader, server_model, shipped_loader
 from mri_tumor.api.settings import ENV_MODEL_DIR, ENV_THREADS, WORKER_HEALTHCHECK_S, Settings
-from mri_tumor.card import DISCLAIMER, SHIPPED_MODEL_DIR, ModelCard
+from mri_tumor.card import DISCLAIMER, SHIPPED_MODELS, ModelCard, resolve_model
 from mri_tumor.inference import Predictor
 
 
 def create_app(settings: Settings | None = None, predictor: Predictor | None = None,
-               loader: Callable[[], Predictor] | None = None) -> FastAPI:
+               loader: Callable[[], Predictor] | None = None,
+               models: Mapping[str, Predictor | Callable[[], Predictor]] | None = None
+               ) -> FastAPI:
     """The ASGI app. With no arguments (uvicorn's factory) it reads the ``MRI_TUMOR_*``
-    environment variables and loads the model once at startup, in the background.
+    environment variables and loads the server's model once at startup, in the background;
+    the other shipped models load on first use.
 
-    ``predictor`` uses an already loaded model; ``loader`` replaces how it is loaded.
+    ``predictor`` uses an already loaded model as the server's model (named by its
+    ``name``); ``loader`` replaces how the server's model is loaded. ``models`` gives other
+    shipped models by name, each already loaded or as a function that loads it.
     """
     settings = settings or Settings.from_env()
+    name, folder, shipped = server_model(settings)
     if predictor is not None:
         loaded = predictor
         loader = lambda: loaded  # noqa: E731
-    service = Service(settings, loader or default_loader(settings))
+        name, folder, shipped = predictor.name, None, predictor.name in SHIPPED_MODELS
+    others = {other: shipped_loader(settings, other) for other in SHIPPED_MODELS
+              if not (shipped and other == name)}
+    eager = []  # given already loaded: set up at start-up
+    for other, given in (models or {}).items():
+        if other not in others:
+            raise ValueError(f"{other!r} is not a shipped model other than the server's own "
+                             f"({', '.join(others)})")
+        if callable(given):
+            others[other] = given
+        else:
+            others[other] = lambda given=given: given
+            eager.append(other)
+    service = Service(settings, loader or default_loader(settings), name, shipped, others,
+                      folder, eager)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -61,7 +81,9 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
           model_dir: Path | str | None = None) -> int:
     """Run the API with uvicorn (``workers`` processes, each loading the model once).
 
-    Raises ValueError for bad settings and FileNotFoundError for a missing model folder.
+    ``model_dir`` is the server's model: a shipped model's name or a model folder (default:
+    ``MRI_TUMOR_MODEL_DIR``, else ``default``). Raises ValueError for bad settings or an
+    unknown model and FileNotFoundError for a model folder without a card.
     """
     import uvicorn
 
@@ -69,16 +91,17 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
         raise ValueError("--workers must be at least 1")
     if not 0 < port < 65536:
         raise ValueError("--port must be between 1 and 65535")
-    directory = Path(model_dir) if model_dir else Path(os.environ.get(ENV_MODEL_DIR)
-                                                           or SHIPPED_MODEL_DIR)
+    name, directory = resolve_model(model_dir or os.environ.get(ENV_MODEL_DIR) or None)
     ModelCard.load(directory)  # a missing or damaged model folder stops here, with its reason
-    # Worker processes rebuild the app from the environment (uvicorn's factory import string).
-    os.environ[ENV_MODEL_DIR] = str(directory.resolve())
+    # Worker processes rebuild the app from the environment (uvicorn's factory import string):
+    # a shipped model by its name (so that results name it so), a folder by its full path.
+    shipped = SHIPPED_MODELS.get(name) == directory
+    os.environ[ENV_MODEL_DIR] = name if shipped else str(directory.resolve())
     if workers > 1 and not os.environ.get(ENV_THREADS):
         os.environ[ENV_THREADS] = str(max(1, (os.cpu_count() or 1) // workers))
     Settings.from_env()  # fail here, with a clear message, on a bad variable
-    print(f"MRI tumour classifier API: http://{host}:{port}/docs  ({workers} worker(s); "
-          f"Ctrl+C to stop)\n{DISCLAIMER}", flush=True)
+    print(f"MRI tumour classifier API: http://{host}:{port}/docs  (model {name}; "
+          f"{workers} worker(s); Ctrl+C to stop)\n{DISCLAIMER}", flush=True)
     # A worker imports torch before it can answer the supervisor's health check; on a busy
     # machine that takes longer than uvicorn's default 5 s, and it would restart workers
     # in a loop.

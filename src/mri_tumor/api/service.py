@@ -1,47 +1,92 @@
-"""The per-process service state: settings, the model (loaded in the background) and the
-inference queue."""
+"""The per-process service state: settings and the models, each with its own predictor and
+inference queue.
+
+The server's own model (``mri-tumor serve --model NAME_OR_DIR`` / ``MRI_TUMOR_MODEL_DIR``,
+default ``default``) loads in the background at start-up; readiness means it is loaded. The
+other shipped models load in the background on first use (``?model=NAME``), or right after
+the own model with ``MRI_TUMOR_PRELOAD_MODELS=1``; until one is loaded, requests for it get
+503 + Retry-After. A request can only name a shipped model: never a folder, so no client can
+make the server read files it was not configured with.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from mri_tumor.api.queue import InferenceQueue
 from mri_tumor.api.settings import Settings
-from mri_tumor.card import SHIPPED_MODEL_DIR
+from mri_tumor.card import SHIPPED_MODELS, ModelCard, resolve_model
 from mri_tumor.inference import Predictor
 
 logger = logging.getLogger(__name__)
+MAX_NAME_SHOWN = 80  # an unknown ?model= value is quoted back, cut to this length
 
 
 class ModelNotReadyError(Exception):
-    """The model is still loading, or failed to load; the message says which."""
+    """A model is still loading, or failed to load; the message says which."""
 
 
-class Service:
-    """Per-process state: settings, the model (loaded in the background) and the queue."""
+class UnknownModelError(Exception):
+    """``?model=`` names no shipped model (a path is never accepted); the message, one line,
+    names the shipped models."""
 
-    def __init__(self, settings: Settings, loader: Callable[[], Predictor]) -> None:
-        self.settings = settings
+    def __init__(self, name: str, own: str) -> None:
+        shown = name if len(name) <= MAX_NAME_SHOWN else name[:MAX_NAME_SHOWN] + "..."
+        super().__init__(f"Unknown model {shown!r}: ?model= takes the name of a shipped model "
+                         f"({', '.join(SHIPPED_MODELS)}), never a path; leave it out for this "
+                         f"server's model ({own}).")
+
+
+class ModelSlot:
+    """One model of the server: how to load it and, once loaded, its predictor and its own
+    inference queue (with its own worker thread)."""
+
+    def __init__(self, name: str, loader: Callable[[], Predictor], settings: Settings,
+                 folder: Path | None = None) -> None:
+        self.name = name
         self.loader = loader
+        self.settings = settings
+        self.folder = folder  # where its card can be read without loading it (if known)
         self.predictor: Predictor | None = None
         self.queue: InferenceQueue | None = None
         self.load_error: str | None = None
         self._ready = threading.Event()
-        self._loading: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._claimed = False
+        self._thread: threading.Thread | None = None
+        self._card: ModelCard | None = None
 
     @property
     def ready(self) -> bool:
-        """True once the model is loaded and the queue's worker runs."""
+        """True once the model is loaded and its queue's worker runs."""
         return self._ready.is_set()
 
+    @property
+    def started(self) -> bool:
+        """True once its loading has begun (or is over)."""
+        return self._claimed
+
+    def _claim(self) -> bool:
+        with self._lock:
+            claimed, self._claimed = self._claimed, True
+            return not claimed
+
     def start(self) -> None:
-        """Load the model in a background thread; /readyz answers 503 until it is done."""
-        self._loading = threading.Thread(target=self._load, name="mri-tumor-load", daemon=True)
-        self._loading.start()
+        """Load the model in a background thread (once; later calls do nothing)."""
+        if self._claim():
+            self._thread = threading.Thread(target=self._load, daemon=True,
+                                            name=f"mri-tumor-load-{self.name}")
+            self._thread.start()
+
+    def load(self) -> None:
+        """Load the model in this thread, unless its loading has already begun."""
+        if self._claim():
+            self._load()
 
     def _load(self) -> None:
         started = time.perf_counter()
@@ -49,19 +94,19 @@ class Service:
             predictor = self.loader()
         except Exception as error:
             self.load_error = f"{type(error).__name__}: {error}"
-            logger.error("model failed to load: %s", self.load_error)
+            logger.error("model %s failed to load: %s", self.name, self.load_error)
             return
         queue = InferenceQueue(predictor, self.settings.queue_size, self.settings.max_batch)
         queue.start()
         self.predictor, self.queue = predictor, queue
         self._ready.set()
-        logger.info("model loaded in %.1f s (%s backend); ready", time.perf_counter() - started,
-                    getattr(predictor, "backend", "?"))
+        logger.info("model %s loaded in %.1f s (%s backend); ready", self.name,
+                    time.perf_counter() - started, getattr(predictor, "backend", "?"))
 
     def stop(self) -> None:
-        """Stop the worker thread (after the queued work)."""
-        if self._loading is not None:
-            self._loading.join(timeout=60)
+        """Wait for a load in progress, then stop the worker thread (after the queued work)."""
+        if self._thread is not None:
+            self._thread.join(timeout=60)
         if self.queue is not None:
             self.queue.stop()
 
@@ -70,23 +115,208 @@ class Service:
         if self.ready:
             return
         if self.load_error:
-            raise ModelNotReadyError(f"The model failed to load ({self.load_error}); see the "
-                                     "server log.")
-        raise ModelNotReadyError("The model is still loading; retry shortly.")
+            raise ModelNotReadyError(f"The model {self.name!r} failed to load "
+                                     f"({self.load_error}); see the server log.")
+        raise ModelNotReadyError(f"The model {self.name!r} is still loading; retry shortly.")
 
     def require_ready(self) -> tuple[Predictor, InferenceQueue]:
         """The predictor and queue; :class:`ModelNotReadyError` until the model is loaded."""
         self.check_ready()
         if self.predictor is None or self.queue is None:  # set before the ready flag
-            raise ModelNotReadyError("The model is still loading; retry shortly.")
+            raise ModelNotReadyError(f"The model {self.name!r} is still loading; retry "
+                                     "shortly.")
         return self.predictor, self.queue
+
+    def card(self) -> ModelCard:
+        """The model's card: the loaded predictor's, else read from its folder (without
+        loading the model); :class:`ModelNotReadyError` when neither is there."""
+        if self.predictor is not None:
+            return self.predictor.card
+        if self.folder is None:
+            self.check_ready()
+            raise ModelNotReadyError(f"The model {self.name!r} is still loading; retry "
+                                     "shortly.")
+        if self._card is None:
+            self._card = ModelCard.load(self.folder)
+        return self._card
+
+
+@dataclass
+class ModelEntry:
+    """One model as ``GET /v1/models`` lists it."""
+
+    name: str
+    card: ModelCard
+    default: bool  # the server's own model: the one used without ?model=
+    shipped: bool  # selectable with ?model=NAME
+    loaded: bool
+
+
+class Service:
+    """Per-process state: settings, the server's own model, and the other shipped models
+    (each loaded once, with its own predictor and queue).
+
+    ``loader`` loads the own model, called ``name`` (``shipped``: it is that shipped model,
+    so ``?model=name`` selects it too). ``others`` maps each other shipped model's name to
+    its loader; those named in ``eager`` (already loaded, say) are set up at start-up, before
+    the own model.
+    """
+
+    def __init__(self, settings: Settings, loader: Callable[[], Predictor],
+                 name: str = "default", shipped: bool = True,
+                 others: Mapping[str, Callable[[], Predictor]] | None = None,
+                 folder: Path | None = None, eager: Collection[str] = ()) -> None:
+        self.settings = settings
+        self.own = ModelSlot(name, loader, settings, folder)
+        self.own_shipped = shipped and name in SHIPPED_MODELS
+        self.others = {other: ModelSlot(other, load, settings, SHIPPED_MODELS.get(other))
+                       for other, load in (others or {}).items()}
+        self.eager = [self.others[other] for other in eager]
+        self._startup: threading.Thread | None = None
+        self._stopping = False
+
+    # -- the own model (readiness) ------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """The server's own model's name (used without ``?model=``)."""
+        return self.own.name
+
+    @property
+    def ready(self) -> bool:
+        """True once the own model is loaded and its queue's worker runs."""
+        return self.own.ready
+
+    @property
+    def predictor(self) -> Predictor | None:
+        """The own model's predictor, once loaded."""
+        return self.own.predictor
+
+    @property
+    def queue(self) -> InferenceQueue | None:
+        """The own model's queue, once loaded."""
+        return self.own.queue
+
+    @property
+    def load_error(self) -> str | None:
+        """Why the own model failed to load, if it did."""
+        return self.own.load_error
+
+    def start(self) -> None:
+        """Load the own model in a background thread (/readyz answers 503 until it is done);
+        then, with ``preload_models``, the other shipped models one after the other."""
+        def load_all() -> None:
+            for slot in self.eager:
+                slot.load()
+            self.own.load()
+            if self.settings.preload_models:
+                for slot in self.others.values():
+                    if self._stopping:
+                        return
+                    slot.load()
+
+        self._startup = threading.Thread(target=load_all, name="mri-tumor-load", daemon=True)
+        self._startup.start()
+
+    def stop(self) -> None:
+        """Stop every model's worker thread (after its queued work)."""
+        self._stopping = True
+        if self._startup is not None:
+            self._startup.join(timeout=60)
+        for slot in (self.own, *self.others.values()):
+            slot.stop()
+
+    def check_ready(self) -> None:
+        """Raise :class:`ModelNotReadyError` while the own model loads, or if it failed to."""
+        self.own.check_ready()
+
+    # -- any model by name --------------------------------------------------------------------
+    def slot(self, model: str | None = None) -> ModelSlot:
+        """The model ``?model=`` names (None: the own model); :class:`UnknownModelError`
+        unless it is a shipped model's name."""
+        if model is None:
+            return self.own
+        if model in self.others:
+            return self.others[model]
+        if self.own_shipped and model == self.own.name:
+            return self.own
+        raise UnknownModelError(model, self.own.name)
+
+    def require_ready(self, model: str | None = None) -> tuple[Predictor, InferenceQueue]:
+        """The predictor and queue of the model ``?model=`` names (None: the own model).
+
+        A shipped model not loaded yet starts loading in the background; until it is loaded
+        (or if it failed to load) this raises :class:`ModelNotReadyError`.
+        """
+        slot = self.slot(model)
+        if not slot.started:
+            if self._stopping:
+                raise ModelNotReadyError("The server is shutting down; retry shortly.")
+            slot.start()
+        return slot.require_ready()
+
+    def card(self, model: str | None = None) -> tuple[str, ModelCard]:
+        """The name and card of the model ``?model=`` names (None: the own model, once
+        loaded); a shipped model's card is read without loading the model."""
+        slot = self.slot(model)
+        if slot is self.own:
+            predictor, _ = self.own.require_ready()
+            return slot.name, predictor.card
+        return slot.name, slot.card()
+
+    def models(self) -> list[ModelEntry]:
+        """The own model (once loaded) and every other shipped model, the own one first."""
+        entries = [ModelEntry(self.own.name, self.card()[1], default=True,
+                              shipped=self.own_shipped, loaded=True)]
+        for slot in self.others.values():
+            try:
+                card = slot.card()
+            except (OSError, ValueError, ModelNotReadyError) as error:
+                logger.warning("model %s left out of the list: %s", slot.name,
+                               type(error).__name__)
+                continue
+            entries.append(ModelEntry(slot.name, card, default=False, shipped=True,
+                                      loaded=slot.ready))
+        return entries
+
+
+def server_model(settings: Settings) -> tuple[str, Path, bool]:
+    """The server's own model, from ``settings.model_dir`` (a shipped model's name or a model
+    folder; None: ``default``): its name, its folder, and whether it is a shipped model.
+
+    Never raises: a folder that does not exist fails when it is loaded (and /readyz says so).
+    """
+    try:
+        name, directory = resolve_model(settings.model_dir)
+    except ValueError:
+        directory = Path(settings.model_dir or "")
+        return directory.name or str(directory), directory, False
+    for shipped, folder in SHIPPED_MODELS.items():
+        if _same_folder(directory, folder):
+            return shipped, folder, True
+    return name, directory, False
+
+
+def _same_folder(first: Path, second: Path) -> bool:
+    try:
+        return first.resolve() == second.resolve()
+    except OSError:
+        return False
 
 
 def default_loader(settings: Settings) -> Callable[[], Predictor]:
-    """Loads the configured model folder (default: the shipped model) once."""
+    """Loads the configured model (a shipped name or folder; default: ``default``) once."""
+    name, directory, shipped = server_model(settings)
+
     def load() -> Predictor:
-        directory = settings.model_dir or SHIPPED_MODEL_DIR
-        if not Path(directory).is_dir():
+        if not shipped and not directory.is_dir():
             raise FileNotFoundError(f"{directory}: no such model folder")
-        return Predictor.load(directory, backend=settings.backend, threads=settings.threads)
+        return Predictor.load(name if shipped else directory, backend=settings.backend,
+                              threads=settings.threads)
+    return load
+
+
+def shipped_loader(settings: Settings, name: str) -> Callable[[], Predictor]:
+    """Loads the shipped model ``name`` once, on the configured backend."""
+    def load() -> Predictor:
+        return Predictor.load(name, backend=settings.backend, threads=settings.threads)
     return load

@@ -20,6 +20,7 @@ ENV_MAX_UPLOAD_MB = "MRI_TUMOR_MAX_UPLOAD_MB"
 ENV_QUEUE_SIZE = "MRI_TUMOR_QUEUE_SIZE"
 ENV_MAX_BATCH = "MRI_TUMOR_MAX_BATCH"
 ENV_API_KEY = "MRI_TUMOR_API_KEY"
+ENV_PRELOAD_MODELS = "MRI_TUMOR_PRELOAD_MODELS"
 
 API_KEY_HEADER = "X-API-Key"
 DISCLAIMER_HEADER = "X-Disclaimer"
@@ -36,7 +37,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True,
                                       extra="ignore", frozen=True)
 
-    model_dir: Path | None = None  # None: the shipped model
+    # The server's own model (used without ?model=): a shipped model's name (default, types)
+    # or a model folder; None: default.
+    model_dir: Path | None = None
     # The ONNX backend keeps torch out of the server process: less memory, faster start.
     backend: str = DEFAULT_BACKEND
     threads: int | None = Field(None, ge=1)  # per process (None: the predictor's default)
@@ -44,6 +47,8 @@ class Settings(BaseSettings):
     queue_size: int = Field(64, ge=0)  # files waiting or being predicted, over all requests
     max_batch: int = Field(16, ge=1)  # files taken into one predictor call
     api_key: str | None = None  # when set, /v1/* need a matching X-API-Key header
+    # Load the other shipped models right after the own one instead of on first use.
+    preload_models: bool = False
 
     @field_validator("backend", mode="before")
     @classmethod

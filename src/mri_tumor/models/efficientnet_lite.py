@@ -95,10 +95,11 @@ class MBConvBlock(nn.Module):
 
 
 class EfficientNetLite(nn.Module):
-    """EfficientNet-Lite backbone with global average pooling, dropout and a linear head."""
+    """EfficientNet-Lite backbone with global average pooling, dropout and a linear head;
+    with ``num_sequences`` a second linear head on the same features (the MR sequence)."""
 
     def __init__(self, num_classes: int = 4, stages: Stages = LITE0_STAGES,
-                 dropout: float = 0.2, drop_connect: float = 0.2) -> None:
+                 dropout: float = 0.2, drop_connect: float = 0.2, num_sequences: int = 0) -> None:
         super().__init__()
         self._conv_stem = nn.Conv2d(3, STEM_CHANNELS, 3, 2, padding=1, bias=False)
         self._bn0 = _bn(STEM_CHANNELS)
@@ -116,6 +117,7 @@ class EfficientNetLite(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self._dropout = nn.Dropout(dropout)
         self._fc = nn.Linear(FEATURE_DIM, num_classes)
+        self._fc_sequence = nn.Linear(FEATURE_DIM, num_sequences) if num_sequences else None
         self.feature_dim = FEATURE_DIM
 
     def feature_maps(self, x: torch.Tensor) -> torch.Tensor:
@@ -129,7 +131,14 @@ class EfficientNetLite(nn.Module):
         return self.pool(maps).flatten(1)
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """Class logits from pooled features."""
         return self._fc(self._dropout(features))
+
+    def classify_sequence(self, features: torch.Tensor) -> torch.Tensor | None:
+        """Sequence logits from pooled features (None without a sequence head)."""
+        if self._fc_sequence is None:
+            return None
+        return self._fc_sequence(self._dropout(features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classify(self.pool_features(self.feature_maps(x)))
@@ -151,29 +160,35 @@ def imagenet_checkpoint_path(variant: int = 0) -> Path:
 
 
 def _efficientnet_lite(variant: int, stages: Stages, num_classes: int,
-                       pretrained: bool) -> EfficientNetLite:
-    model = EfficientNetLite(num_classes=num_classes, stages=stages)
+                       pretrained: bool, num_sequences: int = 0) -> EfficientNetLite:
+    model = EfficientNetLite(num_classes=num_classes, stages=stages, num_sequences=num_sequences)
     if pretrained:
         state = read_checkpoint(imagenet_checkpoint_path(variant))
         state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
         missing, unexpected = model.load_state_dict(state, strict=False)
-        if unexpected or set(missing) != {"_fc.weight", "_fc.bias"}:
+        heads = {k for k in model.state_dict() if k.startswith(("_fc.", "_fc_sequence."))}
+        if unexpected or set(missing) != heads:
             raise RuntimeError(f"ImageNet checkpoint does not match EfficientNet-Lite{variant}: "
                                f"missing={missing}, unexpected={unexpected}")
     return model
 
 
-def efficientnet_lite0(num_classes: int = 4, pretrained: bool = True) -> EfficientNetLite:
+def efficientnet_lite0(num_classes: int = 4, pretrained: bool = True,
+                       num_sequences: int = 0) -> EfficientNetLite:
     """EfficientNet-Lite0 (3.4 M parameters with a 4-way head); with ``pretrained`` the
     backbone starts from ImageNet weights."""
-    return _efficientnet_lite(0, LITE0_STAGES, num_classes, pretrained)
+    return _efficientnet_lite(0, LITE0_STAGES, num_classes, pretrained, num_sequences)
 
 
-def efficientnet_lite1(num_classes: int = 4, pretrained: bool = True) -> EfficientNetLite:
+def efficientnet_lite1(num_classes: int = 4, pretrained: bool = True,
+                       num_sequences: int = 0) -> EfficientNetLite:
     """EfficientNet-Lite1 (4.2 M parameters): Lite0 with five more blocks."""
-    return _efficientnet_lite(1, scaled_stages(width=1.0, depth=1.1), num_classes, pretrained)
+    return _efficientnet_lite(1, scaled_stages(width=1.0, depth=1.1), num_classes, pretrained,
+                              num_sequences)
 
 
-def efficientnet_lite2(num_classes: int = 4, pretrained: bool = True) -> EfficientNetLite:
+def efficientnet_lite2(num_classes: int = 4, pretrained: bool = True,
+                       num_sequences: int = 0) -> EfficientNetLite:
     """EfficientNet-Lite2 (4.9 M parameters): Lite1, about 10% wider."""
-    return _efficientnet_lite(2, scaled_stages(width=1.1, depth=1.2), num_classes, pretrained)
+    return _efficientnet_lite(2, scaled_stages(width=1.1, depth=1.2), num_classes, pretrained,
+                              num_sequences)

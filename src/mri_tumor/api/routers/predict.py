@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 
-from mri_tumor.api.dependencies import ServiceDep
+from mri_tumor.api.dependencies import ModelQuery, ServiceDep
 from mri_tumor.api.schemas import (
     PREDICT_DESCRIPTION,
     PREDICT_REQUEST_BODY,
@@ -23,16 +23,19 @@ router = APIRouter()
 
 @router.post("/predict", summary="Classify MRI slices", description=PREDICT_DESCRIPTION,
              openapi_extra={"requestBody": PREDICT_REQUEST_BODY},
-             responses=error_responses(400, 401, 413, 415, 422, 503))
+             # Results carry the sequence fields only when their model has a sequence head.
+             response_model_exclude_unset=True,
+             responses=error_responses(400, 401, 404, 413, 415, 422, 503))
 async def predict(
     request: Request,
     response: Response,
     service: ServiceDep,
     filename: Annotated[str | None, Query(max_length=MAX_NAME_LENGTH,
                                           description="name for a raw-body upload")] = None,
+    model: ModelQuery = None,
 ) -> list[PredictionOut]:
     """Classify the uploaded images; see the description for the rules."""
-    _, queue = service.require_ready()
+    _, queue = service.require_ready(model)  # 404 for an unknown model, 503 while it loads
     limit = service.settings.max_upload_bytes
     check_declared_length(request, limit)
     queue.reserve(1)  # refuse before reading the body when the queue is full
