@@ -7,6 +7,10 @@ Start it with ``mri-tumor app [--port N] [--model NAME_OR_DIR]``, which runs
 shows about classes (names, explanations, the MR sequence) comes from the selected model's
 card. The page only calls the predictor and ``mri_tumor.explain``; no model logic lives here.
 
+With ``MRI_TUMOR_SITE_DATA=DIR`` set, each result with an image also offers "Add to site
+data": the user confirms or corrects its class and the image is stored under ``DIR`` for
+fine-tuning (``mri_tumor.data.site``). Without it nothing of the kind is shown or written.
+
 Modules that import torch (inference, explain, data) are imported inside the functions that
 use them: importing torch takes seconds, and this way the title and the uploader are on the
 screen while the model loads on a fresh server.
@@ -21,7 +25,7 @@ import math
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +36,7 @@ from PIL import Image
 
 from mri_tumor.card import DISCLAIMER, SHIPPED_MODELS, ModelCard, resolve_model
 from mri_tumor.data.reading import MAX_UPLOAD_BYTES, MAX_UPLOAD_MB, too_large_message
+from mri_tumor.data.site import site_data_dir, store_confirmed_case
 from mri_tumor.frontend import format_probability, format_sequence
 
 if TYPE_CHECKING:
@@ -59,6 +64,9 @@ class AnalysedImage:
     prediction: Prediction
     image: Image.Image | None = None  # display copy (grayscale); None when unreadable
     heatmap: np.ndarray | None = None  # Grad-CAM of the predicted class, at the copy's size
+    frame: int = 0  # which frame of its file (a multi-frame DICOM file gives several)
+    # The uploaded file's bytes, for "Add to site data"; set by the page, never cached.
+    data: bytes | None = field(default=None, repr=False)
 
 
 # -- processing: (name, bytes) uploads -> results. Used by the page and by the tests. ------
@@ -78,8 +86,9 @@ def analyse_upload(predictor: Predictor, name: str, data: bytes) -> list[Analyse
     try:
         for start in range(0, len(decoded), FRAME_BATCH):
             chunk = decoded[start:start + FRAME_BATCH]
-            for frame, prediction in zip(chunk, predictor.predict_frames(chunk), strict=True):
-                results.append(_with_pictures(predictor, frame.image, prediction))
+            for index, (frame, prediction) in enumerate(
+                    zip(chunk, predictor.predict_frames(chunk), strict=True), start=start):
+                results.append(_with_pictures(predictor, frame.image, prediction, index))
     except MemoryError:
         return [AnalysedImage(Prediction(name, ERROR, message=(
             f"{name}: too large to analyse in the memory available")))]
@@ -90,8 +99,8 @@ def analyse_upload(predictor: Predictor, name: str, data: bytes) -> list[Analyse
     return results
 
 
-def _with_pictures(predictor: Predictor, image: Image.Image,
-                   prediction: Prediction) -> AnalysedImage:
+def _with_pictures(predictor: Predictor, image: Image.Image, prediction: Prediction,
+                   frame: int = 0) -> AnalysedImage:
     from mri_tumor.explain import gradcam
     from mri_tumor.inference import OK
 
@@ -101,7 +110,7 @@ def _with_pictures(predictor: Predictor, image: Image.Image,
     if prediction.status == OK and prediction.label is not None:
         heatmap = gradcam(predictor, image, predictor.class_names.index(prediction.label),
                           size=shown.size)
-    return AnalysedImage(prediction, shown, heatmap)
+    return AnalysedImage(prediction, shown, heatmap, frame)
 
 
 def plural(count: int, noun: str, nouns: str | None = None) -> str:
@@ -298,7 +307,7 @@ def _examples(card: ModelCard) -> list[tuple[str, bytes]]:
 
 
 def _render_result(item: AnalysedImage, card: ModelCard, show_heatmap: bool,
-                   opacity: float) -> None:
+                   opacity: float, site_dir: Path | None = None, key: str = "result") -> None:
     from mri_tumor.explain import overlay
 
     p = item.prediction
@@ -329,6 +338,44 @@ def _render_result(item: AnalysedImage, card: ModelCard, show_heatmap: bool,
             else:
                 _render_prediction(p, card)
             st.caption(f":material/warning: {DISCLAIMER}")
+            if site_dir is not None and item.data is not None:
+                _render_site_data(item, card, site_dir, key)
+
+
+def _render_site_data(item: AnalysedImage, card: ModelCard, site_dir: Path, key: str) -> None:
+    """The "Add to site data" box (only with ``MRI_TUMOR_SITE_DATA`` set): the user confirms
+    or corrects the class, and the image is stored for fine-tuning (``mri_tumor.data.site``)."""
+    p = item.prediction
+    names = list(card.class_names)
+    with st.container(border=True):
+        st.markdown("**Site data**")
+        label = st.selectbox(
+            "Confirmed class", names, index=names.index(p.label) if p.label in names else None,
+            format_func=card.display_name, key=f"{key}-site-label",
+            placeholder="Choose the class",
+            help="The class this image truly shows: the predicted one, or your correction.")
+        clicked = st.button("Add to site data", key=f"{key}-site-add", disabled=label is None,
+                            icon=":material/add_task:")
+        st.caption("Stores this image's pixels (no file name, no DICOM header) on this server "
+                   "under its class, for fine-tuning the model.")
+        if not clicked or label is None or item.data is None:
+            return
+        try:
+            case = store_confirmed_case(item.data, label, site_dir, names, frame=item.frame,
+                                        name=p.path)
+        except (ValueError, OSError) as error:  # unreadable, or the folder is not writable
+            logger.warning("storing a site-data case failed: %s", type(error).__name__)
+            st.error(f"Not stored: {_plain(str(error))}", icon=":material/block:")
+            return
+        shown = _plain(card.display_name(label))
+        if case.new:
+            st.success(f"Added to site data as **{shown}**.", icon=":material/check_circle:")
+        else:
+            st.info(f"Already stored as **{shown}**; nothing was added.",
+                    icon=":material/check_circle:")
+        if case.also_labelled:
+            others = ", ".join(_plain(card.display_name(name)) for name in case.also_labelled)
+            st.warning(f"This image is also stored as {others}.", icon=":material/warning:")
 
 
 def _render_prediction(p: Prediction, card: ModelCard) -> None:
@@ -382,7 +429,8 @@ def _probability_chart(p: Prediction, card: ModelCard) -> dict:
     }
 
 
-def _render_results(items: list[AnalysedImage], card: ModelCard) -> None:
+def _render_results(items: list[AnalysedImage], card: ModelCard,
+                    site_dir: Path | None = None, key: str = "result") -> None:
     from mri_tumor.inference import series_summaries
 
     counts = {status: sum(1 for i in items if i.prediction.status == status)
@@ -420,8 +468,9 @@ def _render_results(items: list[AnalysedImage], card: ModelCard) -> None:
                        file_name="mri-tumor-results.csv", mime="text/csv",
                        icon=":material/download:")
     show_heatmap, opacity = _heatmap_controls()
-    for item in items:
-        _render_result(item, card, show_heatmap, opacity)
+    for index, item in enumerate(items):
+        _render_result(item, card, show_heatmap, opacity, site_dir,
+                       f"{key}-{index}-{item.prediction.path}")
 
 
 def _heatmap_controls() -> tuple[bool, float]:
@@ -465,11 +514,14 @@ def main() -> None:
     items: list[AnalysedImage] = []
     progress = st.progress(0.0, text=f"Analysing {plural(len(inputs), 'file')}…")
     for done, (name, data) in enumerate(inputs, start=1):
-        items += _analyse_cached(predictor, model_key, name, data)
+        # The bytes go with each result (not into the cache), for "Add to site data".
+        items += [replace(item, data=data)
+                  for item in _analyse_cached(predictor, model_key, name, data)]
         progress.progress(done / len(inputs),
                           text=f"Analysed {done} of {plural(len(inputs), 'file')}")
     progress.empty()
-    _render_results(items, predictor.card)
+    # With MRI_TUMOR_SITE_DATA set, each result can be added to the site data (confirmed).
+    _render_results(items, predictor.card, site_data_dir(), f"site-{predictor.name}")
 
 
 if __name__ == "__main__":

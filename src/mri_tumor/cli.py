@@ -30,7 +30,8 @@ def _add_model(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--model", metavar="NAME_OR_DIR",
                    help=f"a shipped model ({', '.join(SHIPPED_MODELS)}; default: default, "
-                        "the 4-class model) or a model folder")
+                        "the 4-class model), a registered one (mri-tumor models) or a model "
+                        "folder")
 
 
 def _add_backend(p: argparse.ArgumentParser) -> None:
@@ -406,6 +407,116 @@ def _run_serve(args: argparse.Namespace) -> int:
     return serve(host=args.host, port=args.port, workers=args.workers, model_dir=args.model)
 
 
+def _add_adapt(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("adapt", help="fine-tune a model on a site's confirmed cases, behind a "
+                       "regression gate", description="Fine-tune on SITE_DIR (a labelled "
+                       "folder), replaying reference images, then promote the candidate only "
+                       "if it passes the gate (exit 0), else write only gate.json and gate.md "
+                       "(exit 3). Research tool, not a diagnosis.")
+    p.add_argument("site_dir", type=Path, metavar="SITE_DIR",
+                   help="the site's confirmed cases: a sub-folder per class")
+    p.add_argument("--from-model", metavar="NAME_OR_DIR",
+                   help="the model to adapt (default: default, the 4-class model)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="new folder: the promoted model, or only the gate's files")
+    p.add_argument("--reference-dir", dest="reference_dirs", type=Path, action="append",
+                   default=[], metavar="DIR",
+                   help="a labelled folder the model must not forget (replayed in training, "
+                        "scored by the gate); repeat for several")
+    p.add_argument("--refuse", type=Path, action="append", default=[], metavar="DIR",
+                   help="non-MRI examples (e.g. head CT) for the guard, as in train")
+    p.add_argument("--max-reference-drop", type=float, default=0.5, metavar="POINTS",
+                   help="largest accuracy drop on a reference folder the gate accepts")
+    p.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs")
+    p.add_argument("--lr", type=float, default=5e-5, help="fine-tuning learning rate")
+
+
+def _run_adapt(args: argparse.Namespace) -> int:
+    from mri_tumor.adaptation import AdaptConfig, TooFewSiteImagesError, adapt
+
+    for folder in [args.site_dir, *args.reference_dirs, *args.refuse]:
+        if not folder.is_dir():
+            raise UsageError(f"{folder}: no such folder")
+    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
+        raise UsageError(f"--out {args.out}: exists and is not empty; choose a new folder")
+    if args.epochs < 1 or args.lr <= 0 or args.max_reference_drop < 0:
+        raise UsageError("--epochs and --lr must be positive, --max-reference-drop not negative")
+    config = AdaptConfig(site_dir=args.site_dir, out=args.out, from_model=args.from_model,
+                         reference_dirs=args.reference_dirs, refuse_dirs=args.refuse,
+                         max_reference_drop=args.max_reference_drop, epochs=args.epochs,
+                         lr=args.lr)
+    try:
+        result = adapt(config)
+    except TooFewSiteImagesError as error:
+        raise UsageError(str(error)) from None
+    print(f"{result.reason}\ngate: {args.out / 'gate.md'}\n{DISCLAIMER}")
+    return 0 if result.promoted else 3
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list the shipped and registered models; register or "
+                       "remove one", usage="%(prog)s [-h] [--json] [ACTION ...]",
+                       description="Without an action: the shipped and "
+                       "registered models, with their validation accuracy and macro-F1 and "
+                       "the model an adapted one comes from (PARENT). Registered models live "
+                       "in $MRI_TUMOR_HOME/models (default ~/.local/share/mri-tumor/models) "
+                       "and --model takes their names in every command. Research tool, not a "
+                       "diagnosis.")
+    p.add_argument("--json", action="store_true", help="print the list as one JSON array")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", title="actions", prog=p.prog,
+                               help="none: list the models")
+    register = actions.add_parser(
+        "register", formatter_class=HelpFormatter,
+        help="copy a model folder into the registry under a name",
+        description="Copy a model folder (the --out of train or adapt) into the registry; "
+                    "--model NAME then selects it in every command. Its checkpoints/ and "
+                    "tensorboard/ folders are not copied.")
+    register.add_argument("model_dir", type=Path, metavar="MODEL_DIR",
+                          help="a model folder: card.json, model.safetensors ...")
+    register.add_argument("--name", required=True,
+                          help="the name --model will take: letters, digits, '_', '.' and "
+                               "'-', starting with a letter or digit")
+    remove = actions.add_parser(
+        "remove", formatter_class=HelpFormatter,
+        help="remove a registered model (roll back: its name stops working)",
+        description="Delete a registered model's copy from the registry (the folder it was "
+                    "registered from is not touched). Shipped models cannot be removed.")
+    remove.add_argument("name", metavar="NAME", help="a registered model's name")
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from mri_tumor import registry
+
+    if args.action == "register":
+        folder = registry.register(args.model_dir, args.name)
+        print(f"registered {args.name}: {folder}; select it with --model {args.name}")
+        return 0
+    if args.action == "remove":
+        folder = registry.remove(args.name)
+        print(f"removed {args.name} ({folder})")
+        return 0
+    summaries = registry.list_models()
+    if args.json:
+        print(json.dumps([summary.to_json() for summary in summaries]))
+    else:
+        def percent(value: float | None) -> str:
+            return "-" if value is None else f"{value:.1%}"
+
+        rows = [("NAME", "KIND", "CREATED", "ACCURACY", "MACRO-F1", "PARENT")]
+        rows += [(s.name, s.kind, s.created[:10] or "-", percent(s.accuracy),
+                  "-" if s.macro_f1 is None else f"{s.macro_f1:.3f}", s.parent or "-")
+                 for s in summaries]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths,
+                                                                    strict=True)).rstrip())
+        print(f"\nregistered models are kept in {registry.models_dir()}")
+    for summary in summaries:
+        if summary.error:
+            print(f"note: {summary.name}: {summary.error}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mri-tumor",
@@ -413,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_train, _add_calibrate, _add_evaluate, _add_predict, _add_export, _add_app,
-                _add_serve):
+                _add_serve, _add_adapt, _add_models):
         add(sub)
     for command in sub.choices.values():
         command.formatter_class = HelpFormatter
@@ -421,7 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"train": _run_train, "calibrate": _run_calibrate, "evaluate": _run_evaluate,
-            "predict": _run_predict, "export": _run_export, "app": _run_app, "serve": _run_serve}
+            "predict": _run_predict, "export": _run_export, "app": _run_app, "serve": _run_serve,
+            "adapt": _run_adapt, "models": _run_models}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,9 +4,10 @@
 
 Endpoints: ``POST /v1/predict`` (multipart field ``files`` or one raw image body;
 ``?model=default|types`` picks a shipped model), ``GET /v1/model`` (a card),
-``GET /v1/models`` (the models offered), ``GET /healthz``, ``GET /readyz``; OpenAPI at
-``/openapi.json``, with ``/docs`` and ``/redoc`` served from this package (no CDN). Research
-tool, not a diagnosis: every prediction response carries the disclaimer.
+``GET /v1/models`` (the models offered), ``POST /v1/feedback`` (store a case whose class a
+user confirmed, when ``MRI_TUMOR_SITE_DATA`` is set), ``GET /healthz``, ``GET /readyz``;
+OpenAPI at ``/openapi.json``, with ``/docs`` and ``/redoc`` served from this package (no
+CDN). Research tool, not a diagnosis: every prediction response carries the disclaimer.
 
 Modules: ``settings`` (``MRI_TUMOR_*`` variables), ``service`` (the models: loading,
 readiness, selection by name),
@@ -15,10 +16,11 @@ OpenAPI prose), ``security`` (API key), ``routers/`` (endpoints), ``errors`` (ha
 middleware), ``docs`` (self-hosted Swagger UI and ReDoc), ``server`` (app and ``serve``).
 
 Design: request handlers only read and check the upload, in memory and size-bounded (nothing
-is written to disk). The work goes to one :class:`InferenceQueue` per loaded model: a
-bounded count of waiting files and one background thread that takes every waiting request
-(up to ``max_batch`` files), decodes the files and runs the predictor once for all their
-slices, then resolves each request's future. A full queue answers 503 with ``Retry-After``
+is written to disk, except the confirmed cases ``POST /v1/feedback`` stores in the site data).
+The work goes to one :class:`InferenceQueue` per loaded model: a bounded count of waiting
+files and one background thread that takes every waiting request (up to ``max_batch``
+files), decodes the files and runs the predictor once for all their slices, then resolves
+each request's future. A full queue answers 503 with ``Retry-After``
 at once, so memory stays bounded under any load (at most ``queue_size`` files per model).
 The server's own model loads at start-up (readiness); another shipped model loads in the
 background when a request first names it (503 + ``Retry-After`` meanwhile). ``?model=``

@@ -6,8 +6,13 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from mri_tumor.api.settings import ENV_API_KEY
-from mri_tumor.api.uploads import FILES_FIELD, MULTIPART
+from mri_tumor.api.settings import ENV_API_KEY, ENV_SITE_DATA
+from mri_tumor.api.uploads import (
+    FEEDBACK_FILE_FIELD,
+    FEEDBACK_LABEL_FIELD,
+    FILES_FIELD,
+    MULTIPART,
+)
 from mri_tumor.card import DISCLAIMER, SHIPPED_MODELS, ModelCard
 from mri_tumor.inference import ERROR, OK, REJECTED, Prediction
 
@@ -118,6 +123,15 @@ class ModelsOut(BaseModel):
     models: list[ModelSummaryOut]
 
 
+class FeedbackOut(BaseModel):
+    """A confirmed case, stored (or found already stored) in the site data."""
+
+    stored: str = Field(description="where it is, inside the site-data folder: "
+                                    "`<label>/<sha256 of the grey pixels>.png`")
+    new: bool = Field(description="false: the same image (the same grey pixels) was already "
+                                  "stored under this label; nothing was written")
+
+
 class ErrorOut(BaseModel):
     """Every error response."""
 
@@ -142,9 +156,12 @@ ERROR_TEXT = {
 }
 
 
-def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` for these error status codes, each with :class:`ErrorOut`."""
-    return {code: {"model": ErrorOut, "description": ERROR_TEXT[code]} for code in codes}
+def error_responses(*codes: int, texts: dict[int, str] | None = None
+                    ) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error status codes, each with :class:`ErrorOut`
+    (``texts``: an endpoint's own description of a code)."""
+    texts = {**ERROR_TEXT, **(texts or {})}
+    return {code: {"model": ErrorOut, "description": texts[code]} for code in codes}
 
 
 _IMAGE_SCHEMA = {"type": "string", "format": "binary"}
@@ -193,3 +210,38 @@ with `?model=` (`GET /v1/models` lists them).
 `/v1/*` need the `X-API-Key` header when the server sets `{ENV_API_KEY}`; `/healthz` and
 `/readyz` are always open. Documentation: `/docs` (Swagger UI) and `/redoc`, served by this
 server (no outside resources)."""
+
+
+SITE_DATA_OFF = (f"Collecting confirmed cases is off on this server: set {ENV_SITE_DATA} to a "
+                 "folder to turn it on.")
+FEEDBACK_ERROR_TEXT = {
+    404: f"Collecting is off ({ENV_SITE_DATA} is not set), or ?model= names no shipped model",
+    422: "Unknown label, unreadable image, or a missing field",
+    503: "Model still loading, or too many cases being stored at once (see Retry-After)",
+}
+FEEDBACK_REQUEST_BODY = {
+    "required": True,
+    "content": {
+        MULTIPART: {"schema": {
+            "type": "object", "required": [FEEDBACK_FILE_FIELD, FEEDBACK_LABEL_FIELD],
+            "properties": {
+                FEEDBACK_FILE_FIELD: {**_IMAGE_SCHEMA, "description": "one image (JPEG, PNG, "
+                                      "BMP, TIFF or DICOM; a multi-frame DICOM file: its "
+                                      "first frame)"},
+                FEEDBACK_LABEL_FIELD: {"type": "string", "description": "the class the image "
+                                       "truly shows: one of the model's class names"}}}},
+    },
+}
+
+FEEDBACK_DESCRIPTION = f"""Store a confirmed case: an image and the class a user confirmed
+(or corrected) for it, kept in the server's site data for fine-tuning the model later.
+
+Only when the server sets `{ENV_SITE_DATA}` to a folder; otherwise 404 and nothing is
+written. Send multipart/form-data with the image in the field `{FEEDBACK_FILE_FIELD}` and its
+class in the field `{FEEDBACK_LABEL_FIELD}`: a class name of the server's model, or of the
+shipped model `?model=` names (`GET /v1/model` lists them). The image is decoded as for a
+prediction (a multi-frame DICOM file: its first frame) and stored as an 8-bit grey PNG with
+no metadata at all (no DICOM header field, no file name) as `<label>/<sha256>.png`, named by
+its grey pixels: the same image sent twice is stored once (`new: false` the second time).
+An unknown label or an unreadable image is 422 and nothing is written. The upload limit is
+the one of `POST /v1/predict`."""

@@ -14,12 +14,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from mri_tumor.api.queue import InferenceQueue
-from mri_tumor.api.settings import Settings
+from mri_tumor.api.queue import InferenceQueue, QueueUnavailableError
+from mri_tumor.api.settings import FEEDBACK_CONCURRENCY, Settings
 from mri_tumor.card import SHIPPED_MODELS, ModelCard, resolve_model
 from mri_tumor.inference import Predictor
 
@@ -40,6 +41,13 @@ class UnknownModelError(Exception):
         super().__init__(f"Unknown model {shown!r}: ?model= takes the name of a shipped model "
                          f"({', '.join(SHIPPED_MODELS)}), never a path; leave it out for this "
                          f"server's model ({own}).")
+
+
+class FeedbackBusyError(QueueUnavailableError):
+    """As many feedback requests as allowed at once are being stored (503, Retry-After)."""
+
+    def __init__(self) -> None:
+        super().__init__("Too many confirmed cases are being stored at once; retry shortly.")
 
 
 class ModelSlot:
@@ -174,6 +182,8 @@ class Service:
         self.eager = [self.others[other] for other in eager]
         self._startup: threading.Thread | None = None
         self._stopping = False
+        self._feedback_lock = threading.Lock()
+        self._feedback_active = 0
 
     # -- the own model (readiness) ------------------------------------------------------------
     @property
@@ -228,6 +238,21 @@ class Service:
     def check_ready(self) -> None:
         """Raise :class:`ModelNotReadyError` while the own model loads, or if it failed to."""
         self.own.check_ready()
+
+    @contextmanager
+    def feedback_slot(self) -> Iterator[None]:
+        """Admit one feedback request (``POST /v1/feedback``) for the ``with`` block: at
+        most ``FEEDBACK_CONCURRENCY`` at once, each holding its upload in memory, so memory
+        stays bounded; :class:`FeedbackBusyError` (503 + Retry-After) beyond that."""
+        with self._feedback_lock:
+            if self._feedback_active >= FEEDBACK_CONCURRENCY:
+                raise FeedbackBusyError
+            self._feedback_active += 1
+        try:
+            yield
+        finally:
+            with self._feedback_lock:
+                self._feedback_active -= 1
 
     # -- any model by name --------------------------------------------------------------------
     def slot(self, model: str | None = None) -> ModelSlot:

@@ -10,6 +10,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from mri_tumor.data.reading import MAX_UPLOAD_MB, MIB
+from mri_tumor.data.site import SITE_DATA_ENV
 from mri_tumor.inference import BACKENDS, DEFAULT_BACKEND
 
 ENV_PREFIX = "MRI_TUMOR_"
@@ -21,12 +22,14 @@ ENV_QUEUE_SIZE = "MRI_TUMOR_QUEUE_SIZE"
 ENV_MAX_BATCH = "MRI_TUMOR_MAX_BATCH"
 ENV_API_KEY = "MRI_TUMOR_API_KEY"
 ENV_PRELOAD_MODELS = "MRI_TUMOR_PRELOAD_MODELS"
+ENV_SITE_DATA = SITE_DATA_ENV  # MRI_TUMOR_SITE_DATA: where confirmed cases are stored
 
 API_KEY_HEADER = "X-API-Key"
 DISCLAIMER_HEADER = "X-Disclaimer"
 QUEUE_FULL_RETRY_S = 1
 LOADING_RETRY_S = 5
 WORKER_HEALTHCHECK_S = 120
+FEEDBACK_CONCURRENCY = 4  # feedback requests read and stored at once (each holds its upload)
 
 
 class Settings(BaseSettings):
@@ -49,6 +52,8 @@ class Settings(BaseSettings):
     api_key: str | None = None  # when set, /v1/* need a matching X-API-Key header
     # Load the other shipped models right after the own one instead of on first use.
     preload_models: bool = False
+    # The site-data folder: POST /v1/feedback stores confirmed cases there (None: it is off).
+    site_data: Path | None = None
 
     @field_validator("backend", mode="before")
     @classmethod
@@ -59,6 +64,14 @@ class Settings(BaseSettings):
         if name not in BACKENDS:
             raise ValueError(f"use {' or '.join(sorted(BACKENDS))}")
         return name
+
+    @field_validator("site_data", mode="before")
+    @classmethod
+    def _folder_or_none(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip()
+            return Path(value).expanduser() if value else None
+        return value
 
     @property
     def max_upload_bytes(self) -> int:

@@ -16,6 +16,11 @@ from mri_tumor.data.reading import MIB
 MULTIPART = "multipart/form-data"
 FILES_FIELD = "files"
 MAX_NAME_LENGTH = 255
+# POST /v1/feedback: one image and the class a user confirmed for it.
+FEEDBACK_FILE_FIELD = "file"
+FEEDBACK_LABEL_FIELD = "label"
+FEEDBACK_MAX_PARTS = 8  # more parts than this is refused before they are looked at
+MAX_LABEL_LENGTH = 200
 # Declared types accepted for an image; the decoder then goes by the bytes, so a JPEG sent as
 # image/png still works. application/octet-stream is what most clients send for .dcm files.
 IMAGE_MEDIA_TYPES = {
@@ -73,12 +78,14 @@ class _Part:
     data: list[bytes] = field(default_factory=list)
 
 
-def parse_multipart(body: bytes, content_type: str, max_parts: int
+def parse_multipart(body: bytes, content_type: str, max_parts: int,
+                    too_many: str | None = None
                     ) -> list[tuple[str | None, str | None, str, bytes]]:
     """Split a multipart/form-data body in memory.
 
     Returns ``(field name, file name, part media type, bytes)`` per part. Raises
-    HTTPException 400 for a malformed body and 413 for more than ``max_parts`` parts.
+    HTTPException 400 for a malformed body and 413 for more than ``max_parts`` parts (with
+    ``too_many`` as its detail; default: the queue's limit on files).
     """
     _, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")
@@ -89,7 +96,7 @@ def parse_multipart(body: bytes, content_type: str, max_parts: int
 
     def on_part_begin() -> None:
         if len(parts) >= max_parts:
-            raise HTTPException(413, _too_many_files(max_parts))
+            raise HTTPException(413, too_many or _too_many_files(max_parts))
         parts.append(_Part())
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
@@ -186,3 +193,44 @@ async def uploaded_files(request: Request, filename: str | None, limit: int, max
         raise HTTPException(422, f"No file in the request: send one or more images in the "
                                  f"multipart form field '{FILES_FIELD}'.")
     return files
+
+
+async def feedback_form(request: Request, limit: int) -> tuple[str, bytes, str]:
+    """``(file name, bytes, label)`` of a ``POST /v1/feedback`` request: multipart/form-data
+    with one image in the field ``file`` and its class in the field ``label``; read in
+    memory, refused past ``limit`` bytes (413). 415 for another content type or image
+    type, 422 for a missing, repeated or unexpected field."""
+    content_type = request.headers.get("content-type")
+    fields = (f"the image in the field '{FEEDBACK_FILE_FIELD}' and its class in the field "
+              f"'{FEEDBACK_LABEL_FIELD}'")
+    if _media_type(content_type) != MULTIPART:
+        raise HTTPException(415, f"Send multipart/form-data with {fields}.")
+    body = await _read_body(request, limit)
+    parts = parse_multipart(body, content_type or "", max_parts=FEEDBACK_MAX_PARTS,
+                            too_many=f"Too many form fields: send {fields}, nothing else.")
+    found: dict[str, tuple[str | None, str, bytes]] = {}
+    for field_name, file_name, part_media, data in parts:
+        if field_name not in (FEEDBACK_FILE_FIELD, FEEDBACK_LABEL_FIELD):
+            raise HTTPException(422, f"Unexpected form field '{_clean_name(field_name, '')}': "
+                                     f"send {fields}.")
+        if field_name in found:
+            raise HTTPException(422, f"The field '{field_name}' is there twice: send one "
+                                     "image per request, with its class.")
+        found[field_name] = (file_name, part_media, data)
+    missing = [f"'{name}'" for name in (FEEDBACK_FILE_FIELD, FEEDBACK_LABEL_FIELD)
+               if name not in found]
+    if missing:
+        raise HTTPException(422, f"Missing form field {' and '.join(missing)}: send {fields}.")
+    file_name, part_media, data = found[FEEDBACK_FILE_FIELD]
+    name = _clean_name(file_name, "upload")
+    _check_media_type(part_media, name)
+    raw_label = found[FEEDBACK_LABEL_FIELD][2]
+    try:
+        label = raw_label.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        detail = f"The field '{FEEDBACK_LABEL_FIELD}' is not UTF-8 text."
+        raise HTTPException(422, detail) from None
+    if not label or len(label) > MAX_LABEL_LENGTH:
+        raise HTTPException(422, f"The field '{FEEDBACK_LABEL_FIELD}' must name one of the "
+                                 "model's classes (GET /v1/model lists them).")
+    return name, data, label

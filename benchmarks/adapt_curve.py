@@ -1,0 +1,143 @@
+"""Continuous training, measured: adapt a model that never saw the teaching-file source with
+25, 50, 100, 200 and all of its training images, and once with shuffled labels.
+
+    mkdir -p runs/kaggle-only && for f in card.json model.safetensors split.csv; do
+      git show c789561:src/mri_tumor/weights/efficientnet_lite0/$f > runs/kaggle-only/$f; done
+    python benchmarks/adapt_curve.py --base runs/kaggle-only \
+        --site ../shared/data/brain-mri-44-types \
+        --reference ../shared/data/brain-tumor-mri/Training --out runs/adapt-curve \
+        --plot docs/adapt-curve.png
+
+The site folder's in-scope images (glioma, meningioma, no tumour) are split duplicate-aware
+once: 30% are a fixed **site test set** never used for adapting, and site samples of each size
+are drawn (stratified, seed 0) from the rest. Each sample goes through `mri-tumor adapt`
+(its own check part decides the gate); every candidate the gate promotes is then scored on the
+site test set. The reference accuracy is the gate's (the base model's own Kaggle validation
+images). Writes `results.json`, and `docs/adapt-curve.png` with --plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from mri_tumor.adaptation import AdaptConfig, adapt
+from mri_tumor.data.folders import scan_folder
+from mri_tumor.data.splitting import split_folders
+from mri_tumor.evaluation import ImageSet, compute_metrics, score_images
+from mri_tumor.inference import Predictor
+
+SIZES = (25, 50, 100, 200, None)  # None: all of the site's training pool
+
+
+def link_sample(images: list, root: Path, target: Path, shuffle: bool, seed: int) -> None:
+    """A site folder of symbolic links, a sub-folder per class (labels permuted if asked)."""
+    labels = [image.label for image in images]
+    if shuffle:
+        random.Random(seed).shuffle(labels)
+    for number, (image, label) in enumerate(zip(images, labels, strict=True)):
+        folder = target / label
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{number:04d}{image.path.suffix}").symlink_to(image.path.resolve())
+
+
+def stratified(images: list, size: int | None, seed: int) -> list:
+    """``size`` images with the classes' shares of ``images`` (all of them for None)."""
+    if size is None or size >= len(images):
+        return list(images)
+    by_class = defaultdict(list)
+    for image in images:
+        by_class[image.label].append(image)
+    rng = random.Random(seed)
+    sample = []
+    for members in by_class.values():
+        rng.shuffle(members)
+        sample += members[:max(4, round(size * len(members) / len(images)))]
+    return sample[:size] if len(sample) > size else sample
+
+
+def site_test_accuracy(model: Path, test: list, root: Path) -> float:
+    predictor = Predictor.load(model)
+    image_set = ImageSet([root], test, [str(i.path) for i in test])
+    scored = score_images(predictor, image_set, progress=False)
+    return compute_metrics(scored.logits, scored.labels, predictor.class_names,
+                           predictor.card.temperature)["accuracy"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--base", type=Path, required=True)
+    parser.add_argument("--site", type=Path, required=True)
+    parser.add_argument("--reference", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--plot", type=Path, help="write the figure here (PNG)")
+    args = parser.parse_args()
+    scan = scan_folder(args.site)
+    rows = split_folders([scan], val_fraction=0.3, seed=0)
+    by_path = {scan.relative(image.path): image for image in scan.images}
+    pool = [by_path[row.path] for row in rows if row.split == "train"]
+    test = [by_path[row.path] for row in rows if row.split == "val"]
+    results = {"site_test_n": len(test), "pool_n": len(pool),
+               "base_site_test_accuracy": site_test_accuracy(args.base, test, args.site),
+               "runs": []}
+    print(f"site test: {len(test)} images, base accuracy "
+          f"{results['base_site_test_accuracy']:.1%}", flush=True)
+    for size, shuffle in [(size, False) for size in SIZES] + [(200, True)]:
+        sample = stratified(pool, size, seed=0)
+        name = f"{'shuffled-' if shuffle else ''}{len(sample)}"
+        site = args.out / "sites" / name
+        link_sample(sample, args.site, site, shuffle, seed=0)
+        started = time.perf_counter()
+        result = adapt(AdaptConfig(site_dir=site, out=args.out / name, from_model=args.base,
+                                   reference_dirs=[args.reference], epochs=args.epochs),
+                       progress=False)
+        run = {"name": name, "site_images": len(sample), "shuffled": shuffle,
+               "seconds": round(time.perf_counter() - started, 1), **result.to_dict()}
+        if result.promoted:
+            run["site_test_accuracy"] = site_test_accuracy(args.out / name, test, args.site)
+        results["runs"].append(run)
+        print(f"{name}: {result.reason} ({run['seconds']:.0f} s)"
+              + (f", site test {run['site_test_accuracy']:.1%}" if result.promoted else ""),
+              flush=True)
+        (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    if args.plot:
+        plot(results, args.plot)
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in results["runs"] if not r["shuffled"]]
+    sizes = [r["site_images"] for r in runs]
+    figure, ax = plt.subplots(figsize=(7, 4.2))
+    promoted = [r for r in runs if r["promoted"]]
+    ax.plot([r["site_images"] for r in promoted], [r["site_test_accuracy"] for r in promoted],
+            "o-", label="site test set (teaching files), promoted candidates")
+    ax.axhline(results["base_site_test_accuracy"], color="C0", linestyle=":",
+               label="site test set, base model")
+    reference = next(name for name in runs[0]["base"] if name != "site")
+    ax.plot(sizes, [r["candidate"][reference]["accuracy"] for r in runs], "s-", color="C1",
+            label=f"reference ({reference}), every candidate")
+    ax.axhline(runs[0]["base"][reference]["accuracy"], color="C1", linestyle=":",
+               label="reference, base model")
+    for r in runs:
+        if not r["promoted"]:
+            ax.annotate("refused", (r["site_images"], r["candidate"][reference]["accuracy"]),
+                        textcoords="offset points", xytext=(0, -14), ha="center", fontsize=8)
+    ax.set(xscale="log", xlabel="site images used for adapting", ylabel="accuracy",
+           title="Adapting a Kaggle-only model to a second source")
+    ax.set_xticks(sizes, [str(s) for s in sizes])
+    ax.legend(fontsize=8, loc="lower right")
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+
+
+if __name__ == "__main__":
+    main()
