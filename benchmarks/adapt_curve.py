@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--site", type=Path, required=True)
     parser.add_argument("--reference", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--plot", type=Path, help="write the figure here (PNG)")
     args = parser.parse_args()
     scan = scan_folder(args.site)
@@ -110,6 +110,8 @@ def main() -> None:
 
 
 def plot(results: dict, path: Path) -> None:
+    """Site accuracy (the gate's check part, every candidate; the fixed site test set, the
+    promoted ones) and reference accuracy against the number of site images."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -117,25 +119,29 @@ def plot(results: dict, path: Path) -> None:
 
     runs = [r for r in results["runs"] if not r["shuffled"]]
     sizes = [r["site_images"] for r in runs]
-    figure, ax = plt.subplots(figsize=(7, 4.2))
+    reference = next(name for name in runs[0]["base"] if name != "site")
+    figure, ax = plt.subplots(figsize=(7.5, 4.4))
+    ax.plot(sizes, [r["candidate"]["site"]["accuracy"] for r in runs], "o-", color="C0",
+            label="site check part (gate): candidate")
+    ax.plot(sizes, [r["base"]["site"]["accuracy"] for r in runs], "o:", color="C0",
+            alpha=0.6, label="site check part (gate): base model")
     promoted = [r for r in runs if r["promoted"]]
     ax.plot([r["site_images"] for r in promoted], [r["site_test_accuracy"] for r in promoted],
-            "o-", label="site test set (teaching files), promoted candidates")
-    ax.axhline(results["base_site_test_accuracy"], color="C0", linestyle=":",
-               label="site test set, base model")
-    reference = next(name for name in runs[0]["base"] if name != "site")
+            "D", color="C2", label=f"fixed site test set ({results['site_test_n']}): promoted")
+    ax.axhline(results["base_site_test_accuracy"], color="C2", linestyle=":",
+               label="fixed site test set: base model")
     ax.plot(sizes, [r["candidate"][reference]["accuracy"] for r in runs], "s-", color="C1",
-            label=f"reference ({reference}), every candidate")
+            label=f"reference ({reference}): candidate")
     ax.axhline(runs[0]["base"][reference]["accuracy"], color="C1", linestyle=":",
-               label="reference, base model")
+               label="reference: base model")
     for r in runs:
-        if not r["promoted"]:
-            ax.annotate("refused", (r["site_images"], r["candidate"][reference]["accuracy"]),
-                        textcoords="offset points", xytext=(0, -14), ha="center", fontsize=8)
+        ax.annotate("promoted" if r["promoted"] else "refused",
+                    (r["site_images"], r["candidate"][reference]["accuracy"]),
+                    textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
     ax.set(xscale="log", xlabel="site images used for adapting", ylabel="accuracy",
-           title="Adapting a Kaggle-only model to a second source")
+           ylim=(0, 1.05), title="Adapting a Kaggle-only model to a second source")
     ax.set_xticks(sizes, [str(s) for s in sizes])
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=7, loc="lower right")
     figure.savefig(path, dpi=110, bbox_inches="tight")
 
 

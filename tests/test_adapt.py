@@ -33,12 +33,23 @@ def test_the_gate_rule(candidate: dict, promoted: bool, why: str) -> None:
     assert decision is promoted and why in reason
 
 
+def test_a_site_the_base_was_never_calibrated_for_needs_no_worse_calibration() -> None:
+    base = scores(0.40, 0.98)
+    base["site"]["ece"] = 0.50
+    assert decide(base, scores(0.60, 0.98, ece=0.01) | {"site": {
+        "n": 30, "accuracy": 0.6, "macro_f1": 0.6, "ece": 0.30}}, 0.5)[0] is True
+    worse = scores(0.60, 0.98) | {"site": {"n": 30, "accuracy": 0.6, "macro_f1": 0.6,
+                                          "ece": 0.55}}
+    promoted, reason = decide(base, worse, 0.5)
+    assert promoted is False and "ECE on site is 0.550 (at most 0.500)" in reason
+
+
 def test_adapt_promotes_a_candidate_that_passes_and_records_its_lineage(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     site = shutil.copytree(FIXTURE_IMAGES, tmp_path / "site")
     out = tmp_path / "out"
     status = main(["adapt", str(site), "--out", str(out), "--reference-dir", str(REFERENCE),
-                   "--epochs", "1", "--max-reference-drop", "100"])
+                   "--epochs", "1", "--lr", "1e-5", "--max-reference-drop", "100"])
     gate = json.loads((out / "gate.json").read_text())
     assert status == 0 and gate["promoted"] is True, gate["reason"]
     assert set(gate["base"]) == set(gate["candidate"]) == {"site", "types"}

@@ -1070,7 +1070,7 @@ def test_no_input_gives_a_server_error(predictor: Predictor,
         seen: list[tuple[str, str, int]] = []
 
         @given(case=cases)
-        @settings(max_examples=30, deadline=timedelta(seconds=30), database=None,
+        @settings(max_examples=60, deadline=timedelta(seconds=30), database=None,
                   derandomize=True, suppress_health_check=list(HealthCheck))
         def no_server_error(case) -> None:
             response = case.call_and_validate(checks=[not_a_server_error])

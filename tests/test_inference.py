@@ -136,7 +136,7 @@ def test_cli_usage_errors_exit_2(capsys) -> None:
     assert main(["predict", "--batch-size", "0", "x.jpg"]) == 2
     assert "--batch-size" in capsys.readouterr().err
     assert main(["predict", "--model", "/nonexistent/model", "x.jpg"]) == 2
-    assert "not a shipped model (default, types) and not a model folder" in capsys.readouterr().err
+    assert "not a shipped model (default, types)" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main(["predict", "--backend", "tensorflow", "x.jpg"])
     assert exit_info.value.code == 2

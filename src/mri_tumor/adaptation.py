@@ -11,7 +11,7 @@
    set of every reference folder (images the base model never trained on when its split
    names them). The candidate is promoted only if site accuracy does not fall, no reference
    accuracy falls by more than ``max_reference_drop`` points and its ECE stays at most
-   ``MAX_ECE`` on every set.
+   ``MAX_ECE`` on every set (or no higher than the base's, where that was already above).
 
 Promoted: ``out`` is a complete model folder whose card records its lineage (parent, site
 data, gate), plus ``gate.json`` and ``gate.md``. Refused: ``out`` holds only the gate files.
@@ -43,8 +43,10 @@ from mri_tumor.data.splitting import (
 MIN_SITE_IMAGES = 20  # fewer confirmed cases than this say too little to adapt on
 MIN_PER_CLASS = 4  # and each class the site has needs at least this many
 CHECK_FRACTION = 0.3  # share of the site's images kept aside for the gate
-REPLAY_PER_SITE_IMAGE = 2  # reference images replayed per site training image
-REFERENCE_CHECK_MAX = 400  # reference images per folder that the gate scores
+REPLAY_PER_SITE_IMAGE = 3  # reference images replayed per site training image
+REFERENCE_CHECK_MAX = 1000  # reference images per folder that the gate scores
+# A candidate's ECE must be at most this on every set, or, where the base model was already
+# above it (a new site it was never calibrated for), no higher than the base model's.
 MAX_ECE = 0.05
 GATE_JSON, GATE_MD = "gate.json", "gate.md"
 
@@ -64,8 +66,8 @@ class AdaptConfig:
     # Non-MRI examples for the guard's refusal direction (e.g. head CT), as in training.
     refuse_dirs: list[Path] = field(default_factory=list)
     max_reference_drop: float = 0.5  # percentage points
-    epochs: int = 4
-    lr: float = 5e-5
+    epochs: int = 5
+    lr: float = 1e-4
     batch_size: int = 16
     seed: int = 0
 
@@ -88,7 +90,8 @@ class GateResult:
 def gate_rule(max_reference_drop: float) -> str:
     """The promotion rule in words."""
     return (f"promote only if site accuracy does not fall, no reference accuracy falls by "
-            f"more than {max_reference_drop:g} points, and ECE <= {MAX_ECE} on every set")
+            f"more than {max_reference_drop:g} points, and on every set ECE <= {MAX_ECE} "
+            "(or, where the base model's was already above that, no higher than the base's)")
 
 
 def decide(base: dict[str, dict[str, Any]], candidate: dict[str, dict[str, Any]],
@@ -107,8 +110,9 @@ def decide(base: dict[str, dict[str, Any]], candidate: dict[str, dict[str, Any]]
             problems.append(f"{name} accuracy fell by {drop:.1f} points (at most "
                             f"{max_reference_drop:g} allowed)")
     for name, scores in candidate.items():
-        if scores["ece"] is not None and scores["ece"] > MAX_ECE:
-            problems.append(f"ECE on {name} is {scores['ece']:.3f} (at most {MAX_ECE})")
+        allowed = max(MAX_ECE, base[name]["ece"] or 0.0)
+        if scores["ece"] is not None and scores["ece"] > allowed:
+            problems.append(f"ECE on {name} is {scores['ece']:.3f} (at most {allowed:.3f})")
     if problems:
         return False, "refused: " + "; ".join(problems)
     gain = (candidate["site"]["accuracy"] - base["site"]["accuracy"]) * 100

@@ -427,8 +427,8 @@ def _add_adapt(sub: argparse._SubParsersAction) -> None:
                    help="non-MRI examples (e.g. head CT) for the guard, as in train")
     p.add_argument("--max-reference-drop", type=float, default=0.5, metavar="POINTS",
                    help="largest accuracy drop on a reference folder the gate accepts")
-    p.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs")
-    p.add_argument("--lr", type=float, default=5e-5, help="fine-tuning learning rate")
+    p.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs")
+    p.add_argument("--lr", type=float, default=1e-4, help="fine-tuning learning rate")
 
 
 def _run_adapt(args: argparse.Namespace) -> int:
