@@ -56,7 +56,25 @@ def app_command(port: int) -> list[str]:
     return [*base, "app", "--port", str(port)]
 
 
-def _stop(process: subprocess.Popen) -> None:
+def wait_healthy(url: str, process: subprocess.Popen, timeout: float,
+                 health: str = "/_stcore/health") -> None:
+    """Return once ``url + health`` answers 200; RuntimeError if the process exits first,
+    TimeoutError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the app exited early with status {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}{health}", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"the app did not answer on {url} within {timeout:.0f} s")
+
+
+def stop_app(process: subprocess.Popen) -> None:
     """Stop the app and the streamlit child it started (their own process group)."""
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGTERM)
@@ -106,7 +124,7 @@ def measure_startup(timeout: float, browser: bool) -> dict[str, float | None]:
         if result["health_s"] is not None and browser and CHROMIUM.exists():
             result["page_usable_s"] = _seconds_to_usable_page(url, start, timeout)
     finally:
-        _stop(process)
+        stop_app(process)
     return result
 
 

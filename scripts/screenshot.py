@@ -12,18 +12,21 @@ PNG, and stops the app. Needs the [test] extra (Playwright): ``make screenshot``
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 # The browser test, the benchmark and this script start the app and Chromium the same way.
-from app_speed import CHROMIUM, CHROMIUM_ARGS, app_command, free_port  # noqa: E402
+from app_speed import (  # noqa: E402
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    app_command,
+    free_port,
+    stop_app,
+    wait_healthy,
+)
 
 from mri_tumor.card import SHIPPED_MODEL_DIR, ModelCard  # noqa: E402
 
@@ -32,32 +35,6 @@ STARTUP_SECONDS = 90
 RESULT_MS = 90_000
 VIEWPORT = {"width": 1400, "height": 2200}  # Streamlit scrolls inside its own container
 MARGIN = 40  # pixels kept below the result card
-
-
-def _wait_healthy(url: str, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the app exited early with status {process.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise SystemExit(f"the app did not answer on {url} within {STARTUP_SECONDS} s")
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """Stop the app and its Streamlit server (their own process group)."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def capture(url: str, label: str, out: Path) -> None:
@@ -111,10 +88,13 @@ def main(argv: list[str] | None = None) -> int:
                                stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        _wait_healthy(url, process)
+        wait_healthy(url, process, STARTUP_SECONDS)
         capture(url, label, args.out)
+    except (RuntimeError, TimeoutError) as error:
+        print(error, file=sys.stderr)
+        return 1
     finally:
-        _stop(process)
+        stop_app(process)
     print(f"wrote {args.out}")
     return 0
 

@@ -10,12 +10,8 @@ skipped without it.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,7 +23,14 @@ from mri_tumor.card import DISCLAIMER
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 # The benchmark and this test start the app and Chromium the same way.
-from app_speed import CHROMIUM, CHROMIUM_ARGS, app_command, free_port  # noqa: E402
+from app_speed import (  # noqa: E402
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    app_command,
+    free_port,
+    stop_app,
+    wait_healthy,
+)
 
 FIXTURE = sorted((ROOT / "tests" / "fixtures" / "images" / "meningioma").glob("*.jpg"))[0]
 SCREENSHOT = ROOT / "artifacts" / "app-e2e.png"
@@ -39,22 +42,6 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
                                        "(apt-get install -y chromium)")
 
 
-def _wait_healthy(url: str, process: subprocess.Popen, timeout: float,
-                  health: str = "/_stcore/health") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the app exited early with status {process.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}{health}", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"the app did not answer on {url} within {timeout:.0f} s")
-
-
 @contextmanager
 def _running(command: list[str], port: int, health: str) -> Iterator[str]:
     """Run ``command`` (listening on ``port``) until the block ends; yields its base URL."""
@@ -64,16 +51,10 @@ def _running(command: list[str], port: int, health: str) -> Iterator[str]:
                                stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(url, process, STARTUP_SECONDS, health)
+        wait_healthy(url, process, STARTUP_SECONDS, health)
         yield url
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_app(process)
 
 
 @pytest.fixture(scope="module")
