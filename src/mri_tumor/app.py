@@ -79,7 +79,7 @@ def analyse_upload(predictor: Predictor, name: str, data: bytes) -> list[Analyse
     if len(data) > MAX_UPLOAD_BYTES:
         return [AnalysedImage(Prediction(name, ERROR,
                                          message=too_large_message(name, len(data))))]
-    decoded = decode(data, name)
+    decoded = decode(data, name, predictor.name)
     if isinstance(decoded, Prediction):
         return [AnalysedImage(decoded)]
     results: list[AnalysedImage] = []

@@ -48,7 +48,6 @@ NETWORK_BATCH = 8
 logger = logging.getLogger(__name__)
 
 
-
 class Status(StrEnum):
     """What became of an input: classified, refused as not a brain MRI, or unreadable."""
 
@@ -94,7 +93,6 @@ class Prediction:
         sequence (what the CLI and API emit)."""
         keys = RESULT_KEYS + (SEQUENCE_KEYS if self.sequence is not None else ())
         return {key: getattr(self, key) for key in keys}
-
 
 
 class TorchBackend:
@@ -148,6 +146,7 @@ class OnnxBackend:
     def __init__(self, session: Any, ood_threshold: float | None) -> None:
         self.session = session
         self.ood_threshold = ood_threshold
+        self.output_names = [output.name for output in session.get_outputs()] if session else []
 
     @classmethod
     def load(cls, directory: Path, threads: int) -> tuple[OnnxBackend, ModelCard]:
@@ -174,8 +173,8 @@ class OnnxBackend:
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Normalised float32 (B, C, H, W) -> the graph's outputs by name (as the torch
         backend's)."""
-        names = [output.name for output in self.session.get_outputs()]
-        return dict(zip(names, self.session.run(None, {"pixels": batch}), strict=True))
+        return dict(zip(self.output_names, self.session.run(None, {"pixels": batch}),
+                        strict=True))
 
 
 BACKENDS: dict[str, type[TorchBackend] | type[OnnxBackend]] = {
@@ -185,27 +184,29 @@ BACKENDS: dict[str, type[TorchBackend] | type[OnnxBackend]] = {
 DEFAULT_BACKEND = "onnx"
 
 
-def decode(source: ImageSource, name: str) -> list[Frame] | Prediction:
+def decode(source: ImageSource, name: str, model: str | None = None) -> list[Frame] | Prediction:
     """The one way an input becomes model frames: its 2-D grey frames, or the result that
     says why there are none (``rejected`` for a DICOM file whose header says CT, US...;
-    ``error`` for anything unreadable). Never raises for a bad input."""
+    ``error`` for anything unreadable), naming ``model``. Never raises for a bad input."""
+    def failed(status: Status, message: str) -> Prediction:
+        return Prediction(name, status, message=message, model=model)
+
     try:
         frames = read_frames(source, name)
     except NotMRIError as error:
-        return Prediction(name, REJECTED, message=str(error))
+        return failed(REJECTED, str(error))
     except ImageReadError as error:
-        return Prediction(name, ERROR, message=str(error))
+        return failed(ERROR, str(error))
     except MemoryError:
-        return Prediction(name, ERROR, message=f"{name}: too large to read in the memory "
-                                                "available")
+        return failed(ERROR, f"{name}: too large to read in the memory available")
     except OSError as error:
-        return Prediction(name, ERROR, message=f"{name}: cannot read this file "
-                                                f"({error.strerror or type(error).__name__})")
+        return failed(ERROR, f"{name}: cannot read this file "
+                             f"({error.strerror or type(error).__name__})")
     except Exception as error:  # any decoder failure is a bad file, never a crash
         logger.warning("decoding an input failed: %s", type(error).__name__)
-        return Prediction(name, ERROR, message=f"{name}: cannot read this file")
+        return failed(ERROR, f"{name}: cannot read this file")
     if not frames:
-        return Prediction(name, ERROR, message=f"{name}: holds no image")
+        return failed(ERROR, f"{name}: holds no image")
     return frames
 
 
@@ -260,9 +261,8 @@ class Predictor:
         pending: list[tuple[int, Frame]] = []
         for index, source in enumerate(inputs):
             name = names[index] if names else _default_name(source, index)
-            decoded = decode(source, name)
+            decoded = decode(source, name, self.name)
             if isinstance(decoded, Prediction):
-                decoded.model = self.name
                 results.append(decoded)
                 continue
             frames = decoded

@@ -162,9 +162,9 @@ class InferenceQueue:
     def _decode(self, name: str, data: bytes,
                 pending: list[tuple[list[Prediction | None], int, Any]]
                 ) -> list[Prediction | None]:
-        frames = decode(data, name)
+        frames = decode(data, name, self.predictor.name)
         if isinstance(frames, Prediction):  # unreadable or not an MRI: no model ran
-            return [self._stamped(frames)]
+            return [frames]
         slots: list[Prediction | None] = [None] * len(frames)
         pending.extend((slots, index, frame) for index, frame in enumerate(frames))
         return slots
