@@ -38,13 +38,7 @@ from mri_tumor.calibration import fit_low_confidence, fit_temperature, softmax
 from mri_tumor.card import HISTORY_FILE, SPLIT_FILE, ModelCard, TrainingRecord, ValidationMetrics
 from mri_tumor.curves import plot_history
 from mri_tumor.data.augment import AugmentConfig, augment_batch
-from mri_tumor.data.folders import (
-    DISPLAY_NAMES,
-    NORMAL_LABEL,
-    NORMAL_TYPE,
-    scan_folders,
-    source_name,
-)
+from mri_tumor.data.folders import naming, scan_folders, source_name
 from mri_tumor.data.preprocess import PreprocessSpec, normalize, to_model_pixels
 from mri_tumor.data.reading import read_image
 from mri_tumor.data.splitting import (
@@ -541,8 +535,8 @@ def train(config: TrainConfig) -> Path | None:
     card = ModelCard(
         architecture=config.arch,
         class_names=class_names,
-        display_names={name: DISPLAY_NAMES[name] for name in class_names if name in DISPLAY_NAMES},
-        normal_class=next((n for n in (NORMAL_LABEL, NORMAL_TYPE) if n in class_names), None),
+        display_names=naming(class_names)[0],
+        normal_class=naming(class_names)[1],
         label_scheme=config.label_scheme,
         sequence_names=sequence_names,
         image_size=image_size,
@@ -728,11 +722,9 @@ def refit(model_dir: Path, data_dirs: list[Path] | Path, image_size: int | None 
     from mri_tumor.models import load_model
 
     model, card, _ = load_model(model_dir)
-    if not card.display_names:  # a card from before the field: the names it was shown with
-        card.display_names = {name: DISPLAY_NAMES[name] for name in card.class_names
-                              if name in DISPLAY_NAMES}
-    if card.normal_class is None and NORMAL_LABEL in card.class_names:
-        card.normal_class = NORMAL_LABEL
+    display, normal = naming(card.class_names)  # cards from before the fields: as shown then
+    card.display_names = card.display_names or display
+    card.normal_class = card.normal_class or normal
     if image_size is not None and image_size != card.image_size:
         card.training.image_size = card.training.image_size or card.image_size
         card.image_size = image_size

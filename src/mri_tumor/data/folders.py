@@ -89,6 +89,14 @@ TYPE_SEQUENCE_FOLDER = re.compile(r"^(?P<type>.+?)\s+(?P<sequence>T1C\+|T1|T2|FL
 GENERIC_FOLDER_NAMES = {"training", "train", "testing", "test", "val", "validation", "data"}
 
 
+def naming(class_names: list[str]) -> tuple[dict[str, str], str | None]:
+    """What a new card records about these labels: how each is shown to people, and which
+    one means no tumour (None when none does)."""
+    display = {name: DISPLAY_NAMES[name] for name in class_names if name in DISPLAY_NAMES}
+    normal = next((name for name in (NORMAL_LABEL, NORMAL_TYPE) if name in class_names), None)
+    return display, normal
+
+
 class UnknownClassFolderError(ValueError):
     """A dataset folder holds a sub-folder that is not one of the accepted class names."""
 
