@@ -25,10 +25,9 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from mri_tumor.adaptation import AdaptConfig, adapt
+from mri_tumor.adaptation import AdaptConfig, adapt, gate_scores
 from mri_tumor.data.folders import scan_folder
 from mri_tumor.data.splitting import split_folders
-from mri_tumor.evaluation import ImageSet, compute_metrics, score_images
 from mri_tumor.inference import Predictor
 
 SIZES = (25, 50, 100, 200, None)  # None: all of the site's training pool
@@ -60,12 +59,8 @@ def stratified(images: list, size: int | None, seed: int) -> list:
     return sample[:size] if len(sample) > size else sample
 
 
-def site_test_accuracy(model: Path, test: list, root: Path) -> float:
-    predictor = Predictor.load(model)
-    image_set = ImageSet([root], test, [str(i.path) for i in test])
-    scored = score_images(predictor, image_set, progress=False)
-    return compute_metrics(scored.logits, scored.labels, predictor.class_names,
-                           predictor.card.temperature)["accuracy"]
+def site_test_accuracy(model: Path, test: list) -> float:
+    return gate_scores(Predictor.load(model), test)["accuracy"]
 
 
 def main() -> None:
@@ -83,7 +78,7 @@ def main() -> None:
     pool = [by_path[row.path] for row in rows if row.split == "train"]
     test = [by_path[row.path] for row in rows if row.split == "val"]
     results = {"site_test_n": len(test), "pool_n": len(pool),
-               "base_site_test_accuracy": site_test_accuracy(args.base, test, args.site),
+               "base_site_test_accuracy": site_test_accuracy(args.base, test),
                "runs": []}
     print(f"site test: {len(test)} images, base accuracy "
           f"{results['base_site_test_accuracy']:.1%}", flush=True)
@@ -99,7 +94,7 @@ def main() -> None:
         run = {"name": name, "site_images": len(sample), "shuffled": shuffle,
                "seconds": round(time.perf_counter() - started, 1), **result.to_dict()}
         if result.promoted:
-            run["site_test_accuracy"] = site_test_accuracy(args.out / name, test, args.site)
+            run["site_test_accuracy"] = site_test_accuracy(args.out / name, test)
         results["runs"].append(run)
         print(f"{name}: {result.reason} ({run['seconds']:.0f} s)"
               + (f", site test {run['site_test_accuracy']:.1%}" if result.promoted else ""),

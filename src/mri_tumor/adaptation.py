@@ -26,7 +26,7 @@ import json
 import random
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +137,6 @@ def check_site(scan_counts: dict[str, int], class_names: list[str]) -> None:
 
 def adapt(config: AdaptConfig, progress: bool = True) -> GateResult:
     """Fine-tune, gate, and write ``config.out`` (see the module docstring)."""
-    from mri_tumor.evaluation import ImageSet, compute_metrics, score_images
     from mri_tumor.inference import Predictor
     from mri_tumor.training import TrainConfig, train
 
@@ -147,7 +146,7 @@ def adapt(config: AdaptConfig, progress: bool = True) -> GateResult:
                                                base_card.label_scheme)
     check_site(site_scan.counts(), base_card.class_names)
     site_rows = split_folders([site_scan], val_fraction=CHECK_FRACTION, seed=config.seed)
-    site_rows = [_with_source(row, site_scan.source) for row in site_rows]
+    site_rows = [replace(row, source=site_scan.source) for row in site_rows]
     rng = random.Random(config.seed)
     reference_rows: dict[str, tuple[list[SplitRow], list[SplitRow]]] = {}
     site_train = sum(row.split == "train" for row in site_rows)
@@ -158,9 +157,9 @@ def adapt(config: AdaptConfig, progress: bool = True) -> GateResult:
                                                                       REFERENCE_CHECK_MAX)))
     with tempfile.TemporaryDirectory(prefix="mri-tumor-adapt-") as tmp:
         work = Path(tmp)
-        rows = site_rows + [_as(row, "train") for replay, _ in reference_rows.values()
+        rows = site_rows + [replace(row, split="train") for replay, _ in reference_rows.values()
                             for row in replay]
-        rows += [_as(row, "val") for _, check in reference_rows.values() for row in check]
+        rows += [replace(row, split="val") for _, check in reference_rows.values() for row in check]
         write_split_csv(rows, work / SPLIT_FILE)
         candidate_dir = work / "candidate"
         train(TrainConfig(
@@ -171,7 +170,7 @@ def adapt(config: AdaptConfig, progress: bool = True) -> GateResult:
             label_scheme=base_card.label_scheme, refuse_dirs=list(config.refuse_dirs)))
         sets = {"site": [row for row in site_rows if row.split == "val"]}
         sets |= {name: check for name, (_, check) in reference_rows.items()}
-        roots = {site_scan.source: config.site_dir} | {
+        roots = {site_scan.source: Path(config.site_dir)} | {
             scan.source: scan.root for scan in reference_scans}
         scores: dict[str, dict[str, dict[str, Any]]] = {}
         for role, directory in (("base", base_dir), ("candidate", candidate_dir)):
@@ -180,13 +179,7 @@ def adapt(config: AdaptConfig, progress: bool = True) -> GateResult:
             for name, set_rows in sets.items():
                 images = [LabelledImage(roots[row.source] / row.path, row.label, row.source,
                                         row.sequence) for row in set_rows]
-                image_set = ImageSet(list(roots.values()), images,
-                                     [f"{row.source}/{row.path}" for row in set_rows])
-                scored = score_images(predictor, image_set, progress=progress)
-                m = compute_metrics(scored.logits, scored.labels, predictor.class_names,
-                                    predictor.card.temperature)
-                scores[role][name] = {key: m[key] for key in ("n", "accuracy", "macro_f1",
-                                                              "ece")}
+                scores[role][name] = gate_scores(predictor, images, progress)
         promoted, reason = decide(scores["base"], scores["candidate"],
                                   config.max_reference_drop)
         result = GateResult(promoted, scores["base"], scores["candidate"],
@@ -196,12 +189,17 @@ def adapt(config: AdaptConfig, progress: bool = True) -> GateResult:
     return result
 
 
-def _with_source(row: SplitRow, source: str) -> SplitRow:
-    return SplitRow(row.path, row.label, row.split, row.group, row.phash, source, row.sequence)
+def gate_scores(predictor: Any, images: list[LabelledImage],
+                progress: bool = False) -> dict[str, Any]:
+    """``{n, accuracy, macro_f1, ece}`` of a predictor on labelled images (one gate set)."""
+    from mri_tumor.evaluation import ImageSet, compute_metrics, score_images
 
-
-def _as(row: SplitRow, split: str) -> SplitRow:
-    return SplitRow(row.path, row.label, split, row.group, row.phash, row.source, row.sequence)
+    image_set = ImageSet(sorted({image.path.parent for image in images}), images,
+                         [str(image.path) for image in images])
+    scored = score_images(predictor, image_set, progress=progress)
+    metrics = compute_metrics(scored.logits, scored.labels, predictor.class_names,
+                              predictor.card.temperature)
+    return {key: metrics[key] for key in ("n", "accuracy", "macro_f1", "ece")}
 
 
 def _reference_rows(scan: Any, base_dir: Path, base_card: ModelCard,
@@ -216,10 +214,10 @@ def _reference_rows(scan: Any, base_dir: Path, base_card: ModelCard,
                 if row.source in (scan.source, "") and row.path in relative
                 and row.label in base_card.class_names]
         if rows:
-            rows = [_with_source(row, scan.source) for row in rows]
+            rows = [replace(row, source=scan.source) for row in rows]
             return ([row for row in rows if row.split == "train"],
                     [row for row in rows if row.split != "train"])
-    fresh = [_with_source(row, scan.source)
+    fresh = [replace(row, source=scan.source)
              for row in split_folders([scan], seed=rng.randrange(1000))]
     return ([row for row in fresh if row.split == "train"],
             [row for row in fresh if row.split != "train"])
@@ -275,4 +273,4 @@ def _ece(value: float | None) -> str:
 
 
 __all__ = ["AdaptConfig", "GateResult", "TooFewSiteImagesError", "adapt", "decide",
-           "gate_rule"]
+           "gate_rule", "gate_scores"]
