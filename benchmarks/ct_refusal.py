@@ -54,7 +54,7 @@ def main() -> None:
     roots = source_roots(args.data_dirs)
     train_rows = [r for r in rows if r.split == "train"]
     val_rows = [r for r in rows if r.split == "val"]
-    train_pixels, train_labels = load_pixels(roots, train_rows, card.image_size)
+    train_pixels, train_labels = load_pixels(roots, train_rows, card.image_size, card.class_names)
     val_pixels, _ = load_pixels(roots, val_rows, card.image_size)
     _, train_features = predict_outputs(model, train_pixels, spec)
     _, val_features = predict_outputs(model, val_pixels, spec)
