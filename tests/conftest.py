@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import struct
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from mri_tumor import Predictor
+
+if TYPE_CHECKING:  # imported where used: a plain `pytest` run has no `tests` package
+    from tests.orthanc import OrthancServer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FIXTURE_IMAGES = FIXTURES / "images"
@@ -93,3 +99,28 @@ def other_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     names = [f"class-{chr(ord('a') + i)}" for i in range(count)]
     sequences = ["T1", "T1C+", "T2"] if count == 15 else None
     return make_model_folder(tmp_path_factory.mktemp("model"), names, sequences)
+
+
+def require_orthanc() -> None:
+    """Skip the test when the Orthanc server is not installed, unless the run must have it
+    (``MRI_TUMOR_REQUIRE_ORTHANC`` set, as ``.ci/run`` does): then fail."""
+    from tests.orthanc import ORTHANC
+
+    if ORTHANC.exists():
+        return
+    message = (f"Orthanc is not installed ({ORTHANC}; Debian packages orthanc and "
+               "orthanc-dicomweb): the PACS end-to-end tests need a real server")
+    if os.environ.get("MRI_TUMOR_REQUIRE_ORTHANC"):
+        pytest.fail(f"{message}, and MRI_TUMOR_REQUIRE_ORTHANC is set")
+    pytest.skip(message)
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[OrthancServer]:
+    """A fresh, empty Orthanc server (DICOMweb, basic auth) for this test, stopped after it.
+    Tests that need Orthanc to C-STORE to a listener declare it with ``add_modality``."""
+    from tests.orthanc import OrthancServer
+
+    require_orthanc()
+    with OrthancServer.start(tmp_path / "orthanc") as server:
+        yield server

@@ -21,7 +21,6 @@ optimistic; the base model's are not. Research tool, not a diagnosis.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import shutil
@@ -30,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from mri_tumor.card import SPLIT_FILE, WEIGHTS_FILE, ModelCard, resolve_model
+from mri_tumor.card import SPLIT_FILE, ModelCard, resolve_model
 from mri_tumor.data.folders import LabelledImage, scan_folders
 from mri_tumor.data.splitting import (
     SplitRow,
@@ -230,10 +229,9 @@ def _write_out(config: AdaptConfig, result: GateResult, candidate_dir: Path | No
     out.mkdir(parents=True, exist_ok=True)
     if candidate_dir is not None:
         card = ModelCard.load(candidate_dir)
-        weights = (base_dir / WEIGHTS_FILE).read_bytes()
         files = [(site_scan.source, site_scan.relative(image.path)) for image in site_scan.images]
         card.lineage = {
-            "parent": {"name": base_name, "weights_sha256": hashlib.sha256(weights).hexdigest()},
+            "parent": {"name": base_name, "weights_sha256": ModelCard.weights_sha256(base_dir)},
             "site_data": {"fingerprint": folder_fingerprint({site_scan.source: site_scan.root},
                                                             files),
                           "counts": site_scan.counts()},

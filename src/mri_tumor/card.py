@@ -9,6 +9,7 @@ in their ``other`` dict and written back unchanged.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -267,6 +268,12 @@ class ModelCard:
         if not path.is_file():
             raise FileNotFoundError(f"no weights at {path}")
         return path
+
+    @staticmethod
+    def weights_sha256(directory: Path) -> str:
+        """SHA-256 of a model folder's weights file: what identifies the exact model in
+        lineage records and in results written to a PACS."""
+        return hashlib.sha256(ModelCard.weights_path(directory).read_bytes()).hexdigest()
 
     def split_path(self, directory: Path) -> Path:
         """The split CSV this model was trained on, in its model folder ``directory``."""

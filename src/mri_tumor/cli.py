@@ -517,6 +517,195 @@ def _run_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_pacs(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pacs", help="classify MR studies on a PACS and store the results back "
+                       "as DICOM", description="Read MR studies from a DICOMweb server (run, "
+                       "watch) or receive them by DIMSE C-STORE (listen); write back a "
+                       "Structured Report and a Grad-CAM Secondary Capture series, both marked "
+                       "unverified and not for diagnosis. Logs name studies by a hash of their "
+                       "UID, never by patient data. Research tool, not a diagnosis.")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", title="actions", required=True,
+                               prog=p.prog)
+
+    def server_options(action: argparse.ArgumentParser) -> None:
+        action.add_argument("--url", required=True, metavar="DICOMWEB_ROOT",
+                            help="the server's DICOMweb root, e.g. "
+                                 "http://localhost:8042/dicom-web")
+        action.add_argument("--user", metavar="USER[:PASSWORD]",
+                            help="basic authentication; without :PASSWORD it is read from "
+                                 "MRI_TUMOR_PACS_PASSWORD or asked for. A bearer token is "
+                                 "read from MRI_TUMOR_PACS_TOKEN instead")
+
+    run = actions.add_parser(
+        "run", formatter_class=HelpFormatter, help="process MR studies once",
+        description="Classify every MR image of the given studies (default: every MR study "
+                    "this model has not processed yet) and store the results into each study. "
+                    "Exit 0 when all went well, 1 when a study failed or held unreadable "
+                    "images.")
+    server_options(run)
+    run.add_argument("--study", dest="studies", action="append", default=[], metavar="UID",
+                     help="a Study Instance UID; repeat for several")
+    run.add_argument("--dry-run", action="store_true",
+                     help="classify and print what would be stored, store nothing")
+    watch = actions.add_parser(
+        "watch", formatter_class=HelpFormatter, help="keep processing new MR studies",
+        description="Poll the server and process each new MR study once; remember progress "
+                    "in a state file; retry a failing study with growing delays; stop cleanly "
+                    "on SIGTERM or Ctrl-C.")
+    server_options(watch)
+    watch.add_argument("--interval", type=float, default=30.0, metavar="S",
+                       help="seconds between polls")
+    watch.add_argument("--state", type=Path, metavar="FILE",
+                       help="progress file (default: $MRI_TUMOR_HOME/pacs-watch-<hash of the "
+                            "URL>.json)")
+    listen = actions.add_parser(
+        "listen", formatter_class=HelpFormatter, help="receive images by DICOM C-STORE",
+        description="A DICOM storage SCP: classify each received series once no image of it "
+                    "arrived for --quiet seconds, then C-STORE the report and overlays to "
+                    "--send-to. Stops cleanly on SIGTERM or Ctrl-C.")
+    listen.add_argument("--port", type=int, required=True, help="TCP port to listen on")
+    listen.add_argument("--ae-title", default="MRITUMOR", help="this listener's AE title")
+    listen.add_argument("--send-to", required=True, metavar="HOST:PORT:AE",
+                        help="where the results go (a PACS's storage SCP)")
+    listen.add_argument("--quiet", type=float, default=5.0, metavar="S",
+                        help="seconds without new images after which a series is complete")
+    for action in (run, watch, listen):
+        _add_model(action)
+
+
+def _pacs_server(args: argparse.Namespace):
+    import os
+
+    from mri_tumor.pacs.client import PacsError, PacsServer
+
+    user, password = args.user, None
+    if user and ":" in user:
+        user, password = user.split(":", 1)
+    elif user:
+        password = os.environ.get("MRI_TUMOR_PACS_PASSWORD")
+        if password is None:
+            if not sys.stdin.isatty():
+                raise UsageError("--user without a password: set MRI_TUMOR_PACS_PASSWORD or "
+                                 "give --user USER:PASSWORD")
+            import getpass
+
+            password = getpass.getpass(f"password for {user}: ")
+    try:
+        return PacsServer.connect(args.url, user=user, password=password,
+                                  token=None if user else os.environ.get("MRI_TUMOR_PACS_TOKEN"))
+    except PacsError as error:
+        raise UsageError(str(error)) from None
+
+
+def _log_to_stderr() -> None:
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    package = logging.getLogger("mri_tumor")
+    package.addHandler(handler)
+    package.setLevel(logging.INFO)
+
+
+def _stop_on_signals():
+    """An event set by SIGTERM or SIGINT, for the long-running PACS actions."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, lambda *_: stop.set())
+    return stop
+
+
+def _run_pacs(args: argparse.Namespace) -> int:
+    from mri_tumor.inference import Predictor
+    from mri_tumor.pacs.client import PacsError
+
+    predictor = Predictor.load(args.model)
+    try:
+        if args.action == "run":
+            return _pacs_run(args, predictor)
+        if args.action == "watch":
+            return _pacs_watch(args, predictor)
+        return _pacs_listen(args, predictor)
+    except PacsError as error:
+        print(f"mri-tumor pacs {args.action}: error: {error}", file=sys.stderr)
+        return 1
+
+
+def _pacs_run(args: argparse.Namespace, predictor) -> int:
+    from mri_tumor.pacs.client import PacsError
+    from mri_tumor.pacs.study import describe, process_study
+
+    server = _pacs_server(args)
+    studies = args.studies or server.mr_studies()
+    if not studies:
+        print("no MR study found on the server")
+    failed = 0
+    for study_uid in studies:
+        try:
+            outcome = process_study(server, predictor, study_uid, dry_run=args.dry_run)
+        except PacsError as error:
+            print(f"mri-tumor pacs run: error: {error}", file=sys.stderr)
+            failed += 1
+            continue
+        for line in describe(outcome, predictor, every_image=args.dry_run):
+            print(line)
+        failed += bool(outcome.unreadable)
+    print(DISCLAIMER)
+    return 1 if failed else 0
+
+
+def _pacs_watch(args: argparse.Namespace, predictor) -> int:
+    import hashlib
+
+    from mri_tumor import registry
+    from mri_tumor.pacs.study import WatchState, describe, watch
+
+    if args.interval <= 0:
+        raise UsageError("--interval must be positive")
+    server = _pacs_server(args)
+    path = args.state or registry.home() / (
+        f"pacs-watch-{hashlib.sha256(args.url.encode()).hexdigest()[:12]}.json")
+    state = WatchState.load(path)
+    _log_to_stderr()
+    stop = _stop_on_signals()
+    print(f"watching {args.url} every {args.interval:g} s (state: {path}); stop with Ctrl-C. "
+          f"{DISCLAIMER}", flush=True)
+
+    def show(outcome) -> None:
+        for line in describe(outcome, predictor):
+            print(line, flush=True)
+
+    watch(server, predictor, state, interval=args.interval, stop=stop, on_outcome=show)
+    print("stopped; progress saved", flush=True)
+    return 0
+
+
+def _pacs_listen(args: argparse.Namespace, predictor) -> int:
+    from mri_tumor.pacs.listen import Destination, check_ae_title, listen
+
+    try:
+        destination = Destination.parse(args.send_to)
+    except ValueError as error:
+        raise UsageError(f"--send-to: {error}") from None
+    try:
+        check_ae_title(args.ae_title)
+    except ValueError as error:
+        raise UsageError(f"--ae-title: {error}") from None
+    if not 0 < args.port < 65536 or args.quiet <= 0:
+        raise UsageError("--port must be 1-65535 and --quiet positive")
+    _log_to_stderr()
+    stop = _stop_on_signals()
+    print(f"listening on port {args.port} as {args.ae_title}; results go to {args.send_to}. "
+          f"{DISCLAIMER}", flush=True)
+    listen(predictor, args.port, args.ae_title, destination, stop=stop,
+           quiet_seconds=args.quiet, on_line=lambda line: print(line, flush=True))
+    print("stopped", flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mri-tumor",
@@ -524,7 +713,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_train, _add_calibrate, _add_evaluate, _add_predict, _add_export, _add_app,
-                _add_serve, _add_adapt, _add_models):
+                _add_serve, _add_adapt, _add_models, _add_pacs):
         add(sub)
     for command in sub.choices.values():
         command.formatter_class = HelpFormatter
@@ -533,7 +722,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {"train": _run_train, "calibrate": _run_calibrate, "evaluate": _run_evaluate,
             "predict": _run_predict, "export": _run_export, "app": _run_app, "serve": _run_serve,
-            "adapt": _run_adapt, "models": _run_models}
+            "adapt": _run_adapt, "models": _run_models, "pacs": _run_pacs}
 
 
 def main(argv: list[str] | None = None) -> int:

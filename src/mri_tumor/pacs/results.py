@@ -1,0 +1,369 @@
+"""Classify retrieved MR instances and turn the results into DICOM objects for a PACS.
+
+Two kinds of object are written back into the study, both marked as research results that
+no clinician has verified:
+
+- one **Structured Report** (Comprehensive SR, TID 1500 "Imaging Measurement Report" built
+  with highdicom): per analysed image and per series the class, the calibrated probabilities,
+  the guard's verdict, the model (name, version, weights hash) and references to the source
+  instances; VerificationFlag UNVERIFIED and the research-use disclaimer as text;
+- one **Secondary Capture** series: the Grad-CAM overlay of every classified image, derived
+  from its source, with "not for diagnosis" burned into the pixels and the header.
+
+Every UID is derived from the source's UIDs and the weights' hash, so writing the results of
+the same model for the same images twice gives the same objects (a PACS stores them once),
+and a later run can tell that a study was already done by looking for the report's series.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+from types import SimpleNamespace
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from mri_tumor import __version__
+from mri_tumor.card import DISCLAIMER, ModelCard
+from mri_tumor.data.reading import Frame
+from mri_tumor.frontend import format_probability
+from mri_tumor.inference import OK, REJECTED, Prediction, Predictor, decode, series_summaries
+
+logger = logging.getLogger(__name__)
+
+MANUFACTURER = "mri-tumor"
+# A private coding scheme ("99" prefix, PS3.16 8.2) for what has no standard code: the
+# card's class names and the guard's verdicts.
+SCHEME = "99MRITUMOR"
+REPORT_SERIES_NUMBER = 9901
+OVERLAY_SERIES_NUMBER = 9902
+REPORT_DESCRIPTION = "mri-tumor result: research, NOT FOR DIAGNOSIS"
+OVERLAY_DESCRIPTION = "mri-tumor Grad-CAM: research, NOT FOR DIAGNOSIS"
+# Frames classified per network call here; Grad-CAM then runs one image at a time.
+CLASSIFY_BATCH = 32
+
+
+@dataclass
+class AnalysedImage:
+    """One 2-D image of a retrieved MR instance and what the model made of it."""
+
+    source: Dataset  # the instance as retrieved (header and pixels)
+    frame: int | None  # 1-based frame number in a multi-frame instance, else None
+    result: Prediction
+    image: Image.Image | None = None  # the decoded grey frame (None when unreadable)
+
+    @property
+    def series_number(self) -> str:
+        return str(self.source.get("SeriesNumber", "") or "?")
+
+
+@dataclass
+class ModelIdentity:
+    """What names the model in the results: name, versions and the weights' hash."""
+
+    name: str
+    card_version: str
+    weights_sha256: str
+
+    @classmethod
+    def of(cls, predictor: Predictor) -> ModelIdentity:
+        """The identity of a loaded predictor (hashes its weights file once)."""
+        digest = ModelCard.weights_sha256(predictor.model_dir) if predictor.model_dir else ""
+        return cls(predictor.name, predictor.card.version, digest)
+
+
+def instance_label(dataset: Dataset, frame: int | None = None) -> str:
+    """How an instance is named in messages: series and instance numbers, never a UID or
+    anything from the patient module."""
+    series = dataset.get("SeriesNumber", "") or "?"
+    number = dataset.get("InstanceNumber", "") or "?"
+    label = f"series {series} image {number}"
+    return label if frame is None else f"{label} frame {frame}"
+
+
+def part10_bytes(dataset: Dataset) -> bytes:
+    """A dataset as the bytes of a DICOM file (what the one decode path reads)."""
+    if not hasattr(dataset, "file_meta") or "TransferSyntaxUID" not in dataset.file_meta:
+        meta = FileMetaDataset()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        meta.MediaStorageSOPClassUID = dataset.SOPClassUID
+        meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+        dataset.file_meta = meta
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def analyse(predictor: Predictor, datasets: Sequence[Dataset]) -> list[AnalysedImage]:
+    """Decode every instance the one way the product does (header check, guard, multi-frame)
+    and classify its frames; unreadable instances give ``error`` results, never raise."""
+    analysed: list[AnalysedImage] = []
+    pending: list[tuple[AnalysedImage, Frame]] = []
+    for dataset in datasets:
+        label = instance_label(dataset)
+        try:
+            data = part10_bytes(dataset)
+        except Exception:  # a damaged header that pydicom cannot even write back
+            data = b""
+        decoded = decode(data, label, predictor.name)
+        if isinstance(decoded, Prediction):
+            analysed.append(AnalysedImage(dataset, None, decoded))
+            continue
+        multi = len(decoded) > 1 or "NumberOfFrames" in dataset
+        for index, frame in enumerate(decoded):
+            item = AnalysedImage(dataset, index + 1 if multi else None,
+                                 Prediction(frame.name, OK), frame.image)
+            analysed.append(item)
+            pending.append((item, frame))
+    for start in range(0, len(pending), CLASSIFY_BATCH):
+        chunk = pending[start:start + CLASSIFY_BATCH]
+        for (item, _), result in zip(chunk, predictor.predict_frames([f for _, f in chunk]),
+                                     strict=True):
+            item.result = result
+    return analysed
+
+
+def overlay_image(predictor: Predictor, item: AnalysedImage) -> np.ndarray:
+    """The Grad-CAM overlay of a classified image as RGB pixels, with the class and "research
+    tool, not for diagnosis" burned in so that no viewer can show it without them."""
+    from mri_tumor.explain import gradcam, overlay
+
+    assert item.image is not None and item.result.label is not None
+    index = predictor.class_names.index(item.result.label)
+    picture = overlay(item.image, gradcam(predictor, item.image, index))
+    draw = ImageDraw.Draw(picture)
+    size = max(10, picture.height // 28)
+    font = ImageFont.load_default(size=size)
+    name = predictor.card.display_name(item.result.label)
+    for text, top in (("RESEARCH TOOL - NOT FOR DIAGNOSIS", 0),
+                      (f"{name} {format_probability(item.result.confidence)} (unverified)",
+                       picture.height - size - 4)):
+        draw.rectangle((0, top, picture.width, top + size + 4), fill=(0, 0, 0))
+        draw.text((3, top + 1), text, fill=(255, 255, 0), font=font)
+    return np.asarray(picture)
+
+
+def result_uid(kind: str, scope: str, model: ModelIdentity, *parts: str) -> str:
+    """A UID fixed by what it describes: the same model's results for the same source get
+    the same UIDs, so storing them again changes nothing."""
+    return str(generate_uid(entropy_srcs=[MANUFACTURER, kind, scope, model.weights_sha256,
+                                          *parts]))
+
+
+def report_series_uid(scope: str, model: ModelIdentity) -> str:
+    """The series UID of the report for ``scope`` (a study's or a series' UID): what a later
+    run looks for to know that this model already processed it."""
+    return result_uid("report-series", scope, model)
+
+
+# -- the Structured Report --------------------------------------------------------------------
+@cache
+def _codes() -> SimpleNamespace:
+    """The coded concepts of the report (highdicom is imported on first use: it is slow to
+    import and only the PACS commands need it)."""
+    from highdicom.sr import CodedConcept
+
+    return SimpleNamespace(
+        finding=CodedConcept("121071", "DCM", "Finding"),
+        percent=CodedConcept("%", "UCUM", "percent"),
+        no_units=CodedConcept("1", "UCUM", "no units"),
+        check=CodedConcept("MRICHECK", SCHEME, "Brain MRI check (out-of-distribution guard)"),
+        accepted=CodedConcept("ACCEPTED", SCHEME, "Looks like a brain MRI slice"),
+        refused=CodedConcept("REFUSED", SCHEME, "Not a brain MRI slice; no class given"),
+        unreadable=CodedConcept("UNREADABLE", SCHEME, "Image could not be read"),
+        guard_score=CodedConcept("OODSCORE", SCHEME, "Out-of-distribution score"),
+        highest=CodedConcept("MAXTUMOURP", SCHEME, "Highest tumour probability over the series"),
+        comment=CodedConcept("121106", "DCM", "Comment"),
+        qualitative=CodedConcept("C0034375", "UMLS", "Qualitative Evaluations"),
+        procedure=CodedConcept("24590-2", "LN", "MR Brain"),
+    )
+
+
+def class_code(card: ModelCard, class_name: str):
+    """The coded concept of one of the card's classes (private scheme, the card's name)."""
+    import highdicom as hd
+
+    return hd.sr.CodedConcept(class_name, SCHEME, card.display_name(class_name))
+
+
+def probability_code(card: ModelCard, class_name: str):
+    """The concept of "calibrated probability of <class>"."""
+    import highdicom as hd
+
+    return hd.sr.CodedConcept(f"P-{class_name}", SCHEME,
+                              f"Calibrated probability of {card.display_name(class_name)}")
+
+
+def build_report(analysed: Sequence[AnalysedImage], predictor: Predictor,
+                 model: ModelIdentity, scope: str) -> Dataset:
+    """The Comprehensive SR of ``analysed`` (one study or one series: ``scope`` is its UID),
+    unverified, with a group per image and per series of two or more classified slices."""
+    import highdicom as hd
+
+    codes, card = _codes(), predictor.card
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=f"{MANUFACTURER} {model.name}", version=f"{__version__} card {model.card_version}",
+        parameters=[f"weights sha256 {model.weights_sha256}",
+                    f"temperature {card.temperature:g}"])
+    groups = []
+    for item in analysed:
+        source = hd.sr.SourceImageForMeasurementGroup(
+            item.source.SOPClassUID, item.source.SOPInstanceUID,
+            [item.frame] if item.frame else None)
+        result = item.result
+        evaluations, measurements = [], []
+        if result.status == OK:
+            evaluations.append(hd.sr.QualitativeEvaluation(codes.finding,
+                                                           class_code(card, result.label)))
+            measurements += [hd.sr.Measurement(probability_code(card, name), 100.0 * p,
+                                               codes.percent)
+                             for name, p in (result.probabilities or {}).items()]
+        verdict = {OK: codes.accepted, REJECTED: codes.refused}.get(result.status,
+                                                                     codes.unreadable)
+        evaluations.append(hd.sr.QualitativeEvaluation(codes.check, verdict))
+        if result.ood_score is not None and np.isfinite(result.ood_score):
+            measurements.append(hd.sr.Measurement(codes.guard_score, float(result.ood_score),
+                                                  codes.no_units))
+        identifier = instance_label(item.source, item.frame)
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=result_uid("group", scope, model, item.source.SOPInstanceUID,
+                               str(item.frame)),
+                identifier=identifier[:64]),
+            algorithm_id=algorithm, measurements=measurements or None,
+            qualitative_evaluations=evaluations, source_images=[source]))
+
+    by_key = {item.result.series: item for item in analysed if item.result.series}
+    for summary in series_summaries([a.result for a in analysed], card.normal_class):
+        members = [a for a in analysed if a.result.series == summary["series"]
+                   and a.result.status == OK]
+        first = by_key[summary["series"]]
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=result_uid("series-group", scope, model, first.source.SeriesInstanceUID),
+                identifier=f"series {first.series_number} summary"),
+            algorithm_id=algorithm,
+            measurements=[hd.sr.Measurement(codes.highest, 100.0 * summary["probability"],
+                                            codes.percent)],
+            qualitative_evaluations=[hd.sr.QualitativeEvaluation(
+                codes.finding, class_code(card, summary["label"]))],
+            source_images=[hd.sr.SourceImageForMeasurementGroup(
+                a.source.SOPClassUID, a.source.SOPInstanceUID, [a.frame] if a.frame else None)
+                for a in members]))
+
+    context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
+        observer_type=hd.sr.CodedConcept("121007", "DCM", "Device"),
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=result_uid("device", "", model), name=f"{MANUFACTURER} {model.name}"[:64],
+            manufacturer_name=MANUFACTURER, model_name=model.name[:64])))
+    content = hd.sr.MeasurementReport(observation_context=context,
+                                      procedure_reported=codes.procedure,
+                                      imaging_measurements=groups)
+    # TID 1500's document-level "Qualitative Evaluations" container carries the disclaimer.
+    disclaimer = hd.sr.ContainerContentItem(name=codes.qualitative,
+                                            relationship_type="CONTAINS")
+    disclaimer.ContentSequence = [hd.sr.TextContentItem(
+        name=codes.comment, value=f"UNVERIFIED. {DISCLAIMER}",
+        relationship_type="CONTAINS")]
+    content[0].ContentSequence.append(disclaimer)
+
+    evidence = _unique_instances(item.source for item in analysed)
+    now = datetime.now()
+    report = hd.sr.ComprehensiveSR(
+        evidence=evidence, content=content[0],
+        series_instance_uid=report_series_uid(scope, model),
+        series_number=REPORT_SERIES_NUMBER,
+        sop_instance_uid=result_uid("report", scope, model,
+                                    *sorted(d.SOPInstanceUID for d in evidence)),
+        instance_number=1, manufacturer=MANUFACTURER, is_complete=True, is_final=False,
+        is_verified=False, series_description=REPORT_DESCRIPTION,
+        content_date=now.date(), content_time=now.time(),
+        manufacturer_model_name=model.name[:64], software_versions=__version__)
+    _date_series(report, now)
+    scheme = Dataset()  # declares the private coding scheme (PS3.3 C.12.1.1.3)
+    scheme.CodingSchemeDesignator = SCHEME
+    scheme.CodingSchemeName = "mri-tumor model card classes and verdicts"
+    scheme.CodingSchemeResponsibleOrganization = "mri-tumor project"
+    report.CodingSchemeIdentificationSequence = [scheme]
+    return report
+
+
+def _date_series(dataset: Dataset, now: datetime) -> None:
+    """Series date and time (optional, but viewers group and sort series by them)."""
+    dataset.SeriesDate = now.strftime("%Y%m%d")
+    dataset.SeriesTime = now.strftime("%H%M%S")
+
+
+def _unique_instances(datasets) -> list[Dataset]:
+    seen: dict[str, Dataset] = {}
+    for dataset in datasets:
+        seen.setdefault(dataset.SOPInstanceUID, dataset)
+    return list(seen.values())
+
+
+# -- the Secondary Capture overlays -----------------------------------------------------------
+def build_overlays(analysed: Sequence[AnalysedImage], predictor: Predictor,
+                   model: ModelIdentity, scope: str) -> list[Dataset]:
+    """One Secondary Capture image per classified image: its Grad-CAM overlay, derived from
+    the source image and labelled as not for diagnosis."""
+    import highdicom as hd
+
+    series_uid = result_uid("overlay-series", scope, model)
+    now = datetime.now()
+    overlays = []
+    for number, item in enumerate((a for a in analysed if a.result.status == OK), start=1):
+        source = item.source
+        orientation = _orientation_letters(source)
+        capture = hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=source, pixel_array=overlay_image(predictor, item),
+            photometric_interpretation="RGB", bits_allocated=8, coordinate_system="PATIENT",
+            series_instance_uid=series_uid, series_number=OVERLAY_SERIES_NUMBER,
+            sop_instance_uid=result_uid("overlay", scope, model, source.SOPInstanceUID,
+                                        str(item.frame)),
+            instance_number=number, manufacturer=MANUFACTURER,
+            patient_orientation=orientation or ("L", "P"),
+            transfer_syntax_uid=ExplicitVRLittleEndian)
+        if orientation is None:  # Type 2: empty when the source does not say
+            capture.PatientOrientation = None
+        # Type 2C in General Series: the source's laterality, or empty (a brain is unpaired).
+        capture.Laterality = source.get("Laterality", None)
+        _date_series(capture, now)
+        capture.SeriesDescription = OVERLAY_DESCRIPTION
+        capture.BurnedInAnnotation = "YES"
+        capture.ImageComments = (f"Grad-CAM of {predictor.card.display_name(item.result.label)}"
+                                 f" ({model.name}). UNVERIFIED. {DISCLAIMER}")[:10240]
+        capture.DerivationDescription = (f"Grad-CAM heat map of the class '{item.result.label}'"
+                                         f" given by {MANUFACTURER} {model.name}, blended over "
+                                         "the source image")
+        reference = Dataset()
+        reference.ReferencedSOPClassUID = source.SOPClassUID
+        reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
+        if item.frame:
+            reference.ReferencedFrameNumber = item.frame
+        capture.SourceImageSequence = [reference]
+        overlays.append(capture)
+    return overlays
+
+
+def _orientation_letters(dataset: Dataset) -> tuple[str, str] | None:
+    """PatientOrientation (row, column direction) from ImageOrientationPatient: the patient
+    axis each image direction runs along most (single letters; None when not given)."""
+    try:
+        cosines = [float(v) for v in dataset.ImageOrientationPatient]
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if len(cosines) != 6:
+        return None
+    letters = []
+    for vector in (cosines[:3], cosines[3:]):
+        axis = int(np.argmax(np.abs(vector)))
+        positive = vector[axis] > 0
+        letters.append(("L", "P", "H")[axis] if positive else ("R", "A", "F")[axis])
+    return letters[0], letters[1]
