@@ -335,3 +335,31 @@ def test_dry_run_names_each_series_class(orthanc, capsys) -> None:
     out = capsys.readouterr().out
     assert "series 1 (2 slices): " in out and "series 2 (2 slices): " in out
     assert "100.0%" not in out  # probabilities as every front end shows them
+
+
+def test_watch_retries_a_failing_study_after_a_delay(orthanc, predictor, tmp_path,
+                                                     monkeypatch, caplog) -> None:
+    server = pacs_client.PacsServer.connect(orthanc.dicomweb_url, USER, PASSWORD)
+    upload_study(orthanc, IMAGES[:2])
+    original, calls = pacs_client.PacsServer.retrieve, []
+
+    def fail_once(self, uid, series):
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            raise pacs_client.PacsError("study x series 1: the server answered HTTP 503")
+        return original(self, uid, series)
+
+    monkeypatch.setattr(pacs_client.PacsServer, "retrieve", fail_once)
+    state = WatchState.load(tmp_path / "state.json")
+    stop = threading.Event()
+    thread = threading.Thread(target=watch, args=(server, predictor, state), kwargs={
+        "interval": 0.2, "stop": stop, "retry_delay": 1.0})
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not state.done and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stop.set()
+    thread.join(15)
+    assert len(state.done) == 1 and state.retry == {}
+    assert len(calls) == 2 and calls[1] - calls[0] >= 1.0  # waited for the retry delay
+    assert "HTTP 503; will retry in 1 s" in caplog.text
