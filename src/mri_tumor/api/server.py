@@ -18,7 +18,7 @@ from mri_tumor.api.errors import install_error_handling
 from mri_tumor.api.routers import feedback, health, model, predict
 from mri_tumor.api.schemas import APP_DESCRIPTION
 from mri_tumor.api.security import require_api_key
-from mri_tumor.api.service import Service, default_loader, server_model, shipped_loader
+from mri_tumor.api.service import Service, model_loader, server_model
 from mri_tumor.api.settings import ENV_MODEL_DIR, ENV_THREADS, WORKER_HEALTHCHECK_S, Settings
 from mri_tumor.card import DISCLAIMER, SHIPPED_MODELS, ModelCard, resolve_model
 from mri_tumor.inference import Predictor
@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
         loaded = predictor
         loader = lambda: loaded  # noqa: E731
         name, folder, shipped = predictor.name, None, predictor.name in SHIPPED_MODELS
-    others = {other: shipped_loader(settings, other) for other in SHIPPED_MODELS
+    others = {other: model_loader(settings, other) for other in SHIPPED_MODELS
               if not (shipped and other == name)}
     eager = []  # given already loaded: set up at start-up
     for other, given in (models or {}).items():
@@ -54,8 +54,9 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
         else:
             others[other] = lambda given=given: given
             eager.append(other)
-    service = Service(settings, loader or default_loader(settings), name, shipped, others,
-                      folder, eager)
+    if loader is None:
+        loader = model_loader(settings, name if shipped else folder)
+    service = Service(settings, loader, name, shipped, others, folder, eager)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

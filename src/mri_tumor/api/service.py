@@ -328,20 +328,11 @@ def _same_folder(first: Path, second: Path) -> bool:
         return False
 
 
-def default_loader(settings: Settings) -> Callable[[], Predictor]:
-    """Loads the configured model (a shipped name or folder; default: ``default``) once."""
-    name, directory, shipped = server_model(settings)
-
+def model_loader(settings: Settings, model: str | Path) -> Callable[[], Predictor]:
+    """Loads ``model`` (a shipped model's name, or a model folder) once, on the configured
+    backend and threads."""
     def load() -> Predictor:
-        if not shipped and not directory.is_dir():
-            raise FileNotFoundError(f"{directory}: no such model folder")
-        return Predictor.load(name if shipped else directory, backend=settings.backend,
-                              threads=settings.threads)
-    return load
-
-
-def shipped_loader(settings: Settings, name: str) -> Callable[[], Predictor]:
-    """Loads the shipped model ``name`` once, on the configured backend."""
-    def load() -> Predictor:
-        return Predictor.load(name, backend=settings.backend, threads=settings.threads)
+        if isinstance(model, Path) and not model.is_dir():
+            raise FileNotFoundError(f"{model}: no such model folder")
+        return Predictor.load(model, backend=settings.backend, threads=settings.threads)
     return load
