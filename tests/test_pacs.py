@@ -68,10 +68,15 @@ def findings(report: pydicom.Dataset) -> dict[str, str]:
                 walk(children, sources or group_sources)
             elif (item.ValueType == "CODE" and group_sources and len(group_sources) == 1
                   and item.ConceptNameCodeSequence[0].CodeValue == "121071"):
-                result[group_sources[0]] = item.ConceptCodeSequence[0].CodeValue
+                result[group_sources[0]] = code_value(item.ConceptCodeSequence[0])
 
     walk(report.ContentSequence)
     return result
+
+
+def code_value(code: pydicom.Dataset) -> str:
+    """A coded concept's value (LongCodeValue for the card's names over 16 characters)."""
+    return str(code.get("CodeValue") or code.get("LongCodeValue"))
 
 
 def texts(report: pydicom.Dataset) -> list[str]:
@@ -363,3 +368,34 @@ def test_watch_retries_a_failing_study_after_a_delay(orthanc, predictor, tmp_pat
     assert len(state.done) == 1 and state.retry == {}
     assert len(calls) == 2 and calls[1] - calls[0] >= 1.0  # waited for the retry delay
     assert "HTTP 503; will retry in 1 s" in caplog.text
+
+
+def test_report_of_the_types_model_names_type_and_sequence_per_image() -> None:
+    from mri_tumor.inference import Predictor
+    from mri_tumor.pacs.results import part10_bytes
+    from mri_tumor.pacs.study import results_for
+
+    files = make_mr_study(sorted(FIXTURE_IMAGES.glob("*/*.jpg"))[:3])
+    datasets = [pydicom.dcmread(io.BytesIO(data)) for data in files]
+    types = Predictor.load("types")
+    analysed, objects = results_for(types, datasets, scope=datasets[0].StudyInstanceUID)
+    report = pydicom.dcmread(io.BytesIO(part10_bytes(objects[0])))  # as a PACS would hold it
+    assert findings(report) == {item.source.SOPInstanceUID: item.result.label
+                                for item in analysed}
+    sequences = [code_value(item.ConceptCodeSequence[0]) for item in _items(report)
+                 if item.ValueType == "CODE"
+                 and item.ConceptNameCodeSequence[0].CodeValue == "MRSEQUENCE"]
+    assert sequences == [item.result.sequence for item in analysed]
+    assert set(sequences) <= set(types.card.sequence_names)
+
+
+def _items(report: pydicom.Dataset) -> list[pydicom.Dataset]:
+    found: list[pydicom.Dataset] = []
+
+    def walk(items) -> None:
+        for item in items:
+            found.append(item)
+            walk(getattr(item, "ContentSequence", []))
+
+    walk(report.ContentSequence)
+    return found

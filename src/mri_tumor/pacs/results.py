@@ -180,6 +180,7 @@ def _codes() -> SimpleNamespace:
         unreadable=CodedConcept("UNREADABLE", SCHEME, "Image could not be read"),
         guard_score=CodedConcept("OODSCORE", SCHEME, "Out-of-distribution score"),
         highest=CodedConcept("MAXTUMOURP", SCHEME, "Highest tumour probability over the series"),
+        sequence=CodedConcept("MRSEQUENCE", SCHEME, "MR sequence, as the model reads it"),
         comment=CodedConcept("121106", "DCM", "Comment"),
         qualitative=CodedConcept("C0034375", "UMLS", "Qualitative Evaluations"),
         procedure=CodedConcept("24590-2", "LN", "MR Brain"),
@@ -225,6 +226,10 @@ def build_report(analysed: Sequence[AnalysedImage], predictor: Predictor,
             measurements += [hd.sr.Measurement(probability_code(card, name), 100.0 * p,
                                                codes.percent)
                              for name, p in (result.probabilities or {}).items()]
+            if result.sequence is not None:  # a model with a sequence head (``types``)
+                evaluations.append(hd.sr.QualitativeEvaluation(
+                    codes.sequence, hd.sr.CodedConcept(result.sequence, SCHEME,
+                                                       f"{result.sequence} (model's reading)")))
         verdict = {OK: codes.accepted, REJECTED: codes.refused}.get(result.status,
                                                                      codes.unreadable)
         evaluations.append(hd.sr.QualitativeEvaluation(codes.check, verdict))
