@@ -17,16 +17,19 @@ import time
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import pydicom
 import pytest
+from PIL import Image
 from tests.conftest import FIXTURE_IMAGES
-from tests.dicom_factory import PATIENT, STUDY_IDENTIFIERS, make_mr_study
+from tests.dicom_factory import PATIENT, STUDY_IDENTIFIERS, dicom_bytes, make_mr_study
 from tests.orthanc import PASSWORD, USER, OrthancServer, free_ports
 
 from mri_tumor.cli import main
+from mri_tumor.inference import Predictor
 from mri_tumor.pacs import client as pacs_client
-from mri_tumor.pacs.results import SCHEME
-from mri_tumor.pacs.study import WatchState, watch
+from mri_tumor.pacs.results import SCHEME, part10_bytes
+from mri_tumor.pacs.study import WatchState, results_for, watch
 
 IMAGES = sorted(FIXTURE_IMAGES.glob("*/*.jpg"))[::4]  # 5 images, one or two per class
 SECRETS = [*map(str, PATIENT.values()), *map(str, STUDY_IDENTIFIERS.values())]
@@ -371,10 +374,6 @@ def test_watch_retries_a_failing_study_after_a_delay(orthanc, predictor, tmp_pat
 
 
 def test_report_of_the_types_model_names_type_and_sequence_per_image() -> None:
-    from mri_tumor.inference import Predictor
-    from mri_tumor.pacs.results import part10_bytes
-    from mri_tumor.pacs.study import results_for
-
     files = make_mr_study(sorted(FIXTURE_IMAGES.glob("*/*.jpg"))[:3])
     datasets = [pydicom.dcmread(io.BytesIO(data)) for data in files]
     types = Predictor.load("types")
@@ -399,3 +398,19 @@ def _items(report: pydicom.Dataset) -> list[pydicom.Dataset]:
 
     walk(report.ContentSequence)
     return found
+
+
+def test_results_are_built_for_images_without_patient_and_study_attributes(tmp_path) -> None:
+    """Some archives leave Type 2 attributes out; the SR and SC copy them, empty."""
+    datasets = []
+    for number, path in enumerate(IMAGES[:2], 1):
+        bare = pydicom.dcmread(io.BytesIO(dicom_bytes(
+            np.asarray(Image.open(path).convert("L")), bits=8, instance=number)))
+        for keyword in ("PatientName", "PatientID", "PatientBirthDate"):
+            delattr(bare, keyword)
+        datasets.append(bare)
+    _, objects = results_for(Predictor.load(), datasets, scope="1.2.3")
+    assert [o.Modality for o in objects] == ["SR", "OT", "OT"]
+    assert not objects[0].PatientName and "PatientName" in objects[0] and "PatientSex" in objects[1]
+    if shutil.which("dciodvfy"):
+        assert dciodvfy_errors(part10_bytes(objects[1]), tmp_path) == []

@@ -101,12 +101,23 @@ def part10_bytes(dataset: Dataset) -> bytes:
     return buffer.getvalue()
 
 
+# Patient and study attributes of Type 2 (present, possibly empty) that the report and the
+# overlays copy from their source; some archives leave them out altogether.
+COPIED_TYPE_2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
+                 "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
 def analyse(predictor: Predictor, datasets: Sequence[Dataset]) -> list[AnalysedImage]:
     """Decode every instance the one way the product does (header check, guard, multi-frame)
-    and classify its frames; unreadable instances give ``error`` results, never raise."""
+    and classify its frames; unreadable instances give ``error`` results, never raise.
+    Missing ``COPIED_TYPE_2`` attributes are added empty to the (retrieved, in-memory)
+    datasets."""
     analysed: list[AnalysedImage] = []
     pending: list[tuple[AnalysedImage, Frame]] = []
     for dataset in datasets:
+        for keyword in COPIED_TYPE_2:
+            if keyword not in dataset:
+                setattr(dataset, keyword, None)
         label = instance_label(dataset)
         try:
             data = part10_bytes(dataset)

@@ -98,7 +98,12 @@ def process_study(server: PacsServer, predictor: Predictor, study_uid: str, *,
             continue
         datasets += sorted(server.retrieve(study_uid, info),
                            key=lambda d: int(d.get("InstanceNumber", 0) or 0))
-    outcome.analysed, outcome.to_store = results_for(predictor, datasets, study_uid, model)
+    try:
+        outcome.analysed, outcome.to_store = results_for(predictor, datasets, study_uid, model)
+    except (ValueError, TypeError, AttributeError, KeyError) as error:
+        # highdicom refusing a source header it cannot copy; its text may quote header values.
+        raise PacsError(f"study {outcome.key}: the DICOM results could not be built from its "
+                        f"headers ({type(error).__name__})") from None
     if outcome.to_store and not dry_run:
         outcome.stored = server.store(study_uid, outcome.to_store)
     return outcome
