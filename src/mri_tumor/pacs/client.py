@@ -8,14 +8,12 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydicom.dataset import Dataset
 
-logger = logging.getLogger(__name__)
 Result = TypeVar("Result")
 
 # Seconds to wait for the server to connect and to answer one request.

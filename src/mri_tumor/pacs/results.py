@@ -18,7 +18,6 @@ and a later run can tell that a study was already done by looking for the report
 from __future__ import annotations
 
 import io
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,8 +34,6 @@ from mri_tumor.card import DISCLAIMER, ModelCard
 from mri_tumor.data.reading import Frame
 from mri_tumor.frontend import format_probability
 from mri_tumor.inference import OK, REJECTED, Prediction, Predictor, decode, series_summaries
-
-logger = logging.getLogger(__name__)
 
 MANUFACTURER = "mri-tumor"
 # A private coding scheme ("99" prefix, PS3.16 8.2) for what has no standard code: the
