@@ -87,6 +87,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="intensity augmentation: smooth multiplicative field up to exp(+-B)")
     p.add_argument("--noise", type=float, default=0.03,
                    help="intensity augmentation: Rician noise up to this standard deviation")
+    p.add_argument("--resolution", type=float, default=0.0,
+                   help="resolution augmentation: shrink by up to 1+R times and enlarge back")
     p.add_argument("--labels", choices=("classes", "types"), default="classes",
                    help="classes: glioma, meningioma, no tumour, pituitary (folders of either "
                         "layout); types: the tumour type of each '<Type> <Sequence>' folder, "
@@ -131,9 +133,9 @@ def _run_train(args: argparse.Namespace) -> int:
                          "--max-minutes must be positive")
     if not 0 <= args.augment_probability <= 1:
         raise UsageError("--augment-probability must be between 0 and 1")
-    if min(args.gamma, args.bias_field, args.noise, args.source_balance) < 0:
-        raise UsageError("--gamma, --bias-field, --noise and --source-balance must not be "
-                         "negative")
+    if min(args.gamma, args.bias_field, args.noise, args.resolution, args.source_balance) < 0:
+        raise UsageError("--gamma, --bias-field, --noise, --resolution and --source-balance "
+                         "must not be negative")
     intensity = args.intensity or "equalize"
     if args.from_model is not None:
         from mri_tumor.card import ModelCard
@@ -158,6 +160,7 @@ def _run_train(args: argparse.Namespace) -> int:
     augment = (AugmentConfig(0, 0, 0, 0, False, 0, 0) if args.no_augment
                else AugmentConfig(rotation=args.rotation, probability=args.augment_probability,
                                   gamma=args.gamma, bias_field=args.bias_field,
+                                  resolution=args.resolution,
                                   noise=args.noise))
     max_batches = args.max_train_batches
     config = TrainConfig(

@@ -26,6 +26,10 @@ class AugmentConfig:
     gamma: float = 0.0  # exponent log-uniform in [1 / (1 + g), 1 + g]
     bias_field: float = 0.0  # smooth multiplicative field exp(f), |f| up to about this
     noise: float = 0.0  # Rician noise, standard deviation uniform in [0, noise]
+    # Another source's resolution: each image shrunk by a factor uniform in
+    # [1, 1 + resolution] (antialiased) and enlarged back, so sharpness, which differs by
+    # source in the public sets, cannot carry the label.
+    resolution: float = 0.0
     # Share of the images in a batch that are transformed; the rest pass through unchanged,
     # so the network also sees images as they arrive at inference (never resampled).
     probability: float = 1.0
@@ -75,11 +79,30 @@ def augment_batch(pixels: torch.Tensor, config: AugmentConfig) -> torch.Tensor:
         out = (out - mean) * factor + mean
     if config.brightness > 0:
         out = out + _uniform(n, config.brightness, pixels.device).view(n, 1, 1, 1)
+    out = lower_resolution(out, config.resolution)
     out = intensity_changes(out.clamp(0.0, 1.0), config)
     if config.probability < 1:
         untouched = torch.rand(n, 1, 1, 1, device=pixels.device) >= config.probability
         out = torch.where(untouched, pixels, out)
     return out
+
+
+def lower_resolution(pixels: torch.Tensor, resolution: float) -> torch.Tensor:
+    """Shrink each image of a (B, 1, H, W) batch by a random factor in [1, 1 + resolution]
+    (antialiased bilinear) and enlarge it back to H x W: the detail a coarser acquisition or
+    a smaller stored image would have lost."""
+    if resolution <= 0:
+        return pixels
+    height, width = pixels.shape[-2:]
+    factors = (1 + torch.rand(len(pixels)) * resolution).tolist()
+    out = []
+    for image, factor in zip(pixels, factors, strict=True):
+        small = (max(1, round(height / factor)), max(1, round(width / factor)))
+        image = F.interpolate(image[None], size=small, mode="bilinear", antialias=True,
+                              align_corners=False)
+        out.append(F.interpolate(image, size=(height, width), mode="bilinear",
+                                 align_corners=False))
+    return torch.cat(out)
 
 
 def intensity_changes(pixels: torch.Tensor, config: AugmentConfig) -> torch.Tensor:
