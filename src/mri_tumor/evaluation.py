@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from mri_tumor import metrics
@@ -75,7 +76,7 @@ SUBSETS = ("train", "val", "test")
 # --stress: the perturbations, in the order of the JSON object; the random choices of the
 # histogram swaps are fixed by the seed, so a run can be repeated.
 STRESS_KEYS = ("histogram_swap_other_class", "histogram_swap_same_class", "gamma_0.5",
-               "gamma_2.0", "flip")
+               "gamma_2.0", "flip", "half_resolution")
 STRESS_SEED = 0
 
 # Shortcut audit: brightness statistics of the model-size grey pixels, nothing spatial.
@@ -720,6 +721,18 @@ def gamma_pixels(pixels: np.ndarray, gamma: float) -> np.ndarray:
     return table[np.asarray(pixels, dtype=np.uint8)]
 
 
+def half_resolution_pixels(pixels: np.ndarray) -> np.ndarray:
+    """Each uint8 (H, W) image shrunk to half its size (PIL's antialiased bilinear) and
+    enlarged back to H x W."""
+    out = np.empty_like(pixels)
+    for i, image in enumerate(np.asarray(pixels, dtype=np.uint8)):
+        height, width = image.shape
+        small = Image.fromarray(image).resize((max(1, width // 2), max(1, height // 2)),
+                                              Image.Resampling.BILINEAR)
+        out[i] = np.asarray(small.resize((width, height), Image.Resampling.BILINEAR))
+    return out
+
+
 def match_histogram_pixels(pixels: np.ndarray, references: np.ndarray) -> np.ndarray:
     """Each uint8 image of ``pixels`` given the grey-level histogram of the matching image of
     ``references`` (``skimage.exposure.match_histograms``), rounded back to uint8."""
@@ -755,7 +768,9 @@ def stress_test(predictor: Predictor, pixels: np.ndarray, labels: np.ndarray,
       another class of the same set; a model that reads the class off the brightness fails;
     - ``histogram_swap_same_class``: the control, a random other image of the same class;
     - ``gamma_0.5`` / ``gamma_2.0``: gamma curves on [0, 1] pixels;
-    - ``flip``: left-right mirror.
+    - ``flip``: left-right mirror;
+    - ``half_resolution``: shrunk to half the size and enlarged back, the detail a coarser
+      acquisition or a smaller stored image lacks (sharpness differs by source too).
 
     None where undefined (a swap with another class when all images are of one class).
     """
@@ -771,6 +786,7 @@ def stress_test(predictor: Predictor, pixels: np.ndarray, labels: np.ndarray,
         "gamma_0.5": lambda at: gamma_pixels(pixels[at], 0.5),
         "gamma_2.0": lambda at: gamma_pixels(pixels[at], 2.0),
         "flip": lambda at: pixels[at][:, :, ::-1],
+        "half_resolution": lambda at: half_resolution_pixels(pixels[at]),
     }
     result: dict[str, float | None] = {}
     with _progress(len(labels) * len(perturbations), "stress test", progress) as bar:

@@ -325,6 +325,7 @@ STRESS_LABELS = {
     "gamma_0.5": "gamma 0.5 (brighter)",
     "gamma_2.0": "gamma 2.0 (darker)",
     "flip": "left-right mirror",
+    "half_resolution": "half the resolution",
 }
 
 
