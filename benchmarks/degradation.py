@@ -93,9 +93,8 @@ def main() -> None:
         right = predictor.forward(pixels)[0].argmax(axis=1) == labels
         result[key] = {"all": float(right.mean()),
                        **{name: float(right[sources == name].mean()) for name in names}}
-        print(f"{key:28s} {right.mean():7.1%} "
-              + " ".join(f"{right[sources == name].mean():24.1%}" for name in names),
-              flush=True)
+        print(f"{key:28s} {result[key]['all']:7.1%} "
+              + " ".join(f"{result[key][name]:24.1%}" for name in names), flush=True)
     if args.json:
         args.json.write_text(json.dumps({"n": len(rows), "accuracy": result}, indent=2) + "\n")
 
