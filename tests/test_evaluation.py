@@ -18,7 +18,7 @@ from PIL import Image, ImageOps
 from tests.conftest import FIXTURE_IMAGES
 
 from mri_tumor import metrics
-from mri_tumor.calibration import fit_temperature
+from mri_tumor.calibration import fit_temperature, group_weights
 from mri_tumor.card import DISCLAIMER
 from mri_tumor.cli import main
 from mri_tumor.data.folders import class_of_folder, source_name
@@ -176,6 +176,24 @@ def test_temperature_scaling_lowers_ece_of_an_over_confident_model() -> None:
     result = compute_metrics(over_confident, labels, CLASSES, temperature)
     assert result["ece"] < result["ece_uncalibrated"] / 2
     assert result["ece_uncalibrated"] > 0.1
+
+
+def test_a_source_balanced_temperature_weighs_each_source_the_same() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, size=1200)
+    logits = rng.normal(size=(1200, 4)) + 1.5 * np.eye(4)[labels]
+    logits[1000:] *= 4.0  # the last 200 (a second source) are over-confident
+    sources = np.array(["large"] * 1000 + ["small"] * 200)
+    balanced = fit_temperature(logits, labels, groups=sources)
+    # The same as a pooled fit on data where the small source is repeated to the large's size.
+    repeated = np.r_[np.arange(1000), np.tile(np.arange(1000, 1200), 5)]
+    assert balanced == pytest.approx(fit_temperature(logits[repeated], labels[repeated]),
+                                     rel=1e-4)
+    assert balanced > fit_temperature(logits, labels) * 1.1  # pooled: the small one counts less
+    # A source of 10 images weighs a tenth of one of at least MIN_SOURCE_IMAGES (100).
+    weights = group_weights(1010, np.array(["large"] * 1000 + ["tiny"] * 10))
+    assert weights.sum() == pytest.approx(1.0)
+    assert weights[1000:].sum() == pytest.approx(0.1 / 1.1)
 
 
 # -- scoring shares the predictor's path ----------------------------------------------------

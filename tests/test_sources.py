@@ -27,7 +27,7 @@ from mri_tumor.data.reading import read_image
 from mri_tumor.data.splitting import read_split_csv
 from mri_tumor.evaluation import half_resolution_pixels
 from mri_tumor.inference import Predictor
-from mri_tumor.ood import OODGuard, fit_guard, fit_refusal
+from mri_tumor.ood import OODGuard, fit_guard, fit_refusal, source_balanced_quantile
 
 TYPES = FIXTURES / "types"
 EQUALIZED = PreprocessSpec(96, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 3, "equalize")
@@ -198,6 +198,31 @@ def test_refusal_direction_refuses_its_examples_and_keeps_heldout_mris() -> None
     # The stored tensors give the same guard back.
     again = OODGuard.from_tensors(guard.to_tensors(), guard.threshold)
     assert np.allclose(again.score(new_ct), guard.score(new_ct), atol=1e-4)
+
+
+def test_a_small_unusual_source_does_not_take_the_refusals_of_a_large_one() -> None:
+    rng = np.random.default_rng(1)
+    mri = rng.normal(size=(400, 16))
+    labels = rng.integers(0, 2, 400)
+    large = rng.normal(size=(1000, 16))
+    small = rng.normal(size=(200, 16)) * 1.3  # another source: a little further out
+    heldout = np.concatenate([large, small])
+    sources = np.array(["large"] * 1000 + ["small"] * 200)
+    pooled = fit_guard(mri, labels, heldout, 2)
+    assert (pooled.score(small) > pooled.threshold).mean() > 0.02  # the pooled cut: 4x its share
+    balanced = fit_guard(mri, labels, heldout, 2, heldout_groups=sources)
+    for source in ("large", "small"):
+        members = heldout[sources == source]
+        assert (balanced.score(members) > balanced.threshold).mean() <= 0.005
+    ct = rng.normal(size=(60, 16)) + np.r_[3.5, np.zeros(15)]
+    fit_refusal(balanced, mri, ct, heldout, heldout_groups=sources)
+    cut_only = balanced.refusal_logits(heldout) > 0
+    assert all(cut_only[sources == s].mean() <= 0.005 for s in ("large", "small"))
+    assert source_balanced_quantile(np.arange(10.0), 0.5) == 4.5  # no groups: plain quantile
+    # Ten images of a third source, one of them far out, do not set a cut of their own.
+    scores = np.r_[balanced.score(heldout), [1e6] + [1.0] * 9]
+    tiny = np.r_[sources, ["tiny"] * 10]
+    assert source_balanced_quantile(scores, 0.995, tiny) < 1e3
 
 
 def test_an_empty_refusal_folder_or_a_damaged_split_is_one_line_exit_2(

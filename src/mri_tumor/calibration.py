@@ -8,23 +8,49 @@ import numpy as np
 from mri_tumor.card import LowConfidence
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature that minimises the negative log-likelihood of ``labels``."""
+def fit_temperature(logits: np.ndarray, labels: np.ndarray,
+                    groups: np.ndarray | None = None) -> float:
+    """The temperature that minimises the negative log-likelihood of ``labels``.
+
+    With ``groups`` (the source of each image) every source weighs the same whatever its size
+    (``group_weights``): a pooled fit would calibrate the largest source and leave a smaller
+    one over- or under-confident.
+    """
     import torch  # not at module level: the ONNX backend imports softmax without torch
 
     logits_t = torch.as_tensor(logits, dtype=torch.float64)
     labels_t = torch.as_tensor(labels, dtype=torch.long)
+    weights = torch.as_tensor(group_weights(len(labels), groups), dtype=torch.float64)
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(logits_t / log_t.exp(), labels_t)
+        losses = torch.nn.functional.cross_entropy(logits_t / log_t.exp(), labels_t,
+                                                   reduction="none")
+        loss = (losses * weights).sum()
         loss.backward()
         return loss
 
     optimizer.step(closure)
     return float(np.clip(log_t.exp().item(), 0.05, 20.0))
+
+
+# A source with fewer held-out images than this says too little to weigh as much as the others
+# (or, in ``ood.source_balanced_quantile``, to set a cut of its own: the 99.5th percentile of
+# fewer than 100 scores is the highest one or next to it).
+MIN_SOURCE_IMAGES = 100
+
+
+def group_weights(n: int, groups: np.ndarray | None = None,
+                  min_count: int = MIN_SOURCE_IMAGES) -> np.ndarray:
+    """Per-item weights summing to 1 in which each group (source) of at least ``min_count``
+    items weighs the same, and a smaller one in proportion to its size."""
+    if groups is None:
+        return np.full(n, 1.0 / n)
+    _, index, counts = np.unique(np.asarray(groups), return_inverse=True, return_counts=True)
+    weights = 1.0 / np.maximum(counts[index], min_count)
+    return weights / weights.sum()
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

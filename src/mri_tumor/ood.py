@@ -4,7 +4,9 @@ Method: Mahalanobis distance (Lee et al., 2018) on the network's pooled features
 images give one mean per class and a shared, shrunk covariance; an input's score is its
 squared distance to the nearest class mean. Photos, documents, CT, X-rays, blank and noise
 images land far from every class. The threshold is a high quantile of the scores of held-out
-(validation) brain MRIs, so about that fraction of real MRIs is wrongly rejected.
+(validation) brain MRIs, so about that fraction of real MRIs is wrongly rejected; with several
+sources it is the highest of each source's quantile, so no source loses more than that
+fraction (a pooled quantile let the smaller, less typical source take most refusals).
 
 Second part, for images that are close to brain MRI in feature space but are not MRI (head CT
 above all: same anatomy, a different physics): a *refusal direction*, a regularised logistic
@@ -19,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from mri_tumor.calibration import MIN_SOURCE_IMAGES
 
 # Fraction of held-out brain MRI slices the guard may reject; the threshold is set there.
 DEFAULT_REJECT_RATE = 0.005
@@ -139,9 +143,25 @@ def mahalanobis_module(class_means: np.ndarray, whitening: np.ndarray,
     return _MahalanobisScore().eval()
 
 
+def source_balanced_quantile(scores: np.ndarray, q: float, groups: np.ndarray | None = None,
+                             min_count: int = MIN_SOURCE_IMAGES) -> float:
+    """The ``q`` quantile of ``scores``; with ``groups`` (each score's source) the highest of it
+    and of the ``q`` quantiles of the groups with at least ``min_count`` scores, so that no such
+    group has more than about ``1 - q`` of its scores above."""
+    scores = np.asarray(scores, dtype=np.float64)
+    cuts = [np.quantile(scores, q)]
+    if groups is not None:
+        groups = np.asarray(groups)
+        cuts += [np.quantile(scores[groups == g], q) for g in np.unique(groups)
+                 if (groups == g).sum() >= min_count]
+    return float(max(cuts))
+
+
 def fit_guard(train_features: np.ndarray, train_labels: np.ndarray, heldout_features: np.ndarray,
-              num_classes: int, reject_rate: float = DEFAULT_REJECT_RATE) -> OODGuard:
-    """Fit class means and covariance on training features; set the threshold on held-out ones."""
+              num_classes: int, reject_rate: float = DEFAULT_REJECT_RATE,
+              heldout_groups: np.ndarray | None = None) -> OODGuard:
+    """Fit class means and covariance on training features; set the threshold on held-out ones
+    (per source when ``heldout_groups`` names each held-out image's source)."""
     x = np.asarray(train_features, dtype=np.float64)
     labels = np.asarray(train_labels)
     means = np.stack([x[labels == c].mean(axis=0) for c in range(num_classes)])
@@ -153,7 +173,8 @@ def fit_guard(train_features: np.ndarray, train_labels: np.ndarray, heldout_feat
     eigenvalues, eigenvectors = np.linalg.eigh(covariance)
     whitening = eigenvectors / np.sqrt(np.maximum(eigenvalues, 1e-12))
     guard = OODGuard(means.astype(np.float32), whitening.astype(np.float32), threshold=np.inf)
-    guard.threshold = float(np.quantile(guard.score(heldout_features), 1.0 - reject_rate))
+    guard.threshold = source_balanced_quantile(guard.score(heldout_features), 1.0 - reject_rate,
+                                               heldout_groups)
     return guard
 
 
@@ -169,10 +190,11 @@ REFUSAL_L2 = 1.0
 
 def fit_refusal(guard: OODGuard, mri_features: np.ndarray, refuse_features: np.ndarray,
                 heldout_features: np.ndarray, reject_rate: float = REFUSAL_REJECT_RATE,
-                l2: float = REFUSAL_L2) -> OODGuard:
+                l2: float = REFUSAL_L2, heldout_groups: np.ndarray | None = None) -> OODGuard:
     """Add a refusal direction to ``guard``: logistic regression of MRI (training features)
     against images that must be refused; the cut is the ``1 - reject_rate`` quantile of the
-    held-out MRIs' logits. Classes are weighted equally whatever their counts."""
+    held-out MRIs' logits (per source with ``heldout_groups``). Classes are weighted equally
+    whatever their counts."""
     from scipy.optimize import minimize
 
     x = np.concatenate([mri_features, refuse_features]).astype(np.float64)
@@ -196,6 +218,7 @@ def fit_refusal(guard: OODGuard, mri_features: np.ndarray, refuse_features: np.n
     heldout_logits = np.asarray(heldout_features, np.float64) @ w + bias
     guard.refusal_weight = w.astype(np.float32)
     guard.refusal_bias = bias
-    guard.refusal_cut = float(np.quantile(heldout_logits, 1.0 - reject_rate))
+    guard.refusal_cut = source_balanced_quantile(heldout_logits, 1.0 - reject_rate,
+                                                 heldout_groups)
     guard._module = None
     return guard

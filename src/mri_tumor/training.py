@@ -612,10 +612,10 @@ def finalize(model: torch.nn.Module, card: ModelCard, train_pixels: torch.Tensor
     """Fit what is fitted after training, measure, and save weights + card.
 
     The temperature and the out-of-distribution threshold are fitted on the validation split,
-    the guard's class statistics on the training split (without augmentation), its refusal
-    direction on ``refuse_pixels`` (images that are not brain MRI) when given. Metrics are
-    recorded overall and per source (``val_sources``). Weights are stored in fp16 only if
-    that leaves every validation prediction unchanged.
+    each source (``val_sources``) weighing the same; the guard's class statistics on the
+    training split (without augmentation), its refusal direction on ``refuse_pixels`` (images
+    that are not brain MRI) when given. Metrics are recorded overall and per source. Weights
+    are stored in fp16 only if that leaves every validation prediction unchanged.
     """
     spec = PreprocessSpec.from_card(card)
     model = model.to("cuda" if torch.cuda.is_available() else "cpu")
@@ -623,19 +623,21 @@ def finalize(model: torch.nn.Module, card: ModelCard, train_pixels: torch.Tensor
     _, train_features = predict_outputs(model, train_pixels, spec)
     labels, sequences = _split_labels(val_labels)
     predicted = logits.argmax(1)
-    card.temperature = fit_temperature(logits, labels)
+    sources = np.asarray(val_sources or [""] * len(labels))
+    card.temperature = fit_temperature(logits, labels, groups=sources)
     sequence_logits = _sequence_logits(model, val_features)
     if sequence_logits is not None:
-        card.sequence_temperature = fit_temperature(sequence_logits, sequences)
+        card.sequence_temperature = fit_temperature(sequence_logits, sequences, groups=sources)
     guard = fit_guard(train_features, _split_labels(train_labels)[0], val_features,
-                      len(card.class_names))
+                      len(card.class_names), heldout_groups=sources)
     card.metrics.refusal_examples_refused = None  # from an earlier fit of this folder
     if refuse_pixels is None:
         card.training.refusal_examples = None
         card.training.refuse_dirs = None
     if refuse_pixels is not None and len(refuse_pixels):
         _, refuse_features = predict_outputs(model, refuse_pixels, spec)
-        fit_refusal(guard, train_features, refuse_features, val_features)
+        fit_refusal(guard, train_features, refuse_features, val_features,
+                    heldout_groups=sources)
         card.training.refusal_examples = len(refuse_pixels)
         card.metrics.refusal_examples_refused = float(
             (guard.score(refuse_features) > guard.threshold).mean())
@@ -651,7 +653,6 @@ def finalize(model: torch.nn.Module, card: ModelCard, train_pixels: torch.Tensor
     unsure = fit_low_confidence(calibrated.max(axis=1), predicted == labels)
     card.low_confidence_threshold = unsure.threshold
     card.metrics.low_confidence = unsure
-    sources = np.asarray(val_sources or [""] * len(labels))
     if len(set(sources)) > 1:
         card.metrics.validation_by_source = {
             str(source): validation_metrics(logits[sources == source], labels[sources == source],
