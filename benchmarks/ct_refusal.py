@@ -12,8 +12,8 @@ series, which is one patient and never scored here: DICOM CT is refused by its h
 the refusal examples and are cross-validated the same way, grouped by their source image so
 that a crop or rotated copy is never scored by a guard fitted on its original. The
 brain MRIs are the validation rows of the model's own split, per source; the distance part of
-the guard is fitted exactly as training does (class statistics on the training rows, the
-threshold and cut per source on the validation rows).
+the guard is fitted exactly as the card says it was (class statistics on the training rows,
+the threshold and cut on the validation rows, per source when `per_source_fit` is set).
 
 Training sets the threshold and cut on the same validation MRIs whose refusals it reports, so
 that share is met by construction. ``mri_refused_out_of_fold`` is the honest figure: the
@@ -45,9 +45,10 @@ from mri_tumor.training import (
 
 def out_of_fold_refusals(train_features: np.ndarray, train_labels: np.ndarray,
                          val_features: np.ndarray, sources: np.ndarray,
-                         refuse_features: np.ndarray, num_classes: int) -> dict[str, float]:
+                         refuse_features: np.ndarray, num_classes: int,
+                         per_source: bool) -> dict[str, float]:
     """Share of validation MRIs refused, per source, when each half of them is scored by a guard
-    (distance threshold and refusal cut) fitted on the other half."""
+    (distance threshold and refusal cut) fitted on the other half (per source or pooled)."""
     rng = np.random.default_rng(0)
     half = np.zeros(len(sources), dtype=bool)
     for source in np.unique(sources):
@@ -55,10 +56,11 @@ def out_of_fold_refusals(train_features: np.ndarray, train_labels: np.ndarray,
         half[members[: len(members) // 2]] = True
     refused = np.zeros(len(sources), dtype=bool)
     for scored in (half, ~half):
+        groups = sources[~scored] if per_source else None
         guard = fit_guard(train_features, train_labels, val_features[~scored], num_classes,
-                          heldout_groups=sources[~scored])
+                          heldout_groups=groups)
         fit_refusal(guard, train_features, refuse_features, val_features[~scored],
-                    heldout_groups=sources[~scored])
+                    heldout_groups=groups)
         refused[scored] = guard.score(val_features[scored]) > guard.threshold
     return {str(s) or "(one folder)": float(refused[sources == s].mean())
             for s in sorted(set(sources))}
@@ -102,9 +104,11 @@ def main() -> None:
     group_folds = np.array_split(np.random.default_rng(1).permutation(len(groups)), args.folds)
 
     sources = np.array([r.source for r in val_rows])
+    fit_groups = sources if card.training.per_source_fit else None
     guard = fit_guard(train_features, train_labels.numpy(), val_features, len(card.class_names),
-                      heldout_groups=sources)
-    result: dict = {"model": str(args.model), "ct_png": len(png_pixels),
+                      heldout_groups=fit_groups)
+    result: dict = {"model": str(args.model), "per_source_fit": fit_groups is not None,
+                    "ct_png": len(png_pixels),
                     "ct_dicom_slices": len(dicom_pixels), "folds": args.folds,
                     "distance_only": {
                         "ct_png_refused": float((guard.score(png_features)
@@ -120,7 +124,7 @@ def main() -> None:
         fold_guard = fit_refusal(copy.deepcopy(guard), train_features,
                                  np.concatenate([png_features[fit_on], dicom_features,
                                                  other_features[~other_held]]),
-                                 val_features, heldout_groups=sources)
+                                 val_features, heldout_groups=fit_groups)
         refused_ct.append(fold_guard.score(png_features[held_out]) > fold_guard.threshold)
         refused_mri.append(fold_guard.score(val_features) > fold_guard.threshold)
         if other_held.any():
@@ -135,7 +139,8 @@ def main() -> None:
     }
     result["mri_refused_out_of_fold"] = out_of_fold_refusals(
         train_features, train_labels.numpy(), val_features, sources,
-        np.concatenate([png_features, dicom_features, other_features]), len(card.class_names))
+        np.concatenate([png_features, dicom_features, other_features]), len(card.class_names),
+        per_source=bool(card.training.per_source_fit))
     if len(other_features):
         result["distance_only"]["non_mri_refused"] = float(
             (guard.score(other_features) > guard.threshold).mean())

@@ -102,10 +102,12 @@ def test_training_on_two_sources_records_them_and_never_splits_a_duplicate_group
     assert sum(sources[types.name]["counts"]["val"].values()) + sum(
         sources[types.name]["counts"]["train"].values()) == 19
     assert set(card.metrics.validation_by_source) == {kaggle_name, types.name}
+    assert card.training.per_source_fit is None  # pooled unless asked
     history = json.loads((out / "history.json").read_text())
     assert [s["name"] for s in history["sources"]] == [kaggle_name, types.name]
     # The split is reused from both folders, and refused without the second one.
-    assert main(["calibrate", str(out), str(kaggle), str(types)]) == 0
+    assert main(["calibrate", str(out), str(kaggle), str(types), "--per-source"]) == 0
+    assert ModelCard.load(out).training.per_source_fit is True  # benchmarks re-fit it so
     assert main(["calibrate", str(out), str(kaggle)]) == 2
 
 

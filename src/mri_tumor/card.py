@@ -131,6 +131,9 @@ class TrainingRecord:
     image_size: int | None = None  # the size it was trained at, when served at another
     refuse_dirs: list[str] | None = None  # folders of non-MRI examples the guard refuses
     refusal_examples: int | None = None
+    # Temperature and guard cuts fitted with each source weighing the same (``calibrate
+    # --per-source``); None: on all validation images pooled.
+    per_source_fit: bool | None = None
     other: dict[str, Any] = field(default_factory=dict)
 
 

@@ -201,6 +201,10 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--refuse", type=Path, action="append", default=[], metavar="DIR",
                    help="a folder of images that are not brain MRI (e.g. head CT): the guard "
                         "learns to refuse them; repeat for several folders")
+    p.add_argument("--per-source", action="store_true",
+                   help="fit per source: each source weighs the same in the temperature, and "
+                        "no source's validation MRIs lose more than 0.5%% to either cut of "
+                        "the guard (looser: refuses fewer non-MRI images; docs/ood-guard.md)")
 
 
 def _run_calibrate(args: argparse.Namespace) -> int:
@@ -222,7 +226,8 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     for folder in args.refuse:
         if not folder.is_dir():
             raise UsageError(f"--refuse {folder}: no such folder")
-    card = refit(args.model_dir, args.data_dirs, args.image_size, args.refuse)
+    card = refit(args.model_dir, args.data_dirs, args.image_size, args.refuse,
+                 per_source=args.per_source)
     val = card.metrics.validation
     assert val is not None and val.accuracy is not None and val.ece is not None
     print(f"{args.model_dir}: input {card.image_size} px, accuracy {val.accuracy:.2%}, "

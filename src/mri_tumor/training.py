@@ -608,14 +608,15 @@ def _best_epoch(epochs: list[dict[str, float]], key: str, pick) -> int | None:
 def finalize(model: torch.nn.Module, card: ModelCard, train_pixels: torch.Tensor,
              train_labels: torch.Tensor, val_pixels: torch.Tensor, val_labels: torch.Tensor,
              out: Path, half: bool = True, val_sources: list[str] | None = None,
-             refuse_pixels: torch.Tensor | None = None) -> ModelCard:
+             refuse_pixels: torch.Tensor | None = None, per_source: bool = False) -> ModelCard:
     """Fit what is fitted after training, measure, and save weights + card.
 
-    The temperature and the out-of-distribution threshold are fitted on the validation split,
-    each source (``val_sources``) weighing the same; the guard's class statistics on the
-    training split (without augmentation), its refusal direction on ``refuse_pixels`` (images
-    that are not brain MRI) when given. Metrics are recorded overall and per source. Weights
-    are stored in fp16 only if that leaves every validation prediction unchanged.
+    The temperature and the out-of-distribution threshold are fitted on the validation split
+    (with ``per_source``, each source in ``val_sources`` weighing the same, and the guard's
+    cuts the highest of the sources'), the guard's class statistics on the training split
+    (without augmentation), its refusal direction on ``refuse_pixels`` (images that are not
+    brain MRI) when given. Metrics are recorded overall and per source. Weights are stored in
+    fp16 only if that leaves every validation prediction unchanged.
     """
     spec = PreprocessSpec.from_card(card)
     model = model.to("cuda" if torch.cuda.is_available() else "cpu")
@@ -624,12 +625,13 @@ def finalize(model: torch.nn.Module, card: ModelCard, train_pixels: torch.Tensor
     labels, sequences = _split_labels(val_labels)
     predicted = logits.argmax(1)
     sources = np.asarray(val_sources or [""] * len(labels))
-    card.temperature = fit_temperature(logits, labels, groups=sources)
+    groups = sources if per_source else None
+    card.temperature = fit_temperature(logits, labels, groups=groups)
     sequence_logits = _sequence_logits(model, val_features)
     if sequence_logits is not None:
-        card.sequence_temperature = fit_temperature(sequence_logits, sequences, groups=sources)
+        card.sequence_temperature = fit_temperature(sequence_logits, sequences, groups=groups)
     guard = fit_guard(train_features, _split_labels(train_labels)[0], val_features,
-                      len(card.class_names), heldout_groups=sources)
+                      len(card.class_names), heldout_groups=groups)
     card.metrics.refusal_examples_refused = None  # from an earlier fit of this folder
     if refuse_pixels is None:
         card.training.refusal_examples = None
@@ -637,11 +639,12 @@ def finalize(model: torch.nn.Module, card: ModelCard, train_pixels: torch.Tensor
     if refuse_pixels is not None and len(refuse_pixels):
         _, refuse_features = predict_outputs(model, refuse_pixels, spec)
         fit_refusal(guard, train_features, refuse_features, val_features,
-                    heldout_groups=sources)
+                    heldout_groups=groups)
         card.training.refusal_examples = len(refuse_pixels)
         card.metrics.refusal_examples_refused = float(
             (guard.score(refuse_features) > guard.threshold).mean())
     card.ood_threshold = guard.threshold
+    card.training.per_source_fit = per_source or None
     rejected = guard.score(val_features) > guard.threshold
     card.metrics.validation = validation_metrics(logits, labels, card, rejected)
     if sequence_logits is not None:
@@ -713,9 +716,10 @@ def validation_metrics(logits: np.ndarray, labels: np.ndarray, card: ModelCard,
 
 
 def refit(model_dir: Path, data_dirs: list[Path] | Path, image_size: int | None = None,
-          refuse_dirs: list[Path] | None = None) -> ModelCard:
+          refuse_dirs: list[Path] | None = None, per_source: bool = False) -> ModelCard:
     """Re-fit temperature and out-of-distribution guard of a trained model folder on the
-    split it was trained with (``split.csv`` beside it), e.g. after changing those methods.
+    split it was trained with (``split.csv`` beside it), e.g. after changing those methods;
+    ``per_source``: see ``finalize``.
 
     With ``image_size`` the model is served at that input size from now on (the card says so,
     and keeps the size it was trained at); its validation metrics are measured at that size.
@@ -743,7 +747,7 @@ def refit(model_dir: Path, data_dirs: list[Path] | Path, image_size: int | None 
         card.training.refuse_dirs = [Path(d).name for d in refuse_dirs]
     return finalize(model, card, train_pixels, train_labels, val_pixels, val_labels, model_dir,
                     half=half, val_sources=[r.source for r in rows if r.split == "val"],
-                    refuse_pixels=refuse_pixels)
+                    refuse_pixels=refuse_pixels, per_source=per_source)
 
 
 __all__ = ["History", "RestoreBestWeights", "TrainConfig", "TumorClassifier", "refit", "train"]
