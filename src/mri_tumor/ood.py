@@ -4,9 +4,9 @@ Method: Mahalanobis distance (Lee et al., 2018) on the network's pooled features
 images give one mean per class and a shared, shrunk covariance; an input's score is its
 squared distance to the nearest class mean. Photos, documents, CT, X-rays, blank and noise
 images land far from every class. The threshold is a high quantile of the scores of held-out
-(validation) brain MRIs, so about that fraction of real MRIs is wrongly rejected; with several
-sources it is the highest of each source's quantile, so no source loses more than that
-fraction (a pooled quantile let the smaller, less typical source take most refusals).
+(validation) brain MRIs, so about that fraction of real MRIs is wrongly rejected. Fitted per
+source (``calibrate --per-source``) it is the highest of the sources' quantiles, so that no
+source loses more than that fraction; looser, so it refuses fewer non-MRI images.
 
 Second part, for images that are close to brain MRI in feature space but are not MRI (head CT
 above all: same anatomy, a different physics): a *refusal direction*, a regularised logistic
