@@ -140,7 +140,7 @@ def main() -> None:
     result["mri_refused_out_of_fold"] = out_of_fold_refusals(
         train_features, train_labels.numpy(), val_features, sources,
         np.concatenate([png_features, dicom_features, other_features]), len(card.class_names),
-        per_source=bool(card.training.per_source_fit))
+        per_source=fit_groups is not None)
     if len(other_features):
         result["distance_only"]["non_mri_refused"] = float(
             (guard.score(other_features) > guard.threshold).mean())

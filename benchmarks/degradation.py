@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from mri_tumor.card import ModelCard
 from mri_tumor.data.preprocess import to_model_pixels
 from mri_tumor.data.reading import read_image
 from mri_tumor.inference import Predictor
@@ -77,8 +76,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    card = ModelCard.load(args.model)
     predictor = Predictor.load(args.model)
+    card = predictor.card
     rows = [r for r in read_split_under(card.split_path(args.model), args.data_dirs)
             if r.split == "val"]
     roots = source_roots(args.data_dirs)
