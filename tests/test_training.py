@@ -19,7 +19,7 @@ from mri_tumor import Predictor
 from mri_tumor.card import SHIPPED_MODEL_DIR, ModelCard
 from mri_tumor.cli import main
 from mri_tumor.data.splitting import read_split_csv
-from mri_tumor.training import History, RestoreBestWeights, TumorClassifier
+from mri_tumor.training import AveragedWeights, History, RestoreBestWeights, TumorClassifier
 
 TINY = ["--epochs", "1", "--batch-size", "4", "--max-train-batches", "2", "--image-size", "96"]
 
@@ -80,8 +80,10 @@ def test_training_reuses_a_split_file(dataset: Path, tmp_path: Path) -> None:
     first, second = tmp_path / "a", tmp_path / "b"
     assert main(["train", str(dataset), "--out", str(first), *TINY]) == 0
     assert main(["train", str(dataset), "--out", str(second), "--split",
-                 str(first / "split.csv"), "--seed", "5", *TINY]) == 0
+                 str(first / "split.csv"), "--seed", "5", "--ema-decay", "0.9", *TINY]) == 0
     assert read_split_csv(first / "split.csv") == read_split_csv(second / "split.csv")
+    assert ModelCard.load(first).training.ema_decay is None
+    assert ModelCard.load(second).training.ema_decay == 0.9
 
 
 def test_bad_training_arguments_exit_2_with_a_message(dataset: Path, tmp_path: Path,
@@ -95,6 +97,9 @@ def test_bad_training_arguments_exit_2_with_a_message(dataset: Path, tmp_path: P
         assert "must be positive" in capsys.readouterr().err
     assert main(["train", str(dataset), "--augment-probability", "1.5"]) == 2
     assert "between 0 and 1" in capsys.readouterr().err
+    for decay in ("1", "-0.1"):
+        assert main(["train", str(dataset), "--ema-decay", decay]) == 2
+        assert "--ema-decay must be at least 0 and below 1" in capsys.readouterr().err
     for option in ("--gamma", "--bias-field", "--noise", "--resolution", "--source-balance"):
         assert main(["train", str(dataset), option, "-0.5"]) == 2
         assert "must not be negative" in capsys.readouterr().err
@@ -170,6 +175,27 @@ def test_early_stopping_restores_the_best_weights() -> None:
     assert len(module.weights_seen) == 4  # stopped two epochs after the best (epoch 1)
     assert np.isclose(float(module.weight), module.weights_seen[1])
     assert not np.isclose(float(module.weight), module.weights_seen[-1])
+
+
+def test_the_moving_average_is_what_is_validated_kept_and_exported() -> None:
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(4, 1)),
+                                       batch_size=2)
+    module = ScriptedLoss([1.0, 0.3, 0.5, 0.6])
+    trainer = L.Trainer(max_epochs=4, callbacks=[RestoreBestWeights("val_loss"),
+                                                 AveragedWeights(decay=0.75)],
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        num_sanity_val_steps=0, enable_model_summary=False)
+    trainer.fit(module, data, data)
+    # Replay: SGD on (w - 100)^2 with lr 0.01, two steps per epoch, training on from the raw
+    # weight (not the average) after each validation.
+    raw, average, expected = 0.0, None, []
+    for _ in range(4):
+        for _ in range(2):
+            raw += 0.02 * (100.0 - raw)
+            average = raw if average is None else 0.75 * average + 0.25 * raw
+        expected.append(average)
+    assert module.weights_seen == pytest.approx(expected, rel=1e-5)
+    assert float(module.weight) == pytest.approx(expected[1], rel=1e-5)  # the best epoch's
 
 
 def test_callbacks_keep_their_state_across_a_resume(tmp_path: Path) -> None:

@@ -124,6 +124,7 @@ class TrainingRecord:
     schedule: str | None = None
     seed: int | None = None
     augment: dict[str, Any] | None = None
+    ema_decay: float | None = None  # the weights are this moving average's (None: not averaged)
     pretrained: bool | None = None
     init_weights: str | None = None
     from_model: str | None = None

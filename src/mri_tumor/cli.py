@@ -89,6 +89,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="intensity augmentation: Rician noise up to this standard deviation")
     p.add_argument("--resolution", type=float, default=0.0,
                    help="resolution augmentation: shrink by up to 1+R times and enlarge back")
+    p.add_argument("--ema-decay", type=float, default=0.0,
+                   help="validate and export an exponential moving average of the weights "
+                        "with this decay per step (e.g. 0.998; 0: off)")
     p.add_argument("--labels", choices=("classes", "types"), default="classes",
                    help="classes: glioma, meningioma, no tumour, pituitary (folders of either "
                         "layout); types: the tumour type of each '<Type> <Sequence>' folder, "
@@ -133,6 +136,8 @@ def _run_train(args: argparse.Namespace) -> int:
                          "--max-minutes must be positive")
     if not 0 <= args.augment_probability <= 1:
         raise UsageError("--augment-probability must be between 0 and 1")
+    if not 0 <= args.ema_decay < 1:
+        raise UsageError("--ema-decay must be at least 0 and below 1 (e.g. 0.998)")
     if min(args.gamma, args.bias_field, args.noise, args.resolution, args.source_balance) < 0:
         raise UsageError("--gamma, --bias-field, --noise, --resolution and --source-balance "
                          "must not be negative")
@@ -175,6 +180,7 @@ def _run_train(args: argparse.Namespace) -> int:
         early_stop_patience=args.early_stop_patience, max_minutes=args.max_minutes,
         max_train_batches=int(max_batches) if max_batches > 1 else max_batches,
         half_precision_weights=not args.fp32_weights, label_scheme=args.labels,
+        ema_decay=args.ema_decay,
     )
     out = train(config)
     if out is not None:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import (
     Callback,
     EarlyStopping,
+    EMAWeightAveraging,
     LearningRateMonitor,
     ModelCheckpoint,
     TQDMProgressBar,
@@ -85,6 +86,9 @@ class TrainConfig:
     # Repeat the images of smaller sources in each epoch so that every source has at least
     # this share of the largest source's count (0: no repeats).
     source_balance: float = 0.5
+    # Decay of an exponential moving average of the weights (0: none). With it, validation,
+    # the chosen epoch and the exported weights are the average's (``AveragedWeights``).
+    ema_decay: float = 0.0
     max_train_batches: int | float = 1.0  # for smoke tests: a few steps, not a full epoch
     max_minutes: float | None = None  # stop after this wall time (then export as usual)
     # Folders of images that are not brain MRI (head CT, say): the guard learns to refuse
@@ -259,6 +263,24 @@ class RestoreBestWeights(Callback):
         self.best_value = state_dict.get("best_value")
         self.best_epoch = state_dict.get("best_epoch")
         self.best_state = state_dict.get("best_state")
+
+
+class AveragedWeights(EMAWeightAveraging):
+    """An exponential moving average of the weights, updated after every training step
+    (Lightning's ``EMAWeightAveraging``), that is also what ``RestoreBestWeights`` keeps.
+
+    Lightning swaps the average in for validation and back when the validation *epoch* ends,
+    before ``on_validation_end``, where ``RestoreBestWeights`` copies the weights it keeps.
+    Here the swap back waits until ``on_validation_end``, so list this callback after
+    ``RestoreBestWeights``: the epoch is chosen on, and keeps, the weights it was scored with.
+    """
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pass  # swapped back in on_validation_end instead
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._average_model is not None:
+            self._swap_models(pl_module)
 
 
 class History(Callback):
@@ -504,6 +526,8 @@ def train(config: TrainConfig) -> Path | None:
         TQDMProgressBar(),
         history,
     ]
+    if config.ema_decay > 0:  # after RestoreBestWeights (see AveragedWeights)
+        callbacks.append(AveragedWeights(decay=config.ema_decay))
     use_cuda = torch.cuda.is_available()
     trainer = L.Trainer(
         max_epochs=config.epochs,
@@ -562,6 +586,7 @@ def train(config: TrainConfig) -> Path | None:
             schedule=config.schedule,
             seed=config.seed,
             augment=config.augment.to_dict(),
+            ema_decay=config.ema_decay or None,
             pretrained=(ARCHITECTURES[config.arch].pretrained_default
                            if config.pretrained is None else config.pretrained),
             init_weights=str(config.init_weights) if config.init_weights else None,
