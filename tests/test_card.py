@@ -60,7 +60,7 @@ def test_display_names_and_the_normal_class_come_from_the_card(tmp_path: Path) -
 
 
 def test_series_summary_uses_the_normal_class_it_is_given() -> None:
-    from mri_tumor.inference import OK, Prediction
+    from mri_tumor.inference import OK, REJECTED, Prediction
 
     slices = [Prediction(f"s{i}", OK, label="none", confidence=0.9, series="x",
                          probabilities={"none": 0.9, "a": 0.1 * i, "b": 0.05})
@@ -68,6 +68,11 @@ def test_series_summary_uses_the_normal_class_it_is_given() -> None:
     assert series_summaries(slices, normal_class="none")[0]["label"] == "none"
     assert series_summaries(slices, normal_class=None)[0]["label"] == "none"  # most likely
     assert series_summaries(slices, normal_class="b")[0]["label"] == "none"
+    assert series_summaries(slices)[0]["refused"] == 0
+    refused = [Prediction("top", REJECTED, series="x"), Prediction("other", REJECTED,
+                                                                   series="y")]
+    summary, = series_summaries([*slices, *refused], normal_class="none")
+    assert summary["slices"] == 2 and summary["refused"] == 1
 
 
 @pytest.mark.parametrize("class_name", ["glioma", "meningioma", "notumor", "pituitary"])

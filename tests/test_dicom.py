@@ -99,8 +99,14 @@ def test_cli_series_summary_and_no_patient_data(tmp_path: Path, slice_pixels: np
         assert value not in captured.out and value not in captured.err
     assert main(["predict", str(series)]) == 0  # the table has the summary line too
     table = capsys.readouterr().out
-    assert "series" in table and "3 slices" in table
+    assert "series" in table and "3 slices)" in table
     assert all(value not in table for value in PATIENT.values())
+    # A slice of the series that the guard refuses (here a blank one) is counted, not
+    # summarised.
+    make_dicom(np.full_like(slice_pixels, 90), series / "slice03", bits=8, series_uid=uid,
+               instance=4)
+    assert main(["predict", str(series)]) == 0
+    assert "(3 slices, 1 refused as not brain MRI)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(("modality", "shown"), [

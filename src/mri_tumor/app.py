@@ -443,7 +443,9 @@ def _render_results(items: list[AnalysedImage], card: ModelCard,
         summary += f", {counts['error']} unreadable"
     st.caption(summary)
     for series in series_summaries([item.prediction for item in items], card.normal_class):
-        st.info(f"DICOM series of {plural(series['slices'], 'slice')}: most likely "
+        refused = (f" ({series['refused']} more refused as not brain MRI)"
+                   if series["refused"] else "")
+        st.info(f"DICOM series of {plural(series['slices'], 'slice')}{refused}: most likely "
                 f"**{card.display_name(series['label'])}** "
                 f"(p = {format_probability(series['probability'])}, "
                 f"slice {_plain(series['slice'])}).", icon=":material/stacks:")

@@ -174,8 +174,9 @@ def format_results(results: Sequence[Prediction], mode: str = "table",
     out = ["  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True))
            + ("  " + note if note else "") for cells, note in rows]
     for s in summaries:
-        out.append(f"series {s['series']} ({s['slices']} slices): most likely {s['label']} "
-                   f"(p = {format_probability(s['probability'])}, slice {s['slice']})")
+        refused = f", {s['refused']} refused as not brain MRI" if s["refused"] else ""
+        out.append(f"series {s['series']} ({s['slices']} slices{refused}): most likely "
+                   f"{s['label']} (p = {format_probability(s['probability'])}, slice {s['slice']})")
     return "\n".join(out) + "\n"
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -417,11 +418,16 @@ def series_summaries(results: Iterable[Prediction], normal_class: str | None = N
     """One summary per DICOM series with two or more slices: the most likely tumour class
     over its slices and the slice it comes from, or ``normal_class`` (the card's) when no
     slice shows a tumour class with at least ``tumour_threshold`` probability. A model
-    without a normal class gets its most likely class over the slices."""
+    without a normal class gets its most likely class over the slices. ``refused`` counts
+    the series' slices the guard or the header refused: slices far above or below the middle
+    of the brain are refused more often than others (docs/ood-guard.md)."""
     by_series: dict[str, list[Prediction]] = {}
+    refused: Counter[str] = Counter()
     for result in results:
         if result.series and result.status == OK:
             by_series.setdefault(result.series, []).append(result)
+        elif result.series and result.status == REJECTED:
+            refused[result.series] += 1
     summaries = []
     for series, slices in by_series.items():
         if len(slices) < 2:
@@ -436,5 +442,6 @@ def series_summaries(results: Iterable[Prediction], normal_class: str | None = N
         if normal_class is not None and best_p < tumour_threshold:
             label = normal_class
         summaries.append({"series": series, "slices": len(slices), "label": label,
-                          "probability": round(best_p, 4), "slice": best_slice.path})
+                          "probability": round(best_p, 4), "slice": best_slice.path,
+                          "refused": refused[series]})
     return summaries

@@ -135,7 +135,10 @@ def describe(outcome: StudyOutcome, predictor: Predictor, every_image: bool = Fa
     numbers = {item.result.series: item.series_number for item in outcome.analysed}
     for summary in series_summaries([item.result for item in outcome.analysed],
                                     card.normal_class):
-        lines.append(f"{head}: series {numbers[summary['series']]} ({summary['slices']} slices):"
+        refused = (f", {summary['refused']} refused as not brain MRI" if summary["refused"]
+                   else "")
+        lines.append(f"{head}: series {numbers[summary['series']]} ({summary['slices']} slices"
+                     f"{refused}):"
                      f" {card.display_name(summary['label'])} (highest tumour probability "
                      f"{format_probability(summary['probability'])})")
     if not outcome.to_store:
