@@ -13,7 +13,8 @@ the refusal examples and are cross-validated the same way, grouped by their sour
 that a crop or rotated copy is never scored by a guard fitted on its original. The
 brain MRIs are the validation rows of the model's own split, per source; the distance part of
 the guard is fitted exactly as the card says it was (class statistics on the training rows,
-the threshold and cut on the validation rows, per source when `per_source_fit` is set).
+the threshold and cut on the validation rows, per source when `per_source_fit` is set, each
+cut at the card's `reject_rate`).
 
 Training sets the threshold and cut on the same validation MRIs whose refusals it reports, so
 that share is met by construction. ``mri_refused_out_of_fold`` is the honest figure: the
@@ -33,7 +34,7 @@ import torch
 
 from mri_tumor.data.preprocess import PreprocessSpec
 from mri_tumor.models import load_model
-from mri_tumor.ood import fit_guard, fit_refusal
+from mri_tumor.ood import DEFAULT_REJECT_RATE, fit_guard, fit_refusal
 from mri_tumor.training import (
     load_pixels,
     load_refusal_pixels,
@@ -46,7 +47,7 @@ from mri_tumor.training import (
 def out_of_fold_refusals(train_features: np.ndarray, train_labels: np.ndarray,
                          val_features: np.ndarray, sources: np.ndarray,
                          refuse_features: np.ndarray, num_classes: int,
-                         per_source: bool) -> dict[str, float]:
+                         per_source: bool, reject_rate: float) -> dict[str, float]:
     """Share of validation MRIs refused, per source, when each half of them is scored by a guard
     (distance threshold and refusal cut) fitted on the other half (per source or pooled)."""
     rng = np.random.default_rng(0)
@@ -58,9 +59,9 @@ def out_of_fold_refusals(train_features: np.ndarray, train_labels: np.ndarray,
     for scored in (half, ~half):
         groups = sources[~scored] if per_source else None
         guard = fit_guard(train_features, train_labels, val_features[~scored], num_classes,
-                          heldout_groups=groups)
+                          reject_rate=reject_rate, heldout_groups=groups)
         fit_refusal(guard, train_features, refuse_features, val_features[~scored],
-                    heldout_groups=groups)
+                    reject_rate=reject_rate, heldout_groups=groups)
         refused[scored] = guard.score(val_features[scored]) > guard.threshold
     return {str(s) or "(one folder)": float(refused[sources == s].mean())
             for s in sorted(set(sources))}
@@ -105,9 +106,11 @@ def main() -> None:
 
     sources = np.array([r.source for r in val_rows])
     fit_groups = sources if card.training.per_source_fit else None
+    reject_rate = card.training.reject_rate or DEFAULT_REJECT_RATE
     guard = fit_guard(train_features, train_labels.numpy(), val_features, len(card.class_names),
-                      heldout_groups=fit_groups)
+                      reject_rate=reject_rate, heldout_groups=fit_groups)
     result: dict = {"model": str(args.model), "per_source_fit": fit_groups is not None,
+                    "reject_rate": reject_rate,
                     "ct_png": len(png_pixels),
                     "ct_dicom_slices": len(dicom_pixels), "folds": args.folds,
                     "distance_only": {
@@ -124,7 +127,8 @@ def main() -> None:
         fold_guard = fit_refusal(copy.deepcopy(guard), train_features,
                                  np.concatenate([png_features[fit_on], dicom_features,
                                                  other_features[~other_held]]),
-                                 val_features, heldout_groups=fit_groups)
+                                 val_features, reject_rate=reject_rate,
+                                 heldout_groups=fit_groups)
         refused_ct.append(fold_guard.score(png_features[held_out]) > fold_guard.threshold)
         refused_mri.append(fold_guard.score(val_features) > fold_guard.threshold)
         if other_held.any():
@@ -140,7 +144,7 @@ def main() -> None:
     result["mri_refused_out_of_fold"] = out_of_fold_refusals(
         train_features, train_labels.numpy(), val_features, sources,
         np.concatenate([png_features, dicom_features, other_features]), len(card.class_names),
-        per_source=fit_groups is not None)
+        per_source=fit_groups is not None, reject_rate=reject_rate)
     if len(other_features):
         result["distance_only"]["non_mri_refused"] = float(
             (guard.score(other_features) > guard.threshold).mean())

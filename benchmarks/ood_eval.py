@@ -44,13 +44,13 @@ def mri_scores(predictor: Predictor, data: list[Path], split: Path) -> np.ndarra
     return np.concatenate(scores)
 
 
-def cross_fitted_rejection(scores: np.ndarray, seed: int = 0) -> float:
+def cross_fitted_rejection(scores: np.ndarray, reject_rate: float, seed: int = 0) -> float:
     """Rejection rate of held-out MRIs with the threshold set on the other half."""
     order = np.random.default_rng(seed).permutation(len(scores))
     halves = np.array_split(scores[order], 2)
     rates = []
     for fit, test in ((halves[0], halves[1]), (halves[1], halves[0])):
-        threshold = np.quantile(fit, 1 - DEFAULT_REJECT_RATE)
+        threshold = np.quantile(fit, 1 - reject_rate)
         rates.append(float((test > threshold).mean()))
     return float(np.mean(rates))
 
@@ -79,7 +79,8 @@ def main() -> None:
     results = {
         "mri_validation_n": len(scores),
         "mri_rejected_shipped_threshold": shipped,
-        "mri_rejected_cross_fitted": cross_fitted_rejection(scores),
+        "mri_rejected_cross_fitted": cross_fitted_rejection(
+            scores, predictor.card.training.reject_rate or DEFAULT_REJECT_RATE),
         "non_mri_n": len(all_flags),
         "non_mri_rejected": float(np.mean(all_flags)),
         "per_category": {c: {"n": len(f), "rejected": float(np.mean(f))}

@@ -107,7 +107,16 @@ def test_training_on_two_sources_records_them_and_never_splits_a_duplicate_group
     assert [s["name"] for s in history["sources"]] == [kaggle_name, types.name]
     # The split is reused from both folders, and refused without the second one.
     assert main(["calibrate", str(out), str(kaggle), str(types), "--per-source"]) == 0
-    assert ModelCard.load(out).training.per_source_fit is True  # benchmarks re-fit it so
+    per_source = ModelCard.load(out)
+    assert per_source.training.per_source_fit is True  # benchmarks re-fit it so
+    assert per_source.training.reject_rate is None  # the default share
+    # A larger share per cut puts the cut lower, and the card records the share.
+    assert main(["calibrate", str(out), str(kaggle), str(types), "--per-source",
+                 "--reject-rate", "0.2"]) == 0
+    looser = ModelCard.load(out)
+    assert looser.training.reject_rate == 0.2
+    assert looser.ood_threshold < per_source.ood_threshold
+    assert main(["calibrate", str(out), str(kaggle), str(types), "--reject-rate", "5"]) == 2
     assert main(["calibrate", str(out), str(kaggle)]) == 2
 
 

@@ -135,6 +135,9 @@ class TrainingRecord:
     # Temperature and guard cuts fitted with each source weighing the same (``calibrate
     # --per-source``); None: on all validation images pooled.
     per_source_fit: bool | None = None
+    # Share of the validation MRIs (of each source, with per_source_fit) that each of the
+    # guard's two cuts was set to refuse (``calibrate --reject-rate``); None: 0.005.
+    reject_rate: float | None = None
     other: dict[str, Any] = field(default_factory=dict)
 
 

@@ -209,8 +209,13 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
                         "learns to refuse them; repeat for several folders")
     p.add_argument("--per-source", action="store_true",
                    help="fit per source: each source weighs the same in the temperature, and "
-                        "no source's validation MRIs lose more than 0.5%% to either cut of "
-                        "the guard (looser: refuses fewer non-MRI images; docs/ood-guard.md)")
+                        "no source's validation MRIs lose more than --reject-rate to either "
+                        "cut of the guard (looser: refuses fewer non-MRI images; "
+                        "docs/ood-guard.md)")
+    p.add_argument("--reject-rate", type=float, metavar="SHARE",
+                   help="share of the validation MRIs (of each source, with --per-source) "
+                        "that each of the guard's two cuts is set to refuse; together they "
+                        "refuse up to twice this (default 0.005)")
 
 
 def _run_calibrate(args: argparse.Namespace) -> int:
@@ -232,8 +237,11 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     for folder in args.refuse:
         if not folder.is_dir():
             raise UsageError(f"--refuse {folder}: no such folder")
+    if args.reject_rate is not None and not 0 < args.reject_rate < 0.5:
+        raise UsageError(f"--reject-rate {args.reject_rate}: must be a share between 0 and 0.5 "
+                         "(e.g. 0.005 for half a percent)")
     card = refit(args.model_dir, args.data_dirs, args.image_size, args.refuse,
-                 per_source=args.per_source)
+                 per_source=args.per_source, reject_rate=args.reject_rate)
     val = card.metrics.validation
     assert val is not None and val.accuracy is not None and val.ece is not None
     print(f"{args.model_dir}: input {card.image_size} px, accuracy {val.accuracy:.2%}, "

@@ -53,7 +53,7 @@ from mri_tumor.data.splitting import (
 )
 from mri_tumor.metrics import accuracy, expected_calibration_error, macro_f1
 from mri_tumor.models import ARCHITECTURES, create_model, half_precision_state, save_weights
-from mri_tumor.ood import OODGuard, fit_guard, fit_refusal
+from mri_tumor.ood import DEFAULT_REJECT_RATE, OODGuard, fit_guard, fit_refusal
 
 # The sequence is easy to learn and would otherwise pull on the shared features as much as
 # the tumour type does: its loss counts half.
@@ -633,12 +633,14 @@ def _best_epoch(epochs: list[dict[str, float]], key: str, pick) -> int | None:
 def finalize(model: torch.nn.Module, card: ModelCard, train_pixels: torch.Tensor,
              train_labels: torch.Tensor, val_pixels: torch.Tensor, val_labels: torch.Tensor,
              out: Path, half: bool = True, val_sources: list[str] | None = None,
-             refuse_pixels: torch.Tensor | None = None, per_source: bool = False) -> ModelCard:
+             refuse_pixels: torch.Tensor | None = None, per_source: bool = False,
+             reject_rate: float | None = None) -> ModelCard:
     """Fit what is fitted after training, measure, and save weights + card.
 
     The temperature and the out-of-distribution threshold are fitted on the validation split
     (with ``per_source``, each source in ``val_sources`` weighing the same, and the guard's
-    cuts the highest of the sources'), the guard's class statistics on the training split
+    cuts the highest of the sources'; each cut refuses ``reject_rate`` of them, 0.005 unless
+    given), the guard's class statistics on the training split
     (without augmentation), its refusal direction on ``refuse_pixels`` (images that are not
     brain MRI) when given. Metrics are recorded overall and per source. Weights are stored in
     fp16 only if that leaves every validation prediction unchanged.
@@ -655,21 +657,23 @@ def finalize(model: torch.nn.Module, card: ModelCard, train_pixels: torch.Tensor
     sequence_logits = _sequence_logits(model, val_features)
     if sequence_logits is not None:
         card.sequence_temperature = fit_temperature(sequence_logits, sequences, groups=groups)
+    rate = reject_rate or DEFAULT_REJECT_RATE
     guard = fit_guard(train_features, _split_labels(train_labels)[0], val_features,
-                      len(card.class_names), heldout_groups=groups)
+                      len(card.class_names), reject_rate=rate, heldout_groups=groups)
     card.metrics.refusal_examples_refused = None  # from an earlier fit of this folder
     if refuse_pixels is None:
         card.training.refusal_examples = None
         card.training.refuse_dirs = None
     if refuse_pixels is not None and len(refuse_pixels):
         _, refuse_features = predict_outputs(model, refuse_pixels, spec)
-        fit_refusal(guard, train_features, refuse_features, val_features,
+        fit_refusal(guard, train_features, refuse_features, val_features, reject_rate=rate,
                     heldout_groups=groups)
         card.training.refusal_examples = len(refuse_pixels)
         card.metrics.refusal_examples_refused = float(
             (guard.score(refuse_features) > guard.threshold).mean())
     card.ood_threshold = guard.threshold
     card.training.per_source_fit = per_source or None
+    card.training.reject_rate = reject_rate if rate != DEFAULT_REJECT_RATE else None
     rejected = guard.score(val_features) > guard.threshold
     card.metrics.validation = validation_metrics(logits, labels, card, rejected)
     if sequence_logits is not None:
@@ -741,10 +745,11 @@ def validation_metrics(logits: np.ndarray, labels: np.ndarray, card: ModelCard,
 
 
 def refit(model_dir: Path, data_dirs: list[Path] | Path, image_size: int | None = None,
-          refuse_dirs: list[Path] | None = None, per_source: bool = False) -> ModelCard:
+          refuse_dirs: list[Path] | None = None, per_source: bool = False,
+          reject_rate: float | None = None) -> ModelCard:
     """Re-fit temperature and out-of-distribution guard of a trained model folder on the
     split it was trained with (``split.csv`` beside it), e.g. after changing those methods;
-    ``per_source``: see ``finalize``.
+    ``per_source``, ``reject_rate``: see ``finalize``.
 
     With ``image_size`` the model is served at that input size from now on (the card says so,
     and keeps the size it was trained at); its validation metrics are measured at that size.
@@ -772,7 +777,8 @@ def refit(model_dir: Path, data_dirs: list[Path] | Path, image_size: int | None 
         card.training.refuse_dirs = [Path(d).name for d in refuse_dirs]
     return finalize(model, card, train_pixels, train_labels, val_pixels, val_labels, model_dir,
                     half=half, val_sources=[r.source for r in rows if r.split == "val"],
-                    refuse_pixels=refuse_pixels, per_source=per_source)
+                    refuse_pixels=refuse_pixels, per_source=per_source,
+                    reject_rate=reject_rate)
 
 
 __all__ = ["History", "RestoreBestWeights", "TrainConfig", "TumorClassifier", "refit", "train"]
