@@ -11,6 +11,12 @@ running statistics included. The output holds the average (fp32), the first run'
 split and history, with the runs named in the card (`training.averaged_runs`). The
 temperature, the guard and the card's metrics still belong to the first run until `mri-tumor
 calibrate` re-fits them on the average, which is why that step is not optional.
+
+Measured once (docs/experiments.md, "A second draw, and the average of the two"): two seeds of
+the balanced-sources recipe averaged to a model worse than either (94.9% against 96.4% and
+96.8% on Kaggle). Each seed starts its classification layer from its own random draw, so those
+runs did not share a start; runs that do (e.g. continued from one trained model) are the case
+the method is for.
 """
 
 from __future__ import annotations
