@@ -69,9 +69,10 @@ def main() -> int:
         print("give at least two runs to average", file=sys.stderr)
         return 2
     for run in args.runs:
-        if not (run / CARD_FILE).is_file():
-            print(f"{run}: not a model folder (no {CARD_FILE})", file=sys.stderr)
-            return 2
+        for needed in (CARD_FILE, "split.csv"):
+            if not (run / needed).is_file():
+                print(f"{run}: not a trained run folder (no {needed})", file=sys.stderr)
+                return 2
     if args.out.exists() and any(args.out.iterdir()):
         print(f"{args.out}: exists and is not empty; nothing was written", file=sys.stderr)
         return 2

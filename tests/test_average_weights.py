@@ -70,3 +70,6 @@ def test_runs_that_do_not_fit_together_are_refused_and_nothing_is_overwritten(
     assert result.returncode == 2 and "not empty" in result.stderr
     assert [p.name for p in taken.iterdir()] == ["keep.txt"]
     assert run(first, "--out", tmp_path / "one").returncode == 2
+    (second / "split.csv").unlink()
+    result = run(first, second, "--out", tmp_path / "soup3")
+    assert result.returncode == 2 and "no split.csv" in result.stderr
