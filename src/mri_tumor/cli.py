@@ -401,6 +401,45 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="two models on the same images: differences and "
+                       "whether they exceed the images' noise",
+                       description="Compare two `mri-tumor evaluate --out` reports of the same "
+                       "images (one per model): accuracy and ECE of each, overall and per "
+                       "source, the images only one model gets right, and a paired bootstrap "
+                       "interval for each difference. Research tool, not a diagnosis.")
+    p.add_argument("report_a", type=Path, metavar="REPORT_A",
+                   help="model A's report folder (or its predictions.csv)")
+    p.add_argument("report_b", type=Path, metavar="REPORT_B",
+                   help="model B's report folder, on the same images")
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
+    p.add_argument("--confidence", type=float, default=0.9,
+                   help="confidence level of the intervals")
+    p.add_argument("--seed", type=int, default=0, help="seed of the resampling")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from mri_tumor.comparison import compare, format_comparison, read_predictions
+
+    if args.resamples < 100:
+        raise UsageError("--resamples must be at least 100")
+    if not 0 < args.confidence < 1:
+        raise UsageError("--confidence must be between 0 and 1, e.g. 0.9")
+    groups = compare(read_predictions(args.report_a), read_predictions(args.report_b),
+                     args.resamples, args.confidence, args.seed)
+    if args.json:
+        print(json.dumps({"model_a": str(args.report_a), "model_b": str(args.report_b),
+                          "confidence": args.confidence, "resamples": args.resamples,
+                          "groups": {g.name: g.to_json() for g in groups}}))
+        print(DISCLAIMER, file=sys.stderr)
+    else:
+        print(format_comparison(groups, str(args.report_a), str(args.report_b),
+                                args.confidence))
+        print(DISCLAIMER)
+    return 0
+
+
 def _add_app(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("app", help="start the Streamlit web app")
     p.add_argument("--port", type=int, default=8501, help="port to listen on")
@@ -734,8 +773,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Brain MRI tumour classifier. Research tool, not a diagnosis.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_calibrate, _add_evaluate, _add_predict, _add_export, _add_app,
-                _add_serve, _add_adapt, _add_models, _add_pacs):
+    for add in (_add_train, _add_calibrate, _add_evaluate, _add_compare, _add_predict,
+                _add_export, _add_app, _add_serve, _add_adapt, _add_models, _add_pacs):
         add(sub)
     for command in sub.choices.values():
         command.formatter_class = HelpFormatter
@@ -743,8 +782,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"train": _run_train, "calibrate": _run_calibrate, "evaluate": _run_evaluate,
-            "predict": _run_predict, "export": _run_export, "app": _run_app, "serve": _run_serve,
-            "adapt": _run_adapt, "models": _run_models, "pacs": _run_pacs}
+            "compare": _run_compare, "predict": _run_predict, "export": _run_export,
+            "app": _run_app, "serve": _run_serve, "adapt": _run_adapt, "models": _run_models,
+            "pacs": _run_pacs}
 
 
 def main(argv: list[str] | None = None) -> int:
