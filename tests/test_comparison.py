@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -53,7 +54,7 @@ def test_differences_and_counts_match_a_hand_count() -> None:
     predicted_b[90:] = wrong(labels[90:])  # B: the same 80 and images 80-89 too
     groups = {g.name: g for g in compare(table(labels, predicted_a, sources=sources),
                                          table(labels, predicted_b, sources=sources))}
-    assert list(groups) == [ALL_IMAGES, "kaggle", "teaching"]
+    assert list(groups) == [ALL_IMAGES, "source:kaggle", "source:teaching"]
     everything = groups[ALL_IMAGES]
     assert (everything.n, everything.accuracy_a, everything.accuracy_b) == (100, 0.8, 0.9)
     assert (everything.right_only_a, everything.right_only_b) == (0, 10)
@@ -61,11 +62,26 @@ def test_differences_and_counts_match_a_hand_count() -> None:
     low, high = everything.accuracy_difference_interval
     assert 0 < low < 0.1 < high  # B is right on a superset: no resample makes it worse
     # Images 80-99 are all teaching files: the Kaggle part is identical for both models.
-    kaggle, teaching = groups["kaggle"], groups["teaching"]
+    kaggle, teaching = groups["source:kaggle"], groups["source:teaching"]
     assert (kaggle.n, kaggle.accuracy_difference, kaggle.accuracy_difference_interval) == (
         60, 0.0, (0.0, 0.0))
     assert (teaching.n, teaching.right_only_b) == (40, 10)
     assert teaching.accuracy_difference == pytest.approx(0.25)
+
+
+def test_sequences_are_groups_of_their_own_where_known() -> None:
+    labels = np.arange(12) % 4
+    predicted_b = labels.copy()
+    predicted_b[[0, 1]] = wrong(labels[[0, 1]])  # both T2 images of the teaching files
+    sources = ["teaching"] * 6 + ["kaggle"] * 6
+    sequences = ["T2", "T2", "T1", "T1", "T1", "T1"] + [""] * 6  # Kaggle: not given
+    a = dataclasses.replace(table(labels, labels, sources=sources), sequences=sequences)
+    b = dataclasses.replace(table(labels, predicted_b, sources=sources), sequences=sequences)
+    groups = {g.name: g for g in compare(a, b)}
+    assert list(groups) == [ALL_IMAGES, "source:kaggle", "source:teaching", "sequence:T1",
+                            "sequence:T2"]
+    assert (groups["sequence:T2"].n, groups["sequence:T2"].right_only_a) == (2, 2)
+    assert (groups["sequence:T1"].n, groups["sequence:T1"].accuracy_difference) == (4, 0.0)
 
 
 def test_ece_is_the_metric_of_the_evaluation() -> None:

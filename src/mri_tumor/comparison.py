@@ -32,11 +32,14 @@ class PredictionTable:
     probabilities: np.ndarray  # images x classes
     sources: list[str]
     class_names: list[str]
+    sequences: list[str] | None = None  # MR sequence where the folder names say it, else ""
 
 
 @dataclass(frozen=True)
 class GroupComparison:
-    """Model A against model B on one group of images (all of them, or one source)."""
+    """Model A against model B on one group of images: all of them, one source
+    (``source:NAME``) or one MR sequence (``sequence:NAME``), named as in ``evaluate``'s
+    ``by_group``."""
 
     name: str
     n: int
@@ -90,7 +93,8 @@ def read_predictions(path: Path) -> PredictionTable:
     return PredictionTable(paths=[row["path"] for row in rows],
                            labels=np.array([index[row["true_label"]] for row in rows]),
                            probabilities=probabilities,
-                           sources=[row["source"] for row in rows], class_names=class_names)
+                           sources=[row["source"] for row in rows], class_names=class_names,
+                           sequences=[row.get("sequence") or "" for row in rows])
 
 
 def align(a: PredictionTable, b: PredictionTable) -> PredictionTable:
@@ -110,7 +114,9 @@ def align(a: PredictionTable, b: PredictionTable) -> PredictionTable:
         raise ValueError("the two reports give some images different true labels")
     return PredictionTable(paths=list(a.paths), labels=b.labels[order],
                            probabilities=b.probabilities[order],
-                           sources=[b.sources[i] for i in order], class_names=b.class_names)
+                           sources=[b.sources[i] for i in order], class_names=b.class_names,
+                           sequences=None if b.sequences is None
+                           else [b.sequences[i] for i in order])
 
 
 def _interval(statistic, n: int, resamples: int, confidence: float,
@@ -157,15 +163,17 @@ def compare_group(name: str, a: PredictionTable, b: PredictionTable, rows: np.nd
 
 def compare(a: PredictionTable, b: PredictionTable, resamples: int = 2000,
             confidence: float = 0.9, seed: int = 0) -> list[GroupComparison]:
-    """A against B on all images, then on each source (when there is more than one)."""
+    """A against B on all images, then on each source (when there is more than one) and
+    each MR sequence (where model A's report gives it)."""
     b = align(a, b)
     if len(a.paths) < 2:
         raise ValueError("a comparison needs at least two images")
     groups = {ALL_IMAGES: np.arange(len(a.paths))}
-    sources = sorted(set(a.sources))
-    if len(sources) > 1:
-        groups |= {source: np.array([i for i, s in enumerate(a.sources) if s == source])
-                   for source in sources}
+    for kind, values in (("source", a.sources), ("sequence", a.sequences or [])):
+        names = sorted(set(values) - {""})
+        if kind == "sequence" or len(names) > 1:
+            groups |= {f"{kind}:{name}": np.flatnonzero(np.array(values) == name)
+                       for name in names}
     return [compare_group(name, a, b, rows, resamples, confidence, seed)
             for name, rows in groups.items()]
 
