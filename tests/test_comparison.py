@@ -84,6 +84,17 @@ def test_sequences_are_groups_of_their_own_where_known() -> None:
     assert (groups["sequence:T1"].n, groups["sequence:T1"].accuracy_difference) == (4, 0.0)
 
 
+def test_a_group_of_one_image_has_no_interval() -> None:
+    labels = np.arange(6) % 4
+    sequences = ["T1"] * 5 + ["T2"]
+    a = dataclasses.replace(table(labels, labels), sequences=sequences)
+    groups = {g.name: g for g in compare(a, a)}
+    assert groups["sequence:T2"].n == 1
+    assert groups["sequence:T2"].accuracy_difference_interval is None
+    assert groups["sequence:T1"].accuracy_difference_interval == (0.0, 0.0)
+    json.dumps([g.to_json() for g in groups.values()], allow_nan=False)  # strict JSON
+
+
 def test_ece_is_the_metric_of_the_evaluation() -> None:
     labels = np.arange(400) % 4
     predicted = labels.copy()
@@ -150,7 +161,7 @@ def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
 
 
 @pytest.mark.parametrize("problem", ["missing", "not_predictions", "unknown_label",
-                                     "resamples", "confidence"])
+                                     "repeated_path", "resamples", "confidence"])
 def test_cli_refuses_bad_input_with_one_line(tmp_path: Path, problem: str) -> None:
     good = tmp_path / "good.csv"
     write_csv(good, ["path", "true_label", "source", "p_glioma", "p_notumor"],
@@ -165,6 +176,10 @@ def test_cli_refuses_bad_input_with_one_line(tmp_path: Path, problem: str) -> No
         other = tmp_path / "odd.csv"
         write_csv(other, ["path", "true_label", "source", "p_glioma", "p_notumor"],
                   [["a.png", "pituitary", "s", "0.9", "0.1"]])
+    elif problem == "repeated_path":
+        other = tmp_path / "twice.csv"
+        write_csv(other, ["path", "true_label", "source", "p_glioma", "p_notumor"],
+                  [["a.png", "glioma", "s", "0.9", "0.1"], ["a.png", "glioma", "s", "0.8", "0.2"]])
     else:
         extra = ["--resamples", "5"] if problem == "resamples" else ["--confidence", "90"]
     status, stdout, stderr = run_cli("compare", str(good), str(other), *extra)
@@ -172,7 +187,8 @@ def test_cli_refuses_bad_input_with_one_line(tmp_path: Path, problem: str) -> No
     message = stderr.strip()
     assert message.startswith("mri-tumor compare: error:") and "\n" not in message
     assert {"missing": "no predictions.csv", "not_predictions": "not a predictions file",
-            "unknown_label": "pituitary", "resamples": "--resamples",
+            "unknown_label": "pituitary", "repeated_path": "more than once",
+            "resamples": "--resamples",
             "confidence": "--confidence"}[problem] in message
 
 

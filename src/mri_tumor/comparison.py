@@ -48,11 +48,11 @@ class GroupComparison:
     right_only_a: int
     right_only_b: int
     accuracy_difference: float  # B - A
-    accuracy_difference_interval: tuple[float, float]
+    accuracy_difference_interval: tuple[float, float] | None  # None: under 2 images
     ece_a: float
     ece_b: float
     ece_difference: float  # B - A
-    ece_difference_interval: tuple[float, float]
+    ece_difference_interval: tuple[float, float] | None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -90,7 +90,11 @@ def read_predictions(path: Path) -> PredictionTable:
                                   for row in rows])
     except ValueError as error:
         raise ValueError(f"{csv_path}: a probability is not a number ({error})") from None
-    return PredictionTable(paths=[row["path"] for row in rows],
+    paths = [row["path"] for row in rows]
+    if len(set(paths)) < len(paths):
+        raise ValueError(f"{csv_path}: some image paths appear more than once, so the rows "
+                         "cannot be matched with another report's")
+    return PredictionTable(paths=paths,
                            labels=np.array([index[row["true_label"]] for row in rows]),
                            probabilities=probabilities,
                            sources=[row["source"] for row in rows], class_names=class_names,
@@ -120,10 +124,11 @@ def align(a: PredictionTable, b: PredictionTable) -> PredictionTable:
 
 
 def _interval(statistic, n: int, resamples: int, confidence: float,
-              seed: int) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``statistic(indices)`` over resampled image indices."""
+              seed: int) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of ``statistic(indices)`` over resampled image indices
+    (None for fewer than two images)."""
     if n < 2:
-        return (float("nan"), float("nan"))
+        return None
     result = bootstrap((np.arange(n),), lambda idx: statistic(idx.astype(int)),
                        vectorized=False, n_resamples=resamples, confidence_level=confidence,
                        method="percentile", rng=np.random.default_rng(seed))
@@ -189,10 +194,15 @@ def format_comparison(groups: list[GroupComparison], name_a: str, name_b: str,
     for g in groups:
         lines.append(
             f"| {g.name} | {g.n} | {g.accuracy_a:.1%} | {g.accuracy_b:.1%} | "
-            f"{g.accuracy_difference:+.1%} [{g.accuracy_difference_interval[0]:+.1%}, "
-            f"{g.accuracy_difference_interval[1]:+.1%}] | {g.right_only_a} / {g.right_only_b} | "
-            f"{g.ece_a:.3f} | {g.ece_b:.3f} | {g.ece_difference:+.3f} "
-            f"[{g.ece_difference_interval[0]:+.3f}, {g.ece_difference_interval[1]:+.3f}] |")
+            f"{_difference(g.accuracy_difference, g.accuracy_difference_interval, '+.1%')} | "
+            f"{g.right_only_a} / {g.right_only_b} | {g.ece_a:.3f} | {g.ece_b:.3f} | "
+            f"{_difference(g.ece_difference, g.ece_difference_interval, '+.3f')} |")
     lines += ["", f"Paired bootstrap over the images ({level}): a difference whose interval "
               "holds 0 is within what these images can tell apart."]
     return "\n".join(lines)
+
+
+def _difference(value: float, interval: tuple[float, float] | None, spec: str) -> str:
+    if interval is None:
+        return f"{value:{spec}} (one image: no interval)"
+    return f"{value:{spec}} [{interval[0]:{spec}}, {interval[1]:{spec}}]"
