@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import struct
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from mri_tumor import Predictor
+from mri_tumor.cli import main
 
 if TYPE_CHECKING:  # imported where used: a plain `pytest` run has no `tests` package
     from tests.orthanc import OrthancServer
@@ -21,6 +24,14 @@ FIXTURES = Path(__file__).parent / "fixtures"
 FIXTURE_IMAGES = FIXTURES / "images"
 SARTAJ_NAMES = {"glioma": "glioma_tumor", "meningioma": "meningioma_tumor",
                 "notumor": "no_tumor", "pituitary": "pituitary_tumor"}
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    """Run ``mri-tumor`` in-process; returns (exit status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main(list(argv))
+    return status, out.getvalue(), err.getvalue()
 
 
 def copy_dataset(target: Path, layout: str = "kaggle", per_class: int = 5) -> Path:

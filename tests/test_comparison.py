@@ -3,31 +3,21 @@ checked against counts made by hand, and its refusals of reports that do not mat
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.conftest import FIXTURE_IMAGES
+from tests.conftest import FIXTURE_IMAGES, run_cli
 
 from mri_tumor.card import DISCLAIMER
-from mri_tumor.cli import main
 from mri_tumor.comparison import ALL_IMAGES, PredictionTable, align, compare, read_predictions
 from mri_tumor.metrics import expected_calibration_error
 from mri_tumor.report import PREDICTIONS_FILE
 
 CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
-
-
-def run_cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = main(list(argv))
-    return status, out.getvalue(), err.getvalue()
 
 
 def table(labels: np.ndarray, predicted: np.ndarray, confidence: float = 0.9,

@@ -3,10 +3,8 @@ leakage check, calibration and the report files."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
-import io
 import json
 import shutil
 from fractions import Fraction
@@ -15,12 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
-from tests.conftest import FIXTURE_IMAGES
+from tests.conftest import FIXTURE_IMAGES, run_cli
 
 from mri_tumor import metrics
 from mri_tumor.calibration import fit_temperature, group_weights
 from mri_tumor.card import DISCLAIMER
-from mri_tumor.cli import main
 from mri_tumor.data.folders import class_of_folder, source_name
 from mri_tumor.data.reading import read_image
 from mri_tumor.data.splitting import NEAR_DUPLICATE_BITS, SplitRow, write_split_csv
@@ -54,14 +51,6 @@ FIXTURE_TYPES = Path(__file__).parent / "fixtures" / "types"  # '<Type> <Sequenc
 # In-scope images of the type-and-sequence fixture per sequence (Schwannoma T1 is skipped).
 TYPES_PER_SEQUENCE = {"T1": 6, "T1C+": 3, "T2": 9}
 CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
-
-
-def run_cli(*argv: str) -> tuple[int, str, str]:
-    """Run ``mri-tumor`` in-process; returns (exit status, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = main(list(argv))
-    return status, out.getvalue(), err.getvalue()
 
 
 def copy_fixtures(target: Path) -> Path:
