@@ -16,6 +16,7 @@ per source is how the model is kept from learning the source instead of the tumo
 
 from __future__ import annotations
 
+import csv
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +108,9 @@ class LabelledImage:
     label: str
     source: str = ""  # the dataset folder it came from (``source_name``)
     sequence: str = ""  # MR sequence when the layout tells it (T1, T1C+, T2), else ""
+    # The patient or scan the image belongs to, when the layout tells it ("" otherwise):
+    # images of one group are kept on one side of a split.
+    group: str = ""
 
 
 @dataclass
@@ -178,13 +182,29 @@ def type_of_folder(folder: str) -> tuple[str | None, str, str | None]:
     return label, sequence, None
 
 
+EXCLUSIONS_FILE = Path(__file__).with_name("exclusions.csv")
+
+
+def load_exclusions(path: Path = EXCLUSIONS_FILE) -> dict[tuple[str, str], str]:
+    """The reviewed list of training images that are not used (not brain MRI, conflicting
+    duplicates): ``(source, relative path) -> reason``. Training, calibration and evaluation
+    all read their folders through ``scan_folder``, which leaves these out."""
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as handle:
+        return {(row["source"], row["path"]): row["reason"] for row in csv.DictReader(handle)}
+
+
 def scan_folder(root: str | Path, source: str | None = None,
                 scheme: str = "classes") -> FolderScan:
-    """List the images of a labelled folder (``root/<class>/**/<image>`` or
-    ``root/<Type> <Sequence>/**/<image>``), labelled by ``scheme``: "classes" maps the
-    folders onto the four classes, "types" reads the tumour type of each type folder.
+    """List the images of a labelled folder (``root/<class>/**/<image>``,
+    ``root/<Type> <Sequence>/**/<image>`` or the whole-scan patient layout of
+    ``data.patients``), labelled by ``scheme``: "classes" maps the folders onto the four
+    classes, "types" reads the tumour type of each type folder.
 
-    Files that are not images, and whole folders outside the scheme, are listed in
+    An image in a sub-folder of a class folder (``notumor/<scan>/<image>``) belongs to that
+    scan's group, as a patient's slices do. Files that are not images, whole folders outside
+    the scheme and the images of the exclusion list (``load_exclusions``) are listed in
     ``skipped`` with the reason; an unknown folder name raises UnknownClassFolderError.
     """
     if scheme not in LABEL_SCHEMES:
@@ -193,6 +213,29 @@ def scan_folder(root: str | Path, source: str | None = None,
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such folder")
     scan = FolderScan(root=root, source=source if source is not None else source_name(root))
+    scan = _scan_layout(root, scan, scheme)
+    excluded = load_exclusions()
+    kept = []
+    for image in scan.images:
+        reason = excluded.get((scan.source, scan.relative(image.path)))
+        if reason is None:
+            kept.append(image)
+        else:
+            scan.skipped.append((scan.relative(image.path), f"excluded: {reason}"))
+    scan.images = kept
+    return scan
+
+
+def _scan_layout(root: Path, scan: FolderScan, scheme: str) -> FolderScan:
+    from mri_tumor.data.patients import is_patient_layout, patient_slices
+
+    if is_patient_layout(root):
+        rows, skipped = patient_slices(root, scheme,
+                                       NORMAL_LABEL if scheme == "classes" else NORMAL_TYPE)
+        scan.images = [LabelledImage(path, label, scan.source, sequence, patient)
+                       for path, label, sequence, patient in rows]
+        scan.skipped.extend(skipped)
+        return scan
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     reader = type_of_folder if scheme == "types" else class_of_folder
     parsed = {p.name: reader(p.name) for p in class_dirs}
@@ -225,7 +268,9 @@ def scan_folder(root: str | Path, source: str | None = None,
             elif path.stat().st_size == 0:
                 scan.skipped.append((scan.relative(path), "empty file"))
             else:
-                scan.images.append(LabelledImage(path, label, scan.source, sequence))
+                nested = path.relative_to(class_dir).parts
+                group = f"{class_dir.name}/{nested[0]}" if len(nested) > 1 else ""
+                scan.images.append(LabelledImage(path, label, scan.source, sequence, group))
     return scan
 
 

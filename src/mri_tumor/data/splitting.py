@@ -22,7 +22,13 @@ from PIL import Image, ImageOps
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from mri_tumor.data.folders import CLASS_NAMES, TYPE_LABELS, FolderScan, LabelledImage
+from mri_tumor.data.folders import (
+    CLASS_NAMES,
+    TYPE_LABELS,
+    FolderScan,
+    LabelledImage,
+    load_exclusions,
+)
 from mri_tumor.data.reading import ImageReadError, read_image
 
 # A 16 x 16 DCT hash (256 bits). The usual 8 x 8 hash is too coarse for MRI: slices share a
@@ -108,6 +114,30 @@ def duplicate_groups(hashes: np.ndarray, mirrored: np.ndarray,
     return labels
 
 
+def join_named_groups(groups: np.ndarray, names: list[tuple[str, str]]) -> np.ndarray:
+    """Group images that share a non-empty group name (a patient, a scan) within their
+    source by that name, so that all slices of one patient are on one side; images without
+    a name keep their duplicate groups."""
+    n = len(groups)
+    if not any(name for _, name in names):  # no layout named groups: splits stay as before
+        return groups
+    first: dict[tuple[str, str], int] = {}
+    offset = int(groups.max()) + 1 if n else 0
+    # Graph over images (0..n-1) and duplicate groups (n + group): an image joins its
+    # duplicate group and the first image of its named group.
+    # Images with a name are joined by it alone: the outer slices of different patients'
+    # stacks (near-blank, skull cap) look alike and would chain whole sources together.
+    rows, cols = [], []
+    for i, group in enumerate(groups):
+        rows.append(i)
+        cols.append(first.setdefault(names[i], i) if names[i][1] else n + int(group))
+    size = n + offset
+    graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(size, size))
+    _, labels = connected_components(graph, directed=False)
+    _, renumbered = np.unique(labels[:n], return_inverse=True)
+    return renumbered
+
+
 def hash_folder(scan: FolderScan,
                 progress: Callable[[Iterable], Iterable] | None = None
                 ) -> tuple[list[int], np.ndarray, np.ndarray]:
@@ -160,6 +190,7 @@ def split_folders(scans: list[FolderScan], val_fraction: float = 0.15,
     mirrored = (np.concatenate(mirrored_parts) if mirrored_parts
                 else np.zeros((0, HASH_WORDS), np.uint64))
     groups = duplicate_groups(direct, mirrored, max_bits)
+    groups = join_named_groups(groups, [(item.source, item.group) for _, item in images])
     strata = [(item.source, item.label) for _, item in images]
 
     members: dict[int, list[int]] = defaultdict(list)
@@ -177,6 +208,9 @@ def split_folders(scans: list[FolderScan], val_fraction: float = 0.15,
     for stratum in sorted(by_stratum):
         stratum_groups = by_stratum[stratum]
         rng.shuffle(stratum_groups)
+        if len(stratum_groups) == 1:  # one patient or collection: it cannot be split
+            side_of_group[stratum_groups[0]] = "train"
+            continue
         total = sum(len(members[g]) for g in stratum_groups)
         targets = [("test", test_fraction * total), ("val", val_fraction * total)]
         filled = {"test": 0, "val": 0}
@@ -207,8 +241,12 @@ def write_split_csv(rows: list[SplitRow], path: Path) -> None:
                              row.sequence])
 
 
-def read_split_csv(path: Path) -> list[SplitRow]:
-    """Load a split written by ``write_split_csv``; a malformed file raises ValueError."""
+def read_split_csv(path: Path, exclude: bool = True) -> list[SplitRow]:
+    """Load a split written by ``write_split_csv``; a malformed file raises ValueError.
+
+    With ``exclude`` the images of the reviewed exclusion list (``folders.load_exclusions``)
+    are left out, so that training, calibration and evaluation from a split never use them.
+    """
     with Path(path).open(newline="") as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None or set(SPLIT_COLUMNS) - set(reader.fieldnames):
@@ -220,6 +258,9 @@ def read_split_csv(path: Path) -> list[SplitRow]:
         except (TypeError, ValueError, csv.Error) as error:
             raise ValueError(f"{path}: not a valid split file (line {reader.line_num}: "
                              f"{error})") from None
+    if exclude:
+        excluded = load_exclusions()
+        rows = [r for r in rows if (r.source, r.path) not in excluded]
     bad = ({r.label for r in rows} - set(CLASS_NAMES) - set(TYPE_LABELS)) | (
         {r.split for r in rows} - {"train", "val", "test"})
     if bad:

@@ -1,0 +1,228 @@
+"""Whole scans: a NIfTI volume or a DICOM series as the stack of axial slices the model reads.
+
+Every scan takes one path, whatever it came as:
+
+1. a voxel array and its affine (voxel -> patient millimetres, RAS+): nibabel reads NIfTI;
+   a DICOM series is sorted by position along its slice normal and its affine is built from
+   ImagePositionPatient / ImageOrientationPatient / PixelSpacing (``dicom_series_volume``);
+2. reoriented to the closest RAS+ axes (``nibabel.as_closest_canonical``), so that a 3-D
+   acquisition in any plane (a sagittal MPRAGE) is read as axial slices, inferior to superior;
+3. windowed once for the whole volume, between two percentiles of its foreground voxels
+   (``window_volume``), so that every slice keeps the scan's own contrast (a slice near the
+   skull cap is not stretched to look like the middle of the brain);
+4. cropped to the head's box over all slices, each slice resampled to square pixels and
+   padded to a square, then handed to the one preprocessing path as an 8-bit grey image.
+
+The slices are displayed as radiologists view axial images: anterior at the top, the
+patient's right on the left of the image.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from mri_tumor.data.base import ImageReadError
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+# A volume larger than this many voxels is refused before it is read into memory.
+MAX_VOXELS = 256 * 1024 * 1024
+# Percentiles of the foreground voxels mapped to black and white.
+WINDOW_PERCENTILES = (0.5, 99.5)
+# Foreground: voxels above this share of the 99th percentile of the whole volume. Air and
+# noise lie well below it, the scalp and brain above, for T1, T2, FLAIR and PD alike.
+FOREGROUND_SHARE = 0.08
+# Margin around the head's box, as a share of the box side.
+CROP_MARGIN = 0.04
+# The fewest slices that make a scan (a series of one or two images is read as images).
+MIN_VOLUME_SLICES = 3
+# Slices whose head cross-section is below this share of the largest one (air above the
+# head, the neck's last slices) are outside the head: they are not read, nor counted.
+MIN_HEAD_SHARE = 0.15
+
+
+@dataclass
+class Volume:
+    """A scan as voxels: ``data`` (3-D, any orientation), ``affine`` (voxel -> RAS+ mm)."""
+
+    data: np.ndarray
+    affine: np.ndarray
+    name: str  # what the user gave (path or upload name)
+    series: str  # opaque key of the scan (a hash, never a UID)
+    slice_names: list[str] | None = None  # per slice of the last axis, for native slices
+    note: str = ""  # e.g. a gap in the slice positions
+
+
+def is_nifti_name(name: str | Path) -> bool:
+    """True for ``.nii`` and ``.nii.gz`` file names."""
+    return str(name).lower().endswith(NIFTI_SUFFIXES)
+
+
+def looks_like_nifti_bytes(data: bytes) -> bool:
+    """A NIfTI-1 or NIfTI-2 header, plain or gzip-compressed."""
+    if data[:2] == b"\x1f\x8b":
+        try:
+            with gzip.GzipFile(fileobj=io.BytesIO(data[:65536])) as handle:
+                data = handle.read(348)
+        except (OSError, EOFError):
+            return False
+    return data[344:348] in (b"n+1\x00", b"ni1\x00") or data[4:8] in (b"n+2\x00", b"ni2\x00")
+
+
+def read_nifti(data: bytes, name: str) -> Volume:
+    """Decode a NIfTI file's bytes (plain or gzip) into a Volume; ImageReadError says why
+    not (damaged, 4-D, too large, no image)."""
+    import nibabel as nib
+
+    try:
+        if data[:2] == b"\x1f\x8b":
+            data = gzip.decompress(data)
+        image = nib.Nifti1Image.from_bytes(data)
+    except Exception:
+        try:
+            image = nib.Nifti2Image.from_bytes(data)
+        except Exception:
+            raise ImageReadError(f"{name}: not a readable NIfTI file (damaged or "
+                                 "truncated)") from None
+    shape = tuple(int(n) for n in image.shape)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) > 3:
+        raise ImageReadError(f"{name}: a {len(shape)}-D NIfTI file ({shape[3]} volumes, e.g. "
+                             "fMRI, diffusion or several sequences); give one 3-D volume")
+    if len(shape) < 2 or min(shape) < 1:
+        raise ImageReadError(f"{name}: NIfTI file holds no image (shape {shape})")
+    if int(np.prod(shape)) > MAX_VOXELS:
+        raise ImageReadError(f"{name}: NIfTI volume of {int(np.prod(shape)):,} voxels is "
+                             f"larger than the {MAX_VOXELS:,} voxel limit")
+    try:
+        voxels = np.asarray(image.dataobj, dtype=np.float32).reshape(shape)
+    except Exception:
+        raise ImageReadError(f"{name}: NIfTI voxel data is damaged or truncated") from None
+    if voxels.ndim == 2:
+        voxels = voxels[:, :, None]
+    key = hashlib.sha256(hashlib.sha256(data[:4096]).digest() + name.encode()).hexdigest()[:12]
+    return Volume(voxels, image.affine.astype(np.float64), name, key)
+
+
+def window_volume(voxels: np.ndarray) -> np.ndarray:
+    """Float voxels -> uint8, one window for the whole volume: the ``WINDOW_PERCENTILES`` of
+    its foreground voxels become 0 and 255."""
+    finite = np.where(np.isfinite(voxels), voxels, 0.0)
+    sample = finite.ravel()[:: max(1, finite.size // 2_000_000)]
+    top = float(np.percentile(sample, 99))
+    foreground = sample[sample > FOREGROUND_SHARE * top] if top > 0 else sample
+    if foreground.size < 16:
+        foreground = sample
+    low, high = (float(v) for v in np.percentile(foreground, WINDOW_PERCENTILES))
+    if high <= low:
+        high = low + 1.0
+    scaled = (finite - low) / (high - low)
+    return (np.clip(scaled, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def _head_box(windowed: np.ndarray) -> tuple[slice, slice]:
+    """The (x, y) box of the foreground over all axial slices, with a margin."""
+    mask = (windowed > 0.08 * 255).any(axis=2)
+    if not mask.any():
+        return slice(None), slice(None)
+    boxes = []
+    for axis in (1, 0):
+        idx = np.nonzero(mask.any(axis=axis))[0]
+        margin = int(round(CROP_MARGIN * (idx[-1] - idx[0] + 1)))
+        boxes.append(slice(max(0, idx[0] - margin), min(mask.shape[1 - axis], idx[-1] + margin + 1)))
+    return boxes[0], boxes[1]
+
+
+def axial_slices(volume: Volume) -> list[tuple[int, Image.Image, str | None]]:
+    """The volume as axial slices, inferior to superior: ``(index, 8-bit grey image, native
+    slice name or None)``; a native name is given when the volume was acquired axially and
+    its slices map one to one onto the inputs (a DICOM series' files). Slices outside the
+    head (``MIN_HEAD_SHARE``) are left out; ``index`` stays the position in the stack."""
+    import nibabel as nib
+
+    image = nib.Nifti1Image(volume.data, volume.affine)
+    canonical = nib.as_closest_canonical(image)
+    voxels = np.asarray(canonical.dataobj, dtype=np.float32)
+    zooms = [float(z) or 1.0 for z in canonical.header.get_zooms()[:3]]
+    windowed = window_volume(voxels)
+    box_x, box_y = _head_box(windowed)
+    windowed = windowed[box_x, box_y]
+    # Which input axis became the axial (z) axis, and whether it was flipped.
+    order = nib.orientations.io_orientation(volume.affine)
+    native_axis, flipped = int(order[2, 0]), order[2, 1] < 0
+    names = volume.slice_names if native_axis == 2 else None
+    nx, ny = windowed.shape[:2]
+    step = min(zooms[0], zooms[1])
+    width, height = max(1, round(nx * zooms[0] / step)), max(1, round(ny * zooms[1] / step))
+    side = max(width, height)
+    area = (windowed > 0.08 * 255).sum(axis=(0, 1))
+    inside = area >= MIN_HEAD_SHARE * max(1, int(area.max()))
+    slices = []
+    for k in range(windowed.shape[2]):
+        if not inside[k]:
+            continue
+        # (x, y) in RAS -> rows anterior first, columns patient's right first.
+        plane = np.ascontiguousarray(windowed[::-1, ::-1, k].T)
+        picture = Image.fromarray(plane)
+        if (width, height) != (nx, ny):
+            picture = picture.resize((width, height), Image.Resampling.BILINEAR)
+        square = Image.new("L", (side, side), 0)
+        square.paste(picture, ((side - width) // 2, (side - height) // 2))
+        native = None
+        if names is not None:
+            native = names[len(names) - 1 - k] if flipped else names[k]
+        slices.append((k, square, native))
+    return slices
+
+
+def dicom_series_volume(slices: list[tuple[np.ndarray, dict[str, tuple[float, ...]], str]],
+                        name: str, series: str) -> Volume | None:
+    """Stack the slices of one DICOM series (``(values, geometry, file name)``; geometry
+    holds ``position``, ``orientation`` and ``spacing``) into a Volume ordered along the
+    slice normal; None when they do not form one (no geometry, different sizes or
+    orientations), in which case they are read as separate images."""
+    if len(slices) < MIN_VOLUME_SLICES:
+        return None
+    shapes = {values.shape for values, _, _ in slices}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        return None
+    try:
+        orientation = np.array([geometry["orientation"] for _, geometry, _ in slices], float)
+        positions = np.array([geometry["position"] for _, geometry, _ in slices], float)
+        spacing = np.array(slices[0][1]["spacing"], float)
+    except (KeyError, ValueError, TypeError):
+        return None
+    if orientation.shape[1] != 6 or positions.shape[1] != 3 or spacing.shape != (2,):
+        return None
+    if np.abs(orientation - orientation[0]).max() > 1e-3:
+        return None
+    row_dir, col_dir = orientation[0, :3], orientation[0, 3:]
+    normal = np.cross(row_dir, col_dir)
+    if np.linalg.norm(normal) < 0.5:
+        return None
+    distance = positions @ normal
+    order = np.argsort(distance, kind="stable")
+    distance = distance[order]
+    gaps = np.diff(distance)
+    step = float(np.median(gaps)) if len(gaps) else 1.0
+    note = ""
+    if step <= 0:
+        return None
+    if gaps.max() > 1.5 * step:
+        note = f"{int(round((gaps.max() / step) - 1))} slice(s) missing in the series"
+    # voxel (i = column, j = row, k = slice) -> LPS mm, then LPS -> RAS.
+    affine_lps = np.eye(4)
+    affine_lps[:3, 0] = row_dir * spacing[1]
+    affine_lps[:3, 1] = col_dir * spacing[0]
+    affine_lps[:3, 2] = normal * step
+    affine_lps[:3, 3] = positions[order[0]]
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine_lps
+    stack = np.stack([slices[i][0].T for i in order], axis=2).astype(np.float32)
+    return Volume(stack, affine, name, series, [slices[i][2] for i in order], note)
