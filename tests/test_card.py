@@ -13,7 +13,7 @@ from tests.conftest import FIXTURE_IMAGES
 import mri_tumor
 from mri_tumor import Predictor
 from mri_tumor.card import CARD_FILE, SHIPPED_MODEL_DIR, ModelCard, ValidationMetrics
-from mri_tumor.inference import series_summaries
+from mri_tumor.scans import scan_summaries
 
 PACKAGE_DIR = Path(mri_tumor.__file__).parent
 # Folder reading maps dataset folder names to labels, and each class has its explanation;
@@ -59,20 +59,25 @@ def test_display_names_and_the_normal_class_come_from_the_card(tmp_path: Path) -
     assert result.label == "glioma" and result.display_label == "Glioma (diffuse)"
 
 
-def test_series_summary_uses_the_normal_class_it_is_given() -> None:
+def test_scan_summary_uses_the_normal_class_of_the_card() -> None:
     from mri_tumor.inference import OK, REJECTED, Prediction
 
-    slices = [Prediction(f"s{i}", OK, label="none", confidence=0.9, series="x",
-                         probabilities={"none": 0.9, "a": 0.1 * i, "b": 0.05})
-              for i in (1, 2)]
-    assert series_summaries(slices, normal_class="none")[0]["label"] == "none"
-    assert series_summaries(slices, normal_class=None)[0]["label"] == "none"  # most likely
-    assert series_summaries(slices, normal_class="b")[0]["label"] == "none"
-    assert series_summaries(slices)[0]["refused"] == 0
+    class Card:
+        scan_rule = None
+
+        def __init__(self, normal_class: str | None) -> None:
+            self.normal_class = normal_class
+
+    slices = [Prediction(f"s{i}", OK, label="none", confidence=0.9, series="x", slice_index=i,
+                         probabilities={"none": 0.9, "a": 0.1 * (i % 2), "b": 0.05})
+              for i in range(4)]
+    assert scan_summaries(slices, Card("none"))[0]["label"] == "none"
+    assert scan_summaries(slices, Card("b"))[0]["label"] != "b"  # b is the normal class
     refused = [Prediction("top", REJECTED, series="x"), Prediction("other", REJECTED,
                                                                    series="y")]
-    summary, = series_summaries([*slices, *refused], normal_class="none")
-    assert summary["slices"] == 2 and summary["refused"] == 1
+    summaries = scan_summaries([*slices, *refused], Card("none"))
+    summary = next(s for s in summaries if s["series"] == "x")
+    assert summary["slices"] == 4 and summary["refused"] == 1
 
 
 @pytest.mark.parametrize("class_name", ["glioma", "meningioma", "notumor", "pituitary"])

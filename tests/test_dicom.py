@@ -92,21 +92,22 @@ def test_cli_series_summary_and_no_patient_data(tmp_path: Path, slice_pixels: np
     per_slice = [line for line in lines if "path" in line]
     summaries = [line["series_summary"] for line in lines if "series_summary" in line]
     assert len(per_slice) == 3 and len(summaries) == 1
-    assert summaries[0]["slices"] == 3
-    assert summaries[0]["slice"] in {line["path"] for line in per_slice}
+    assert summaries[0]["slices"] + summaries[0]["refused"] == 3
+    assert set(summaries[0]["key_slices"] if summaries[0]["status"] == "ok" else []) <= {
+        line.get("slice_index", line["path"]) for line in per_slice}
     assert uid not in captured.out
     for value in PATIENT.values():
         assert value not in captured.out and value not in captured.err
     assert main(["predict", str(series)]) == 0  # the table has the summary line too
     table = capsys.readouterr().out
-    assert "series" in table and "3 slices)" in table
+    assert "scan " in table and "3 slices read)" in table and "scan-level probability" in table
     assert all(value not in table for value in PATIENT.values())
     # A slice of the series that the guard refuses (here a blank one) is counted, not
     # summarised.
     make_dicom(np.full_like(slice_pixels, 90), series / "slice03", bits=8, series_uid=uid,
                instance=4)
     assert main(["predict", str(series)]) == 0
-    assert "(3 slices, 1 refused as not brain MRI)" in capsys.readouterr().out
+    assert "(3 slices read, 1 refused as not brain MRI)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(("modality", "shown"), [

@@ -46,8 +46,9 @@ DISPLAY_SIZE = 640  # longest side of the copy that is shown (and heat-mapped) o
 FRAME_BATCH = 32
 SAMPLES_DIR = Path(__file__).with_name("samples")
 NOT_MRI_TEXT = "This does not look like a brain MRI slice."
-UPLOAD_HELP = (f"JPG, PNG, BMP, TIFF or DICOM (.dcm), up to {MAX_UPLOAD_MB} MB each. Select "
-               "several files at once; a multi-frame DICOM file gives one result per frame.")
+UPLOAD_HELP = (f"JPG, PNG, BMP, TIFF, DICOM (.dcm), NIfTI (.nii, .nii.gz) or a zip of a study, "
+               f"up to {MAX_UPLOAD_MB} MB each. Select several files at once; the DICOM files "
+               "of one series, a NIfTI volume or a zip become one answer per scan.")
 RESULT_NAMES = {"ok": None, "rejected": "Not a brain MRI", "error": "Unreadable"}
 NOTE_LINE_CHARS = 50  # about what one line of the table's (large) Note column holds
 NOTE_MAX_LINES = 4  # a longer note is cut in the table (it is in full on its result card)
@@ -431,7 +432,8 @@ def _probability_chart(p: Prediction, card: ModelCard) -> dict:
 
 def _render_results(items: list[AnalysedImage], card: ModelCard,
                     site_dir: Path | None = None, key: str = "result") -> None:
-    from mri_tumor.inference import series_summaries
+    from mri_tumor.frontend import scan_line
+    from mri_tumor.scans import scan_summaries
 
     counts = {status: sum(1 for i in items if i.prediction.status == status)
               for status in RESULT_NAMES}
@@ -442,13 +444,8 @@ def _render_results(items: list[AnalysedImage], card: ModelCard,
     if counts["error"]:
         summary += f", {counts['error']} unreadable"
     st.caption(summary)
-    for series in series_summaries([item.prediction for item in items], card.normal_class):
-        refused = (f" ({series['refused']} more refused as not brain MRI)"
-                   if series["refused"] else "")
-        st.info(f"DICOM series of {plural(series['slices'], 'slice')}{refused}: most likely "
-                f"**{card.display_name(series['label'])}** "
-                f"(p = {format_probability(series['probability'])}, "
-                f"slice {_plain(series['slice'])}).", icon=":material/stacks:")
+    for scan in scan_summaries([item.prediction for item in items], card):
+        st.info(_plain(scan_line(scan, card)), icon=":material/stacks:")
     rows = results_rows(items, card)
     notes = [str(row["Note"]) for row in rows]
     # Probabilities are texts, the same as on the result cards ("> 99.9%", never "100.0%").
@@ -485,6 +482,25 @@ def _heatmap_controls() -> tuple[bool, float]:
     return show, opacity
 
 
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _analyse_scans_cached(_predictor: Predictor, model_key: str,
+                          uploads: list[tuple[str, bytes]]):
+    from mri_tumor.app_scans import analyse_scans
+
+    analysed, summaries = analyse_scans(_predictor, uploads)
+    items = []
+    for prediction, frame, key in analysed:
+        if frame is None:
+            items.append(AnalysedImage(prediction))
+        elif key:  # Grad-CAM only for the slices that carry a scan's answer
+            items.append(_with_pictures(_predictor, frame.image, prediction))
+        else:
+            shown = frame.image.copy()
+            shown.thumbnail((DISPLAY_SIZE // 2, DISPLAY_SIZE // 2), Image.Resampling.LANCZOS)
+            items.append(AnalysedImage(prediction, shown))
+    return items, summaries
+
+
 def main() -> None:
     """The page, top to bottom."""
     st.set_page_config(page_title="Brain MRI tumour classifier", page_icon="🧠",
@@ -513,6 +529,23 @@ def main() -> None:
     # Results are cached per model too: the same upload gives other classes on another one.
     model_key = (f"{predictor.name}|{predictor.model_dir}|{predictor.card.version}|"
                  f"{predictor.card.created}")
+    from mri_tumor.app_scans import is_scan_upload, render_scan
+
+    scan_inputs = [(n, d) for n, d in inputs
+                   if len(d) <= MAX_UPLOAD_BYTES and is_scan_upload(n, d)]
+    inputs = [(n, d) for n, d in inputs if (n, d) not in scan_inputs]
+    if scan_inputs:
+        with st.spinner(f"Reading {plural(len(scan_inputs), 'scan file')}…"):
+            scan_items, scans = _analyse_scans_cached(predictor, model_key, scan_inputs)
+        for scan in scans:
+            render_scan(scan, scan_items, predictor.card, lambda item: _render_result(
+                item, predictor.card, True, 0.45, key=f"scan-{predictor.name}"), _plain)
+        in_scan = {s["series"] for s in scans}
+        loose = [i for i in scan_items if i.prediction.series not in in_scan]
+        if loose:
+            _render_results(loose, predictor.card, site_data_dir(), f"site-{predictor.name}")
+        if not inputs:
+            return
     items: list[AnalysedImage] = []
     progress = st.progress(0.0, text=f"Analysing {plural(len(inputs), 'file')}…")
     for done, (name, data) in enumerate(inputs, start=1):

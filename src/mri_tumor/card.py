@@ -247,6 +247,10 @@ class ModelCard:
     # "weights_sha256"}, "site_data": {"fingerprint", "counts"}, "gate": {...}}; None (and
     # left out of card.json) for a model trained from scratch or a card older than it.
     lineage: dict[str, Any] | None = None
+    # How slice answers become one answer per scan (``scans.ScanRule``: window, logistic
+    # map, threshold, what it was fitted on); None (left out of card.json): the unfitted
+    # default rule.
+    scan_rule: dict[str, Any] | None = None
 
     def display_name(self, class_name: str) -> str:
         """How ``class_name`` is shown to people."""
@@ -257,8 +261,9 @@ class ModelCard:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["training"] = _plain(self.training)
         out["metrics"] = self.metrics.to_dict()
-        if out["lineage"] is None:
-            del out["lineage"]
+        for optional in ("lineage", "scan_rule"):
+            if out[optional] is None:
+                del out[optional]
         return json.loads(json.dumps(out, default=_jsonable))  # deep copy, JSON types only
 
     def save(self, directory: Path) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 from pathlib import Path
@@ -281,7 +282,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     predictor = load_predictor(args.model, backend=args.backend)
     results = predictor.predict(inputs, batch_size=args.batch_size)
     mode = "json" if args.json else "csv" if args.csv else "table"
-    sys.stdout.write(format_results(results, mode, predictor.card))
+    sys.stdout.write(format_results(results, mode, predictor.card, given=args.paths))
     if mode == "table":
         print(f"\n{predictor.disclaimer}")
     else:
@@ -354,7 +355,46 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--tta", action="store_true", help="test-time augmentation (horizontal flip)")
     p.add_argument("--batch-size", type=int, default=64, help="images scored per step")
+    p.add_argument("--scans", action="store_true",
+                   help="the DATA_DIRs hold whole scans: patient folders with every slice and "
+                        "masks, or <class>/<scan> (a NIfTI file or a DICOM folder per scan); "
+                        "report the answer per scan (sensitivity, specificity per class and "
+                        "sequence, bootstrap intervals) and, with slice labels, tumour "
+                        "presence per slice and refusals by position in the stack")
     _add_backend(p)
+
+
+def _run_scan_evaluate(args: argparse.Namespace) -> int:
+    from mri_tumor.data.splitting import read_split_csv
+    from mri_tumor.frontend import load_predictor
+    from mri_tumor.scan_evaluation import (
+        find_cases,
+        format_scan_metrics,
+        scan_metrics,
+        score_cases,
+        split_groups,
+    )
+
+    predictor = load_predictor(args.model, backend=args.backend)
+    normal = predictor.card.normal_class or ""
+    groups = split_groups(read_split_csv(args.split), args.subset) if args.split else None
+    try:
+        cases = find_cases(args.data_dirs, normal, groups)
+    except (FileNotFoundError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    scans, slices = score_cases(predictor, cases, batch_size=args.batch_size)
+    metrics = scan_metrics(scans, slices, normal)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "scans.json").write_text(json.dumps(
+            {"metrics": metrics, "scans": scans}, indent=1) + "\n")
+        with (args.out / "slices.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(slices[0]) if slices else ["scan"])
+            writer.writeheader()
+            writer.writerows(slices)
+    print(json.dumps(metrics) if args.json else format_scan_metrics(metrics))
+    print(DISCLAIMER, file=sys.stderr if args.json else sys.stdout)
+    return 0
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
@@ -368,6 +408,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         raise UsageError("--batch-size must be at least 1")
     if args.split is not None and not args.split.is_file():
         raise UsageError(f"--split {args.split}: no such file")
+    if args.scans:
+        return _run_scan_evaluate(args)
     # Folder and file problems are reported before the model is loaded and anything scored;
     # the card says how the folders are labelled.
     scheme = ModelCard.load(resolve_model(args.model)[1]).label_scheme

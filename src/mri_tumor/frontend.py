@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from mri_tumor.card import ModelCard, resolve_model
 from mri_tumor.data.reading import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, looks_like_dicom_bytes
+from mri_tumor.data.volume import is_nifti_name
 from mri_tumor.inference import DEFAULT_BACKEND
 
 if TYPE_CHECKING:  # torch is imported only when a model is needed (fast `mri-tumor app` start)
@@ -34,7 +35,8 @@ def load_predictor(model: str | Path | None = None,
 
 def _is_candidate(path: Path) -> bool:
     suffix = path.suffix.lower()
-    if suffix in IMAGE_EXTENSIONS or suffix in DICOM_EXTENSIONS:
+    if suffix in IMAGE_EXTENSIONS or suffix in DICOM_EXTENSIONS or suffix == ".zip" \
+            or is_nifti_name(path):
         return True
     if suffix or not path.is_file():
         return False
@@ -126,8 +128,17 @@ def format_sequence(result: Prediction) -> str:
     return f"{result.sequence} ({format_probability(probability)})"
 
 
+def given_source(source: str, given: Sequence[Path | str] | None) -> str:
+    """The path the user gave that holds ``source`` (a scan's file or folder), as typed."""
+    for path in given or ():
+        if Path(source) == Path(path) or Path(path) in Path(source).parents:
+            return str(path)
+    return source
+
+
 def format_results(results: Sequence[Prediction], mode: str = "table",
-                   card: ModelCard | None = None) -> str:
+                   card: ModelCard | None = None,
+                   given: Sequence[Path | str] | None = None) -> str:
     """Render results as a table, JSON Lines or CSV; DICOM series get summary lines.
 
     ``card``, the model's card (``predictor.card``), gives the CSV's ``p_<class>`` columns
@@ -136,12 +147,18 @@ def format_results(results: Sequence[Prediction], mode: str = "table",
     classes and sequences found in the results are used. The table shows the MR sequence
     next to the prediction when a result names one.
     """
-    from mri_tumor.inference import series_summaries
+    from mri_tumor.scans import scan_summaries, study_summary
 
-    summaries = series_summaries(results, card.normal_class if card else None)
+    summaries = scan_summaries(results, card)
+    for summary in summaries:
+        summary["source"] = given_source(summary["source"], given)
+    studies = [(source, study_summary([s for s in summaries if s["source"] == source]))
+               for source in dict.fromkeys(s["source"] for s in summaries)]
     if mode == "json":
         lines = [json.dumps(r.to_dict()) for r in results]
         lines += [json.dumps({"series_summary": s}) for s in summaries]
+        lines += [json.dumps({"study_summary": {"source": source, **study}})
+                  for source, study in studies if study]
         return "\n".join(lines) + ("\n" if lines else "")
     if mode == "csv":
         names = list(card.class_names) if card else result_class_names(results)
@@ -173,11 +190,22 @@ def format_results(results: Sequence[Prediction], mode: str = "table",
     widths = [min(max(len(cells[i]) for cells, _ in rows), 60) for i in range(len(header))]
     out = ["  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True))
            + ("  " + note if note else "") for cells, note in rows]
-    for s in summaries:
-        refused = f", {s['refused']} refused as not brain MRI" if s["refused"] else ""
-        out.append(f"series {s['series']} ({s['slices']} slices{refused}): most likely "
-                   f"{s['label']} (p = {format_probability(s['probability'])}, slice {s['slice']})")
+    out.extend(scan_line(s, card) for s in summaries)
+    out.extend(f"study {source}: {study['message']}" for source, study in studies if study)
     return "\n".join(out) + "\n"
+
+
+def scan_line(summary: dict, card: ModelCard | None) -> str:
+    """One scan's answer in words, for the table and the logs."""
+    refused = f", {summary['refused']} refused as not brain MRI" if summary["refused"] else ""
+    head = f"scan {summary['source']} ({summary['slices']} slices read{refused})"
+    if summary["status"] != "ok":
+        return f"{head}: {summary['message']}"
+    label = card.display_name(summary["label"]) if card else summary["label"]
+    keys = ", ".join(str(k) for k in summary["key_slices"])
+    disagree = "; slices disagree" if summary["disagree"] else ""
+    return (f"{head}: {label}, scan-level probability "
+            f"{format_probability(summary['probability'])} (key slices {keys}{disagree})")
 
 
 def export_model(model: str | Path | None, out: Path, quantize: str | None = None) -> Path:

@@ -15,8 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -39,6 +38,7 @@ from mri_tumor.data.reading import (
     ImageSource,
     NotMRIError,
     read_frames,
+    stack_series,
 )
 from mri_tumor.ood import OODGuard
 
@@ -88,11 +88,17 @@ class Prediction:
     model: str | None = None  # the name of the model that gave it
     sequence: str | None = None  # MR sequence (models with a sequence head)
     sequence_probabilities: dict[str, float] | None = None
+    slice_index: int | None = None  # position in its scan's axial stack (volumes, series)
+    scan: str | None = field(default=None, repr=False)  # the scan, as the user named it
+    note: str = field(default="", repr=False)  # about the scan, for its summary
+    by_header: bool = field(default=False, repr=False)  # refused by its DICOM header
 
     def to_dict(self) -> dict[str, Any]:
         """The public result: ``RESULT_KEYS``, plus ``SEQUENCE_KEYS`` when it names a
         sequence (what the CLI and API emit)."""
         keys = RESULT_KEYS + (SEQUENCE_KEYS if self.sequence is not None else ())
+        if self.slice_index is not None:
+            keys += ("slice_index",)
         return {key: getattr(self, key) for key in keys}
 
 
@@ -195,7 +201,12 @@ def decode(source: ImageSource, name: str, model: str | None = None) -> list[Fra
     try:
         frames = read_frames(source, name)
     except NotMRIError as error:
-        return failed(REJECTED, str(error))
+        refused = failed(REJECTED, str(error))
+        refused.by_header = True
+        if error.series:  # the files of one series get one refusal for the series
+            refused.series = error.series
+            refused.scan = str(Path(name).parent) if isinstance(source, str | Path) else name
+        return refused
     except ImageReadError as error:
         return failed(ERROR, str(error))
     except MemoryError:
@@ -209,6 +220,23 @@ def decode(source: ImageSource, name: str, model: str | None = None) -> list[Fra
     if not frames:
         return failed(ERROR, f"{name}: holds no image")
     return frames
+
+
+def assemble_scans(items: Sequence[Prediction | Frame]) -> list[Prediction | Frame]:
+    """Decoded inputs in order, with the slices of each DICOM series stacked into one axial
+    scan (``data.reading.stack_series``); failed inputs stay where they were."""
+    frames = [item for item in items if isinstance(item, Frame)]
+    if not any(frame.geometry is not None for frame in frames):
+        return list(items)
+    out: list[Prediction | Frame] = []
+    placed = False
+    for item in items:
+        if isinstance(item, Prediction):
+            out.append(item)
+        elif not placed:  # every frame, stacked, at the place of the first one
+            out.extend(stack_series(frames))
+            placed = True
+    return out
 
 
 class Predictor:
@@ -258,17 +286,18 @@ class Predictor:
 
         ``names`` labels inputs that have no path (bytes, arrays, PIL images).
         """
-        results: list[Prediction | None] = []
-        pending: list[tuple[int, Frame]] = []
+        items: list[Prediction | Frame] = []
         for index, source in enumerate(inputs):
             name = names[index] if names else _default_name(source, index)
             decoded = decode(source, name, self.name)
-            if isinstance(decoded, Prediction):
-                results.append(decoded)
-                continue
-            frames = decoded
-            for frame in frames:
-                pending.append((len(results), frame))
+            items.extend([decoded] if isinstance(decoded, Prediction) else decoded)
+        results: list[Prediction | None] = []
+        pending: list[tuple[int, Frame]] = []
+        for item in assemble_scans(items):
+            if isinstance(item, Prediction):
+                results.append(item)
+            else:
+                pending.append((len(results), item))
                 results.append(None)
         for start in range(0, len(pending), batch_size):
             chunk = pending[start:start + batch_size]
@@ -315,7 +344,8 @@ class Predictor:
                 blank: bool = False, sequence_probs: np.ndarray | None = None) -> Prediction:
         common = {"path": frame.name, "series": frame.series, "instance": frame.instance,
                   "ood_score": None if np.isnan(score) else round(score, 4),
-                  "model": self.name}
+                  "model": self.name, "slice_index": frame.slice_index, "scan": frame.scan,
+                  "note": frame.note}
         if blank:
             return Prediction(status=REJECTED, message=BLANK_MESSAGE, **common)
         if self.ood_threshold is not None and score > self.ood_threshold:
@@ -411,37 +441,3 @@ def _default_name(source: object, index: int) -> str:
     if isinstance(source, str | Path):
         return str(source)
     return f"input-{index}"
-
-
-def series_summaries(results: Iterable[Prediction], normal_class: str | None = None,
-                     tumour_threshold: float = 0.5) -> list[dict[str, Any]]:
-    """One summary per DICOM series with two or more slices: the most likely tumour class
-    over its slices and the slice it comes from, or ``normal_class`` (the card's) when no
-    slice shows a tumour class with at least ``tumour_threshold`` probability. A model
-    without a normal class gets its most likely class over the slices. ``refused`` counts
-    the series' slices the guard or the header refused: slices far above or below the middle
-    of the brain are refused more often than others (docs/ood-guard.md)."""
-    by_series: dict[str, list[Prediction]] = {}
-    refused: Counter[str] = Counter()
-    for result in results:
-        if result.series and result.status == OK:
-            by_series.setdefault(result.series, []).append(result)
-        elif result.series and result.status == REJECTED:
-            refused[result.series] += 1
-    summaries = []
-    for series, slices in by_series.items():
-        if len(slices) < 2:
-            continue
-        best_slice, best_class, best_p = None, None, -1.0
-        for result in slices:
-            for name, p in (result.probabilities or {}).items():
-                if name != normal_class and p > best_p:
-                    best_slice, best_class, best_p = result, name, p
-        assert best_slice is not None
-        label = best_class
-        if normal_class is not None and best_p < tumour_threshold:
-            label = normal_class
-        summaries.append({"series": series, "slices": len(slices), "label": label,
-                          "probability": round(best_p, 4), "slice": best_slice.path,
-                          "refused": refused[series]})
-    return summaries

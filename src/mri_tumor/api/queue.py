@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mri_tumor.inference import ERROR, Prediction, Predictor, decode
+from mri_tumor.inference import ERROR, Prediction, Predictor, assemble_scans, decode
 
 logger = logging.getLogger(__name__)
 
@@ -147,9 +147,18 @@ class InferenceQueue:
         for job in batch:
             if job.future.cancelled():  # the client went away while it waited
                 continue
+            items: list[Prediction | Any] = []
             for name, data in job.files:
-                per_file = self._decode(name, data, pending)
-                job.results.append(per_file)
+                decoded = decode(data, name, self.predictor.name)
+                items.extend([decoded] if isinstance(decoded, Prediction) else decoded)
+            slots: list[Prediction | None] = []
+            for item in assemble_scans(items):  # a DICOM series' files become one scan
+                if isinstance(item, Prediction):  # unreadable or not an MRI: no model ran
+                    slots.append(item)
+                else:
+                    pending.append((slots, len(slots), item))
+                    slots.append(None)
+            job.results.append(slots)
         for start in range(0, len(pending), self.max_batch):
             chunk = pending[start:start + self.max_batch]
             for (slots, index, _), prediction in zip(chunk, self._predict([f for *_, f in chunk]),
@@ -158,16 +167,6 @@ class InferenceQueue:
         for job in batch:
             if not job.future.cancelled():
                 _resolve(job, [p for per_file in job.results for p in per_file if p is not None])
-
-    def _decode(self, name: str, data: bytes,
-                pending: list[tuple[list[Prediction | None], int, Any]]
-                ) -> list[Prediction | None]:
-        frames = decode(data, name, self.predictor.name)
-        if isinstance(frames, Prediction):  # unreadable or not an MRI: no model ran
-            return [frames]
-        slots: list[Prediction | None] = [None] * len(frames)
-        pending.extend((slots, index, frame) for index, frame in enumerate(frames))
-        return slots
 
     def _predict(self, frames: Sequence[Any]) -> list[Prediction]:
         try:

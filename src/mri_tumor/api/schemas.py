@@ -51,12 +51,31 @@ class PredictionOut(BaseModel):
                                  "absent otherwise")
     sequence_probabilities: dict[str, float] | None = Field(
         None, description="calibrated probability per sequence name; present with sequence")
+    slice_index: int | None = Field(None, description="the slice's place in its scan's axial "
+                                    "stack, inferior to superior (NIfTI volumes and DICOM "
+                                    "series); absent for single images")
 
     @classmethod
     def of(cls, prediction: Prediction) -> PredictionOut:
         """The public form of a predictor result (NaN and infinities come out as null); the
         sequence fields are set only when the result has them."""
         return cls.model_validate(prediction.to_dict())
+
+
+class ScansOut(BaseModel):
+    """The answer per scan (a NIfTI volume, a DICOM series, a zip of a study) and per study,
+    with every slice's result."""
+
+    scans: list[dict[str, Any]] = Field(description=(
+        "one per scan: source, series (an opaque key), status (\"ok\" or \"not_assessable\"), "
+        "label (a class name, or null), probability (scan-level, of the label), "
+        "tumour_probability, slices (read), refused, key_slices (slice_index values), "
+        "disagree, message"))
+    studies: list[dict[str, Any]] = Field(description=(
+        "one per upload name holding several series: the answer of its series with the "
+        "highest tumour probability, and how many agree"))
+    slices: list[PredictionOut] = Field(description="every slice's result, with slice_index")
+    disclaimer: str = DISCLAIMER
 
 
 class ModelCardOut(BaseModel):

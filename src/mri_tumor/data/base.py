@@ -34,9 +34,10 @@ class NotMRIError(ImageReadError):
     Front ends report it as a rejection ("not a brain MRI"), not as an unreadable file.
     """
 
-    def __init__(self, message: str, modality: str) -> None:
+    def __init__(self, message: str, modality: str, series: str | None = None) -> None:
         super().__init__(message)
         self.modality = modality
+        self.series = series  # the opaque series key, when the header gave one
 
 
 def scale_to_uint8(array: np.ndarray) -> np.ndarray:

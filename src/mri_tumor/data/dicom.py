@@ -39,6 +39,8 @@ class DicomFrame:
     series: str  # opaque key of the series (a hash, never the UID itself)
     instance: int | None  # InstanceNumber, for ordering slices of a series
     modality: str
+    values: np.ndarray | None = None  # raw (modality-LUT) values of a grey single frame
+    geometry: dict | None = None  # position, orientation, spacing (for stacking a series)
 
 
 def read_dicom(data: bytes, name: str, force: bool = False,
@@ -58,8 +60,14 @@ def read_dicom(data: bytes, name: str, force: bool = False,
     except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError, AttributeError):
         raise ImageReadError(f"{name}: not a readable DICOM file") from None
     modality = modality_code(dataset)
+    series_uid = str(dataset.get("SeriesInstanceUID", "")) or hashlib.sha1(data[:4096]).hexdigest()
+    series = hashlib.sha256(series_uid.encode()).hexdigest()[:12]
     if not any_modality:
-        check_modality(modality, name)
+        try:
+            check_modality(modality, name)
+        except NotMRIError as error:
+            error.series = series
+            raise
     if "PixelData" not in dataset:
         raise ImageReadError(f"{name}: DICOM file holds no image (no pixel data)")
     declared = (int(dataset.get("NumberOfFrames", 1) or 1) * int(dataset.get("Rows", 0) or 0)
@@ -85,19 +93,43 @@ def read_dicom(data: bytes, name: str, force: bool = False,
     if frames_count == 1:
         pixels = pixels[None]
     photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    series_uid = str(dataset.get("SeriesInstanceUID", "")) or hashlib.sha1(data[:4096]).hexdigest()
-    series = hashlib.sha256(series_uid.encode()).hexdigest()[:12]
     instance = dataset.get("InstanceNumber")
 
+    geometry = _geometry(dataset) if frames_count == 1 and samples == 1 else None
     frames = []
     for index, frame in enumerate(pixels):
+        values = None
         if samples > 1:
             image = _colour_frame(frame, photometric, dataset)
         else:
             image = Image.fromarray(_display_values(frame, dataset, photometric))
+            if geometry is not None:
+                values = _raw_values(frame, dataset, photometric)
         frames.append(DicomFrame(image, index if frames_count > 1 else None, series,
-                                 int(instance) if instance not in (None, "") else None, modality))
+                                 int(instance) if instance not in (None, "") else None, modality,
+                                 values, geometry))
     return frames
+
+
+def _geometry(dataset) -> dict | None:
+    """Where a slice lies (ImagePositionPatient, ImageOrientationPatient, PixelSpacing), or
+    None when the header does not say."""
+    try:
+        position = tuple(float(v) for v in dataset.ImagePositionPatient)
+        orientation = tuple(float(v) for v in dataset.ImageOrientationPatient)
+        spacing = tuple(float(v) for v in dataset.PixelSpacing)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if len(position) != 3 or len(orientation) != 6 or len(spacing) != 2 or min(spacing) <= 0:
+        return None
+    return {"position": position, "orientation": orientation, "spacing": spacing}
+
+
+def _raw_values(frame: np.ndarray, dataset, photometric: str) -> np.ndarray:
+    from pydicom.pixels import apply_modality_lut
+
+    values = apply_modality_lut(frame, dataset).astype(np.float32)
+    return values.max() + values.min() - values if photometric == "MONOCHROME1" else values
 
 
 def modality_code(dataset) -> str:

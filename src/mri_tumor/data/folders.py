@@ -80,6 +80,8 @@ TYPE_LABELS = tuple(sorted(set(TYPE_NAMES.values())))
 DISPLAY_NAMES |= {label: label[0].upper() + label[1:] for label in TYPE_LABELS
                   if label not in DISPLAY_NAMES}
 NORMAL_TYPE = "normal"
+# The whole-scan patient layout (``data.patients``) holds glioma patients (LGG).
+PATIENT_TUMOUR_CLASS = "glioma"
 # How a folder layout is read into labels: "classes" (the four classes above) or "types"
 # (the tumour types of the ``<Type> <Sequence>`` layout). A model's card names its scheme.
 LABEL_SCHEMES = ("classes", "types")
@@ -185,10 +187,11 @@ def type_of_folder(folder: str) -> tuple[str | None, str, str | None]:
 EXCLUSIONS_FILE = Path(__file__).with_name("exclusions.csv")
 
 
-def load_exclusions(path: Path = EXCLUSIONS_FILE) -> dict[tuple[str, str], str]:
+def load_exclusions(path: Path | None = None) -> dict[tuple[str, str], str]:
     """The reviewed list of training images that are not used (not brain MRI, conflicting
     duplicates): ``(source, relative path) -> reason``. Training, calibration and evaluation
     all read their folders through ``scan_folder``, which leaves these out."""
+    path = path or EXCLUSIONS_FILE
     if not path.is_file():
         return {}
     with path.open(newline="") as handle:
@@ -231,7 +234,8 @@ def _scan_layout(root: Path, scan: FolderScan, scheme: str) -> FolderScan:
 
     if is_patient_layout(root):
         rows, skipped = patient_slices(root, scheme,
-                                       NORMAL_LABEL if scheme == "classes" else NORMAL_TYPE)
+                                       NORMAL_LABEL if scheme == "classes" else NORMAL_TYPE,
+                                       PATIENT_TUMOUR_CLASS)
         scan.images = [LabelledImage(path, label, scan.source, sequence, patient)
                        for path, label, sequence, patient in rows]
         scan.skipped.extend(skipped)

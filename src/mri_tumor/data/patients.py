@@ -31,7 +31,6 @@ SLICE_FILE = re.compile(r"^(?P<slice>\d+)_(?P<sequence>T1C\+|T1|T2|FLAIR|mask)\.
                         re.IGNORECASE)
 # Slices this close (in slice steps) to a tumour slice, but without tumour, are skipped.
 UNCERTAIN_DISTANCE = 1
-PATIENT_TUMOUR_CLASS = "glioma"  # the classes scheme's label for every patient's tumour
 HISTOLOGY_TYPES = {"astrocytoma": "astrocytoma", "oligodendroglioma": "oligodendroglioma"}
 
 
@@ -62,10 +61,11 @@ def _mask_pixels(path: Path) -> int:
         return int((np.asarray(mask.convert("L")) > 127).sum())
 
 
-def patient_slices(root: Path, scheme: str, normal_label: str
+def patient_slices(root: Path, scheme: str, normal_label: str, tumour_label: str
                    ) -> tuple[list[tuple[Path, str, str, str]], list[tuple[str, str]]]:
     """Labelled slices of a patient-layout folder: ``(path, label, sequence, patient)``
-    rows, and the files passed over with the reason (relative path, reason)."""
+    rows, and the files passed over with the reason (relative path, reason).
+    ``tumour_label`` is the classes scheme's label of every patient's tumour."""
     table = _slice_table(root)
     rows: list[tuple[Path, str, str, str]] = []
     skipped: list[tuple[str, str]] = []
@@ -92,7 +92,7 @@ def patient_slices(root: Path, scheme: str, normal_label: str
             if number not in tumour:
                 label, reason = None, "no mask for this slice"
             elif tumour[number] > 0:
-                label = (PATIENT_TUMOUR_CLASS if scheme == "classes"
+                label = (tumour_label if scheme == "classes"
                          else HISTOLOGY_TYPES.get(histology.lower()))
                 reason = None if label else f"histology {histology or 'unknown'} is not a type"
             elif tumour_slices and min(abs(number - t) for t in tumour_slices) \

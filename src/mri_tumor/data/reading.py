@@ -4,7 +4,7 @@ grayscale frames."""
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,9 @@ from mri_tumor.data.base import (  # re-exported: the readers' shared limits and
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 DICOM_EXTENSIONS = (".dcm", ".dicom", ".dic")
 ImageSource = str | Path | bytes | Image.Image | np.ndarray
+# A zip of a study: at most this many files and this many bytes unpacked.
+MAX_ZIP_MEMBERS = 5000
+MAX_ZIP_BYTES = 1024 * 1024 * 1024
 
 
 @dataclass
@@ -32,8 +35,14 @@ class Frame:
 
     name: str  # the input's name, plus "#<frame>" for frames of a multi-frame file
     image: Image.Image  # 8-bit grayscale
-    series: str | None = None  # opaque DICOM series key, None for ordinary images
+    series: str | None = None  # opaque DICOM series (or volume) key, None for images
     instance: int | None = None  # DICOM InstanceNumber
+    slice_index: int | None = None  # position in its scan's axial stack (volumes, series)
+    scan: str | None = None  # the scan it belongs to, as the user named it (volumes, series)
+    note: str = ""  # about the scan (e.g. slices missing), said once in its summary
+    # A DICOM slice's raw values and geometry, kept until its series is stacked.
+    values: np.ndarray | None = field(default=None, repr=False)
+    geometry: dict | None = field(default=None, repr=False)
 
 
 def read_frames(source: ImageSource, name: str | None = None,
@@ -48,14 +57,109 @@ def read_frames(source: ImageSource, name: str | None = None,
     if isinstance(source, Image.Image | np.ndarray):
         return [Frame(name or "image", read_image(source))]
     data, label, suffix = _load_bytes(source, name)
+    from mri_tumor.data.volume import is_nifti_name, looks_like_nifti_bytes
+
+    if is_nifti_name(label) or looks_like_nifti_bytes(data):
+        return volume_frames(data, label)
+    if data[:4] == b"PK\x03\x04" or suffix == ".zip":
+        return zip_frames(data, label)
     if looks_like_dicom_bytes(data) or suffix in DICOM_EXTENSIONS:
         from mri_tumor.data.dicom import read_dicom
 
         frames = read_dicom(data, label, force=not looks_like_dicom_bytes(data),
                             any_modality=any_modality)
         return [Frame(label if f.frame is None else f"{label}#{f.frame}", f.image, f.series,
-                      f.instance) for f in frames]
+                      f.instance, values=f.values, geometry=f.geometry) for f in frames]
     return [Frame(label, to_grayscale(_decode_bytes(data, label)))]
+
+
+def volume_frames(data: bytes, name: str) -> list[Frame]:
+    """A NIfTI file's axial slices as frames of one scan (``data.volume``)."""
+    from mri_tumor.data.volume import axial_slices, read_nifti
+
+    volume = read_nifti(data, name)
+    return [Frame(f"{name}#{index}", image, volume.series, None, index, name, volume.note)
+            for index, image, _ in axial_slices(volume)]
+
+
+def zip_frames(data: bytes, name: str) -> list[Frame]:
+    """Every image, DICOM file and NIfTI volume inside a zip archive (a study exported from
+    a viewer), named ``<zip>/<member>``; members that are not images are passed over. A zip
+    whose DICOM files all say another modality raises that NotMRIError once."""
+    import zipfile
+
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        members = [m for m in archive.infolist() if not m.is_dir()
+                   and not m.filename.startswith("__MACOSX/")
+                   and not Path(m.filename).name.startswith(".")]
+    except (zipfile.BadZipFile, OSError, ValueError):
+        raise ImageReadError(f"{name}: not a readable zip archive") from None
+    if len(members) > MAX_ZIP_MEMBERS or sum(m.file_size for m in members) > MAX_ZIP_BYTES:
+        raise ImageReadError(f"{name}: zip archive holds more than {MAX_ZIP_MEMBERS} files or "
+                             f"{MAX_ZIP_BYTES // MIB} MB")
+    frames: list[Frame] = []
+    refusal: NotMRIError | None = None
+    for member in sorted(members, key=lambda m: m.filename):
+        label = f"{name}/{member.filename}"
+        try:
+            frames.extend(read_frames(archive.read(member), label))
+        except NotMRIError as error:
+            refusal = refusal or error
+        except (ImageReadError, OSError, zipfile.BadZipFile, ValueError):
+            continue
+    if not frames:
+        if refusal is not None:
+            raise NotMRIError(f"{name}: {refusal}".replace(f"{name}: {name}/", f"{name}/"),
+                              refusal.modality, refusal.series)
+        raise ImageReadError(f"{name}: zip archive holds no readable image, DICOM or NIfTI file")
+    return frames
+
+
+def stack_series(frames: list[Frame]) -> list[Frame]:
+    """The frames of single-slice DICOM files, with each series of three or more slices
+    that share a geometry replaced by its axial stack (``data.volume``): sorted along the
+    slice normal, windowed once per series, reformatted when acquired in another plane.
+    Other frames are returned as they are, in their order."""
+    from mri_tumor.data.volume import Volume, axial_slices, dicom_series_volume
+
+    by_series: dict[str, list[Frame]] = {}
+    for frame in frames:
+        if frame.series and frame.values is not None and frame.geometry is not None:
+            by_series.setdefault(frame.series, []).append(frame)
+    stacked: dict[str, list[Frame]] = {}
+    for series, members in by_series.items():
+        names = [f.name for f in members]
+        scan = _common_folder(names)
+        volume: Volume | None = dicom_series_volume(
+            [(f.values, f.geometry, f.name) for f in members
+             if f.values is not None and f.geometry is not None], scan, series)
+        if volume is None:
+            continue
+        stacked[series] = [
+            Frame(native or f"{scan}#{index}", image, series, None, index, scan, volume.note)
+            for index, image, native in axial_slices(volume)]
+    out: list[Frame] = []
+    emitted: set[str] = set()
+    for frame in frames:
+        if frame.series is None or frame.series not in stacked:
+            out.append(frame)
+        elif frame.series not in emitted:  # the stack, at the place of the series' first file
+            out.extend(stacked[frame.series])
+            emitted.add(frame.series)
+    return out
+
+
+def _common_folder(names: list[str]) -> str:
+    import os
+
+    if len(names) == 1:
+        return names[0]
+    try:
+        common = os.path.commonpath(names)
+    except ValueError:
+        return names[0]
+    return common or names[0]
 
 
 def read_image(source: ImageSource) -> Image.Image:
@@ -97,7 +201,10 @@ def _load_bytes(source: str | Path | bytes | bytearray | memoryview,
         if not path.is_file():  # never open a pipe or device: reading it could block
             raise ImageReadError(f"{label}: {not_a_file_reason(path)}")
         size = path.stat().st_size
-        if size > MAX_UPLOAD_BYTES:
+        from mri_tumor.data.volume import MAX_VOLUME_BYTES, is_nifti_name
+
+        scan_file = is_nifti_name(label) or label.lower().endswith(".zip")
+        if size > (MAX_VOLUME_BYTES if scan_file else MAX_UPLOAD_BYTES):
             raise ImageReadError(too_large_message(label, size))
         data = path.read_bytes()
     if not data:

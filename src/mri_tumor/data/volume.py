@@ -31,6 +31,8 @@ from PIL import Image
 from mri_tumor.data.base import ImageReadError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+# A NIfTI file may be larger than an image (an uncompressed 3-D T1 is 30-70 MB).
+MAX_VOLUME_BYTES = 512 * 1024 * 1024
 # A volume larger than this many voxels is refused before it is read into memory.
 MAX_VOXELS = 256 * 1024 * 1024
 # Percentiles of the foreground voxels mapped to black and white.
@@ -135,8 +137,9 @@ def _head_box(windowed: np.ndarray) -> tuple[slice, slice]:
     boxes = []
     for axis in (1, 0):
         idx = np.nonzero(mask.any(axis=axis))[0]
-        margin = int(round(CROP_MARGIN * (idx[-1] - idx[0] + 1)))
-        boxes.append(slice(max(0, idx[0] - margin), min(mask.shape[1 - axis], idx[-1] + margin + 1)))
+        margin = round(CROP_MARGIN * (idx[-1] - idx[0] + 1))
+        end = min(mask.shape[1 - axis], idx[-1] + margin + 1)
+        boxes.append(slice(max(0, idx[0] - margin), end))
     return boxes[0], boxes[1]
 
 
@@ -216,7 +219,7 @@ def dicom_series_volume(slices: list[tuple[np.ndarray, dict[str, tuple[float, ..
     if step <= 0:
         return None
     if gaps.max() > 1.5 * step:
-        note = f"{int(round((gaps.max() / step) - 1))} slice(s) missing in the series"
+        note = f"{round(gaps.max() / step - 1)} slice(s) missing in the series"
     # voxel (i = column, j = row, k = slice) -> LPS mm, then LPS -> RAS.
     affine_lps = np.eye(4)
     affine_lps[:3, 0] = row_dir * spacing[1]

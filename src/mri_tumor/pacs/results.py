@@ -33,7 +33,8 @@ from mri_tumor import __version__
 from mri_tumor.card import DISCLAIMER, ModelCard
 from mri_tumor.data.reading import Frame
 from mri_tumor.frontend import format_probability
-from mri_tumor.inference import OK, REJECTED, Prediction, Predictor, decode, series_summaries
+from mri_tumor.inference import OK, REJECTED, Prediction, Predictor, decode
+from mri_tumor.scans import scan_summaries
 
 MANUFACTURER = "mri-tumor"
 # A private coding scheme ("99" prefix, PS3.16 8.2) for what has no standard code: the
@@ -187,7 +188,7 @@ def _codes() -> SimpleNamespace:
         refused=CodedConcept("REFUSED", SCHEME, "Not a brain MRI slice; no class given"),
         unreadable=CodedConcept("UNREADABLE", SCHEME, "Image could not be read"),
         guard_score=CodedConcept("OODSCORE", SCHEME, "Out-of-distribution score"),
-        highest=CodedConcept("MAXTUMOURP", SCHEME, "Highest tumour probability over the series"),
+        highest=CodedConcept("SCANTUMOURP", SCHEME, "Scan-level tumour probability"),
         sequence=CodedConcept("MRSEQUENCE", SCHEME, "MR sequence, as the model reads it"),
         comment=CodedConcept("121106", "DCM", "Comment"),
         qualitative=CodedConcept("C0034375", "UMLS", "Qualitative Evaluations"),
@@ -254,7 +255,9 @@ def build_report(analysed: Sequence[AnalysedImage], predictor: Predictor,
             qualitative_evaluations=evaluations, source_images=[source]))
 
     by_key = {item.result.series: item for item in analysed if item.result.series}
-    for summary in series_summaries([a.result for a in analysed], card.normal_class):
+    for summary in scan_summaries([a.result for a in analysed], card):
+        if summary["status"] != OK or summary["series"] not in by_key:
+            continue
         members = [a for a in analysed if a.result.series == summary["series"]
                    and a.result.status == OK]
         first = by_key[summary["series"]]
@@ -263,7 +266,7 @@ def build_report(analysed: Sequence[AnalysedImage], predictor: Predictor,
                 uid=result_uid("series-group", scope, model, first.source.SeriesInstanceUID),
                 identifier=f"series {first.series_number} summary"),
             algorithm_id=algorithm,
-            measurements=[hd.sr.Measurement(codes.highest, 100.0 * summary["probability"],
+            measurements=[hd.sr.Measurement(codes.highest, 100.0 * summary["tumour_probability"],
                                             codes.percent)],
             qualitative_evaluations=[hd.sr.QualitativeEvaluation(
                 codes.finding, class_code(card, summary["label"]))],

@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 
 from mri_tumor.data.dicom import MODALITY_NAMES
 from mri_tumor.frontend import format_probability
-from mri_tumor.inference import ERROR, OK, Predictor, series_summaries
+from mri_tumor.inference import ERROR, OK, Predictor
 from mri_tumor.pacs.client import PacsError, PacsServer, study_key
 from mri_tumor.pacs.results import (
     AnalysedImage,
@@ -33,6 +33,7 @@ from mri_tumor.pacs.results import (
     instance_label,
     report_series_uid,
 )
+from mri_tumor.scans import scan_summaries
 
 logger = logging.getLogger(__name__)
 
@@ -133,14 +134,15 @@ def describe(outcome: StudyOutcome, predictor: Predictor, every_image: bool = Fa
             else:
                 lines.append(f"{head}: {where}: {item.result.status}")
     numbers = {item.result.series: item.series_number for item in outcome.analysed}
-    for summary in series_summaries([item.result for item in outcome.analysed],
-                                    card.normal_class):
+    for summary in scan_summaries([item.result for item in outcome.analysed], card):
         refused = (f", {summary['refused']} refused as not brain MRI" if summary["refused"]
                    else "")
-        lines.append(f"{head}: series {numbers[summary['series']]} ({summary['slices']} slices"
-                     f"{refused}):"
-                     f" {card.display_name(summary['label'])} (highest tumour probability "
-                     f"{format_probability(summary['probability'])})")
+        where = f"series {numbers.get(summary['series'], '?')} ({summary['slices']} slices"
+        if summary["status"] != OK:
+            lines.append(f"{head}: {where}{refused}): {summary['message']}")
+            continue
+        lines.append(f"{head}: {where}{refused}): {card.display_name(summary['label'])} "
+                     f"(scan-level probability {format_probability(summary['probability'])})")
     if not outcome.to_store:
         lines.append(f"{head}: nothing to store")
     elif outcome.stored:

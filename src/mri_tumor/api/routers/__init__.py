@@ -1,2 +1,2 @@
-"""The API's routers: predictions, the model card, confirmed cases (feedback), and the
-health probes."""
+"""The API's routers: predictions, scan answers, the model card, confirmed cases (feedback),
+and the health probes."""

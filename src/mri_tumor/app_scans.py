@@ -1,0 +1,102 @@
+"""The web app's whole-scan part: a NIfTI volume, a zip of a study or several DICOM files of a
+series become one card per scan, with its answer, its key slices and their Grad-CAM, and the
+tumour probability along the stack; the per-slice rows are folded away. Research tool, not a
+diagnosis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import streamlit as st
+
+from mri_tumor.card import DISCLAIMER, ModelCard
+from mri_tumor.data.reading import looks_like_dicom_bytes
+from mri_tumor.data.volume import is_nifti_name, looks_like_nifti_bytes
+from mri_tumor.frontend import format_probability
+
+if TYPE_CHECKING:
+    from mri_tumor.data.reading import Frame
+    from mri_tumor.inference import Prediction, Predictor
+
+KEY_SLICES_SHOWN = 3
+
+
+def is_scan_upload(name: str, data: bytes) -> bool:
+    """Uploads that may belong to a scan: NIfTI, zip archives and DICOM files."""
+    return (is_nifti_name(name) or name.lower().endswith(".zip") or data[:4] == b"PK\x03\x04"
+            or looks_like_nifti_bytes(data) or looks_like_dicom_bytes(data)
+            or name.lower().endswith(".dcm"))
+
+
+def analyse_scans(predictor: Predictor, uploads: Sequence[tuple[str, bytes]],
+                  batch: int = 32) -> tuple[list[tuple[Prediction, Frame | None, bool]],
+                                            list[dict[str, Any]]]:
+    """Decode the uploads together (the files of one DICOM series form one scan), predict
+    every slice and summarise each scan: ``(prediction, frame or None, is a key slice)``
+    per result, and the scan summaries."""
+    from mri_tumor.inference import Prediction, assemble_scans, decode
+    from mri_tumor.scans import scan_summaries
+
+    decoded: list[Any] = []
+    for name, data in uploads:
+        item = decode(data, name, predictor.name)
+        decoded.extend([item] if isinstance(item, Prediction) else item)
+    ordered = assemble_scans(decoded)
+    frames = [item for item in ordered if not isinstance(item, Prediction)]
+    predicted = iter([p for start in range(0, len(frames), batch)
+                      for p in predictor.predict_frames(frames[start:start + batch])])
+    pairs = [(item, None) if isinstance(item, Prediction) else (next(predicted), item)
+             for item in ordered]
+    summaries = scan_summaries([p for p, _ in pairs], predictor.card)
+    keys = {(s["series"], k) for s in summaries if s["status"] == "ok" for k in s["key_slices"]}
+    return [(p, f, (p.series, p.slice_index) in keys or (p.series, p.path) in keys)
+            for p, f in pairs], summaries
+
+
+def render_scan(summary: dict[str, Any], items: Sequence[Any], card: ModelCard,
+                render_item: Any, plain: Any) -> None:
+    """One scan's card: answer, tumour probability along the stack, key slices with their
+    Grad-CAM (``items``: the app's analysed images), and every slice folded away;
+    ``render_item`` draws one slice's card, ``plain`` escapes text for markdown."""
+    from mri_tumor.explain import overlay
+
+    members = [i for i in items if i.prediction.series == summary["series"]]
+    with st.container(border=True):
+        st.markdown(f"#### Scan: {plain(summary['source'])}")
+        if summary["status"] != "ok":
+            st.warning(plain(summary["message"][:1].upper() + summary["message"][1:]),
+                       icon=":material/image_search:")
+            st.caption(f":material/warning: {DISCLAIMER}")
+            return
+        label = card.display_name(summary["label"])
+        st.markdown(f"### {plain(label)}")
+        st.markdown(f"Scan-level probability **{format_probability(summary['probability'])}**"
+                    f" — from the {len(summary['key_slices'])} most tumour-like consecutive "
+                    f"slices of {summary['slices']} read"
+                    + (f", {summary['refused']} refused as not brain MRI"
+                       if summary["refused"] else "") + ".")
+        if summary.get("disagree"):
+            st.info(plain(summary["message"].split("; ", 1)[-1]), icon=":material/rule:")
+        curve = [(i.prediction.slice_index, 1 - (i.prediction.probabilities or {}).get(
+            card.normal_class or "", 0.0)) for i in members
+            if i.prediction.status == "ok" and i.prediction.slice_index is not None]
+        if curve:
+            st.caption("Tumour probability (1 - p(no tumour)) of each slice, by its place in "
+                       "the stack (inferior to superior)")
+            st.line_chart({"tumour probability": [p for _, p in curve]}, height=180)
+        keyed = [i for i in members if i.heatmap is not None][:KEY_SLICES_SHOWN]
+        if keyed:
+            columns = st.columns(len(keyed))
+            for column, item in zip(columns, keyed, strict=True):
+                with column:
+                    assert item.image is not None and item.heatmap is not None
+                    st.image(item.image, width="stretch",
+                             caption=f"slice {item.prediction.slice_index}")
+                    st.image(overlay(item.image, item.heatmap, 0.45), width="stretch",
+                             caption=f"Grad-CAM for {item.prediction.display_label}")
+        with st.expander(f"All {len(members)} slices"):
+            for item in members:
+                render_item(item)
+        st.caption(f":material/warning: {DISCLAIMER}")
