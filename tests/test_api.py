@@ -1070,7 +1070,7 @@ def test_no_input_gives_a_server_error(predictor: Predictor,
         seen: list[tuple[str, str, int]] = []
 
         @given(case=cases)
-        @settings(max_examples=60, deadline=timedelta(seconds=30), database=None,
+        @settings(max_examples=100, deadline=timedelta(seconds=30), database=None,
                   derandomize=True, suppress_health_check=list(HealthCheck))
         def no_server_error(case) -> None:
             response = case.call_and_validate(checks=[not_a_server_error])
@@ -1078,5 +1078,7 @@ def test_no_input_gives_a_server_error(predictor: Predictor,
 
         no_server_error()
     assert seen and all(status < 500 for _, _, status in seen)
-    predict = [status for method, path, status in seen if (method, path) == ("POST", "/v1/predict")]
-    assert 200 in predict and any(400 <= status < 500 for status in predict)
+    uploads = [status for method, path, status in seen
+               if method == "POST" and path in ("/v1/predict", "/v1/scans")]
+    assert 200 in uploads and any(400 <= status < 500 for status in uploads)
+    assert {path for _, path, _ in seen} >= {"/v1/predict", "/v1/scans"}

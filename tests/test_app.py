@@ -231,7 +231,8 @@ def test_multiframe_dicom_gives_a_row_per_frame_and_no_patient_identifiers(
     assert not app.exception
     assert len(_predicted_classes(app)) == 2
     assert list(app.dataframe[0].value["File"]) == ["series.dcm#0", "series.dcm#1"]
-    assert any("DICOM series of 2 slices" in i.value for i in app.main.info)
+    assert any("2 slices read" in i.value and "too few readable" in i.value
+               for i in app.main.info)
     shown = _sent_text(app) + downloads[-1].decode()
     for identifier in ("Doe", "Sensitive", *PATIENT.values()):
         assert identifier not in shown

@@ -37,6 +37,7 @@ from PIL import Image
 from mri_tumor.card import DISCLAIMER, SHIPPED_MODELS, ModelCard, resolve_model
 from mri_tumor.data.reading import MAX_UPLOAD_BYTES, MAX_UPLOAD_MB, too_large_message
 from mri_tumor.data.site import site_data_dir, store_confirmed_case
+from mri_tumor.data.volume import MIN_VOLUME_SLICES
 from mri_tumor.frontend import format_probability, format_sequence
 
 if TYPE_CHECKING:
@@ -534,19 +535,18 @@ def main() -> None:
     scan_inputs = [(n, d) for n, d in inputs
                    if len(d) <= MAX_UPLOAD_BYTES and is_scan_upload(n, d)]
     inputs = [(n, d) for n, d in inputs if (n, d) not in scan_inputs]
-    if scan_inputs:
+    items: list[AnalysedImage] = []
+    if scan_inputs:  # volumes and series: one card per scan of three or more slices
         with st.spinner(f"Reading {plural(len(scan_inputs), 'scan file')}…"):
             scan_items, scans = _analyse_scans_cached(predictor, model_key, scan_inputs)
-        for scan in scans:
+        stacks = [s for s in scans if s["slices"] + s["refused"] >= MIN_VOLUME_SLICES]
+        for scan in stacks:
             render_scan(scan, scan_items, predictor.card, lambda item: _render_result(
                 item, predictor.card, True, 0.45, key=f"scan-{predictor.name}"), _plain)
-        in_scan = {s["series"] for s in scans}
-        loose = [i for i in scan_items if i.prediction.series not in in_scan]
-        if loose:
-            _render_results(loose, predictor.card, site_data_dir(), f"site-{predictor.name}")
-        if not inputs:
-            return
-    items: list[AnalysedImage] = []
+        in_stack = {s["series"] for s in stacks}
+        items += [i for i in scan_items if i.prediction.series not in in_stack]
+    if not inputs and not items:
+        return
     progress = st.progress(0.0, text=f"Analysing {plural(len(inputs), 'file')}…")
     for done, (name, data) in enumerate(inputs, start=1):
         # The bytes go with each result (not into the cache), for "Add to site data".

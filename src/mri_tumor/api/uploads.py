@@ -29,10 +29,13 @@ IMAGE_MEDIA_TYPES = {
     "image/bmp": "BMP", "image/x-bmp": "BMP", "image/x-ms-bmp": "BMP",
     "image/tiff": "TIFF", "image/tif": "TIFF",
     "application/dicom": "DICOM",
+    # Whole scans: NIfTI volumes (.nii, .nii.gz) and zips of a study.
+    "application/gzip": "NIfTI (.nii.gz)", "application/x-gzip": "NIfTI (.nii.gz)",
+    "application/zip": "zip of a study", "application/x-zip-compressed": "zip of a study",
     "application/octet-stream": "any of these, recognised by content",
 }
-ACCEPTED_TYPES_TEXT = ("image/jpeg, image/png, image/bmp, image/tiff, application/dicom or "
-                       "application/octet-stream")
+ACCEPTED_TYPES_TEXT = ("image/jpeg, image/png, image/bmp, image/tiff, application/dicom, "
+                       "application/gzip (NIfTI), application/zip or application/octet-stream")
 
 
 def _media_type(content_type: str | None) -> str:
