@@ -336,15 +336,20 @@ def test_app_analyses_the_files_of_a_series_as_one_scan(tmp_path: Path, predicto
 
 # -- training data: whole-scan patients, split by patient, the exclusion list ---------------
 def make_patients(root: Path, patients: int = 6, slices: int = 12) -> Path:
-    """A patient-layout folder: every slice of T1 and FLAIR, tumour on slices 5-7."""
-    rng = np.random.default_rng(1)
+    """A patient-layout folder: every slice of T1 and FLAIR (real MRI slices of the
+    fixtures: a glioma on slices 5-7, no tumour elsewhere), masks marking slices 5-7."""
+    from tests.conftest import FIXTURE_IMAGES
+
+    pictures = {kind: [Image.open(p).convert("L").resize((96, 96))
+                       for p in sorted((FIXTURE_IMAGES / kind).iterdir())[:3]]
+                for kind in ("glioma", "notumor")}
     for p in range(patients):
         folder = root / f"TCGA_XX_{p:04d}_20000101"
         folder.mkdir(parents=True)
         for number in range(1, slices + 1):
             for sequence in ("T1", "FLAIR"):
-                pixels = rng.integers(0, 255, (32, 32), dtype=np.uint8)
-                Image.fromarray(pixels).save(folder / f"{number:03d}_{sequence}.jpg")
+                kind = "glioma" if 5 <= number <= 7 else "notumor"
+                pictures[kind][number % 3].save(folder / f"{number:03d}_{sequence}.jpg")
             mask = np.zeros((32, 32), np.uint8)
             if 5 <= number <= 7:
                 mask[10:20, 10:20] = 255
@@ -402,3 +407,24 @@ def test_the_shipped_exclusion_list_is_well_formed() -> None:
     assert len(listed) == len(lines) - 1 >= 50  # no row listed twice
     assert all(reason.strip() for reason in listed.values())
     assert ("brain-tumor-mri/Training", "notumor/Tr-no_0010.jpg") in listed
+
+
+def test_evaluate_scans_reports_per_scan_and_per_slice(tmp_path: Path) -> None:
+    patients = make_patients(tmp_path / "lgg", patients=2, slices=10)
+    healthy = tmp_path / "healthy" / "notumor"
+    healthy.mkdir(parents=True)
+    save_nifti(phantom(), ras_affine(), healthy / "volunteer.nii.gz")
+    status, out, _ = run_cli("evaluate", "--scans", str(patients), str(tmp_path / "healthy"),
+                             "--json", "--out", str(tmp_path / "report"))
+    assert status == 0
+    metrics = json.loads(out)
+    assert metrics["scans"] == 2 * 2 + 1  # two patients x two sequences, one volume
+    assert metrics["by_truth_and_sequence"]["glioma FLAIR"]["n"] == 2
+    assert metrics["specificity"]["n"] == 1
+    flair = metrics["slices_by_sequence"]["FLAIR"]
+    assert flair["tumour_slices_called_their_class"]["n"] > 0
+    low, high = flair["refused_central"]["interval"]
+    assert 0 <= low <= flair["refused_central"]["share"] <= high <= 1
+    assert (tmp_path / "report" / "slices.csv").is_file()
+    status, _, err = run_cli("evaluate", "--scans", str(tmp_path / "nowhere"))
+    assert status == 2 and "no such folder" in err

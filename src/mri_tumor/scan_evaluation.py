@@ -185,6 +185,7 @@ def _share_interval(hits: np.ndarray, rng: np.random.Generator) -> dict[str, Any
 def _auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
     from scipy.stats import rankdata
 
+    positive = np.asarray(positive, dtype=bool)
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
     if not n_pos or not n_neg:
         return None
