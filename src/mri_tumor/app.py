@@ -523,6 +523,7 @@ def main() -> None:
         st.stop()
     _render_sidebar(predictor.card)
     inputs = _examples(predictor.card) + uploads
+    uploaded = list(inputs)
     if not inputs:
         st.info("Upload one or more MRI slices above, or pick an example, to see results.",
                 icon=":material/upload_file:")
@@ -544,7 +545,8 @@ def main() -> None:
             render_scan(scan, scan_items, predictor.card, lambda item: _render_result(
                 item, predictor.card, True, 0.45, key=f"scan-{predictor.name}"), _plain)
         in_stack = {s["series"] for s in stacks}
-        items += [i for i in scan_items if i.prediction.series not in in_stack]
+        items += [_with_upload(i, dict(scan_inputs)) for i in scan_items
+                  if i.prediction.series not in in_stack]
     if not inputs and not items:
         return
     progress = st.progress(0.0, text=f"Analysing {plural(len(inputs), 'file')}…")
@@ -555,8 +557,24 @@ def main() -> None:
         progress.progress(done / len(inputs),
                           text=f"Analysed {done} of {plural(len(inputs), 'file')}")
     progress.empty()
+    order = {name: index for index, (name, _) in enumerate(uploaded)}
+    items.sort(key=lambda item: order.get(_upload_name(item.prediction.path, order), 0))
     # With MRI_TUMOR_SITE_DATA set, each result can be added to the site data (confirmed).
     _render_results(items, predictor.card, site_data_dir(), f"site-{predictor.name}")
+
+
+def _upload_name(path: str, names: dict[str, object]) -> str:
+    """The upload a result comes from: its path, or its path without the "#frame" part."""
+    return path if path in names else path.rsplit("#", 1)[0]
+
+
+def _with_upload(item: AnalysedImage, uploads: dict[str, bytes]) -> AnalysedImage:
+    """A result of the scan path with its upload's bytes and frame, for "Add to site data"."""
+    name = _upload_name(item.prediction.path, uploads)
+    if name not in uploads:
+        return item
+    suffix = item.prediction.path[len(name) + 1:]
+    return replace(item, data=uploads[name], frame=int(suffix) if suffix.isdigit() else 0)
 
 
 if __name__ == "__main__":
