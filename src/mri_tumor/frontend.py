@@ -147,18 +147,16 @@ def format_results(results: Sequence[Prediction], mode: str = "table",
     classes and sequences found in the results are used. The table shows the MR sequence
     next to the prediction when a result names one.
     """
-    from mri_tumor.scans import scan_summaries, study_summary
+    from mri_tumor.scans import scan_summaries, study_summaries
 
     summaries = scan_summaries(results, card)
     for summary in summaries:
         summary["source"] = given_source(summary["source"], given)
-    studies = [(source, study_summary([s for s in summaries if s["source"] == source]))
-               for source in dict.fromkeys(s["source"] for s in summaries)]
+    studies = study_summaries(summaries)
     if mode == "json":
         lines = [json.dumps(r.to_dict()) for r in results]
         lines += [json.dumps({"series_summary": s}) for s in summaries]
-        lines += [json.dumps({"study_summary": {"source": source, **study}})
-                  for source, study in studies if study]
+        lines += [json.dumps({"study_summary": study}) for study in studies]
         return "\n".join(lines) + ("\n" if lines else "")
     if mode == "csv":
         names = list(card.class_names) if card else result_class_names(results)
@@ -191,7 +189,7 @@ def format_results(results: Sequence[Prediction], mode: str = "table",
     out = ["  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True))
            + ("  " + note if note else "") for cells, note in rows]
     out.extend(scan_line(s, card) for s in summaries)
-    out.extend(f"study {source}: {study['message']}" for source, study in studies if study)
+    out.extend(f"study {study['source']}: {study['message']}" for study in studies)
     return "\n".join(out) + "\n"
 
 

@@ -225,18 +225,7 @@ def decode(source: ImageSource, name: str, model: str | None = None) -> list[Fra
 def assemble_scans(items: Sequence[Prediction | Frame]) -> list[Prediction | Frame]:
     """Decoded inputs in order, with the slices of each DICOM series stacked into one axial
     scan (``data.reading.stack_series``); failed inputs stay where they were."""
-    frames = [item for item in items if isinstance(item, Frame)]
-    if not any(frame.geometry is not None for frame in frames):
-        return list(items)
-    out: list[Prediction | Frame] = []
-    placed = False
-    for item in items:
-        if isinstance(item, Prediction):
-            out.append(item)
-        elif not placed:  # every frame, stacked, at the place of the first one
-            out.extend(stack_series(frames))
-            placed = True
-    return out
+    return stack_series(items)
 
 
 class Predictor:

@@ -214,3 +214,14 @@ def study_summary(summaries: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
             "message": f"study answer {lead['label']}: {agree} of {len(assessable)} "
                        "assessable series agree; the series with the highest tumour "
                        "probability decides"}
+
+
+def study_summaries(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A study answer (``study_summary``, with its ``source``) for every source given that
+    holds several scans."""
+    studies = []
+    for source in dict.fromkeys(s["source"] for s in summaries):
+        study = study_summary([s for s in summaries if s["source"] == source])
+        if study:
+            studies.append({"source": source, **study})
+    return studies

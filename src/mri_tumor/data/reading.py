@@ -4,8 +4,10 @@ grayscale frames."""
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -116,37 +118,37 @@ def zip_frames(data: bytes, name: str) -> list[Frame]:
     return frames
 
 
-def stack_series(frames: list[Frame]) -> list[Frame]:
-    """The frames of single-slice DICOM files, with each series of three or more slices
-    that share a geometry replaced by its axial stack (``data.volume``): sorted along the
-    slice normal, windowed once per series, reformatted when acquired in another plane.
-    Other frames are returned as they are, in their order."""
-    from mri_tumor.data.volume import Volume, axial_slices, dicom_series_volume
+def stack_series(items: Sequence[Any]) -> list[Any]:
+    """Decoded inputs with each DICOM series of three or more single-slice frames that share
+    a geometry replaced by its axial stack (``data.volume``): sorted along the slice normal,
+    windowed once per series, reformatted when acquired in another plane, at the place of
+    the series' first file. Everything else (other frames, and items that are not frames,
+    such as the results of inputs that failed) stays as it is, in its order."""
+    from mri_tumor.data.volume import axial_slices, dicom_series_volume
 
     by_series: dict[str, list[Frame]] = {}
-    for frame in frames:
-        if frame.series and frame.values is not None and frame.geometry is not None:
-            by_series.setdefault(frame.series, []).append(frame)
+    for item in items:
+        if isinstance(item, Frame) and item.series and item.values is not None \
+                and item.geometry is not None:
+            by_series.setdefault(item.series, []).append(item)
     stacked: dict[str, list[Frame]] = {}
     for series, members in by_series.items():
-        names = [f.name for f in members]
-        scan = _common_folder(names)
-        volume: Volume | None = dicom_series_volume(
-            [(f.values, f.geometry, f.name) for f in members
-             if f.values is not None and f.geometry is not None], scan, series)
-        if volume is None:
-            continue
-        stacked[series] = [
-            Frame(native or f"{scan}#{index}", image, series, None, index, scan, volume.note)
-            for index, image, native in axial_slices(volume)]
-    out: list[Frame] = []
-    emitted: set[str] = set()
-    for frame in frames:
-        if frame.series is None or frame.series not in stacked:
-            out.append(frame)
-        elif frame.series not in emitted:  # the stack, at the place of the series' first file
-            out.extend(stacked[frame.series])
-            emitted.add(frame.series)
+        scan = _common_folder([f.name for f in members])
+        volume = dicom_series_volume([(f.values, f.geometry, f.name) for f in members],
+                                     scan, series)
+        if volume is not None:
+            stacked[series] = [
+                Frame(native or f"{scan}#{index}", image, series, None, index, scan, volume.note)
+                for index, image, native in axial_slices(volume)]
+    out: list[Any] = []
+    placed: set[str] = set()
+    for item in items:
+        series = item.series if isinstance(item, Frame) else None
+        if series is None or series not in stacked:
+            out.append(item)
+        elif series not in placed:  # later files of the series are in the stack already
+            out.extend(stacked[series])
+            placed.add(series)
     return out
 
 

@@ -16,7 +16,7 @@ from mri_tumor.api.schemas import (
 from mri_tumor.api.settings import DISCLAIMER_HEADER
 from mri_tumor.api.uploads import MAX_NAME_LENGTH, check_declared_length, uploaded_files
 from mri_tumor.card import DISCLAIMER
-from mri_tumor.inference import ERROR, Prediction
+from mri_tumor.inference import ERROR, Prediction, Predictor
 
 router = APIRouter()
 
@@ -35,7 +35,17 @@ async def predict(
     model: ModelQuery = None,
 ) -> list[PredictionOut]:
     """Classify the uploaded images; see the description for the rules."""
-    _, queue = service.require_ready(model)  # 404 for an unknown model, 503 while it loads
+    _, results = await predict_uploads(request, response, service, filename, model)
+    return [PredictionOut.of(result) for result in results]
+
+
+async def predict_uploads(request: Request, response: Response, service: ServiceDep,
+                          filename: str | None, model: str | None
+                          ) -> tuple[Predictor, list[Prediction]]:
+    """The uploads of a request through the model's queue: its predictor and every result
+    (422 when no file was readable; the disclaimer header set). Shared by ``/v1/predict``
+    and ``/v1/scans``."""
+    predictor, queue = service.require_ready(model)  # 404 unknown model, 503 while loading
     limit = service.settings.max_upload_bytes
     check_declared_length(request, limit)
     queue.reserve(1)  # refuse before reading the body when the queue is full
@@ -52,7 +62,7 @@ async def predict(
     if all(result.status == ERROR for result in results):
         raise HTTPException(422, _unreadable_detail(results))
     response.headers[DISCLAIMER_HEADER] = DISCLAIMER
-    return [PredictionOut.of(result) for result in results]
+    return predictor, results
 
 
 def _unreadable_detail(results: list[Prediction], shown: int = 5) -> str:
