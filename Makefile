@@ -30,9 +30,11 @@ serve: $(APP_STAMP)
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/mypy
 
 test: $(TEST_STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 # Regenerates docs/app-screenshot.png (needs /usr/bin/chromium, as the browser test).

@@ -149,9 +149,9 @@ def _seconds_to_usable_page(url: str, start: float, timeout: float) -> float:
 def measure_prediction(repeat: int) -> dict[str, float]:
     """Median and worst seconds of predict + gradcam, and of the app's per-upload path."""
     from mri_tumor import Predictor
-    from mri_tumor.app import analyse_upload
+    from mri_tumor.app.page import analyse_upload
     from mri_tumor.data import read_image
-    from mri_tumor.explain import gradcam
+    from mri_tumor.explain.gradcam import gradcam
 
     started = time.perf_counter()
     predictor = Predictor.load()

@@ -33,15 +33,10 @@ import numpy as np
 import torch
 
 from mri_tumor.data.preprocess import PreprocessSpec
+from mri_tumor.data.rows import load_pixels, load_refusal_pixels, read_split_under, source_roots
 from mri_tumor.models import load_model
-from mri_tumor.ood import DEFAULT_REJECT_RATE, fit_guard, fit_refusal
-from mri_tumor.training import (
-    load_pixels,
-    load_refusal_pixels,
-    predict_outputs,
-    read_split_under,
-    source_roots,
-)
+from mri_tumor.models.ood import DEFAULT_REJECT_RATE, fit_guard, fit_refusal
+from mri_tumor.training import predict_outputs
 
 
 def out_of_fold_refusals(train_features: np.ndarray, train_labels: np.ndarray,

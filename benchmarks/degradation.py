@@ -22,8 +22,8 @@ from PIL import Image, ImageFilter
 
 from mri_tumor.data.preprocess import to_model_pixels
 from mri_tumor.data.reading import read_image
+from mri_tumor.data.rows import read_split_under, row_path, source_roots
 from mri_tumor.inference import Predictor
-from mri_tumor.training import read_split_under, row_path, source_roots
 
 
 def _jpeg(image: Image.Image, quality: int) -> Image.Image:

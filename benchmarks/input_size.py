@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mri_tumor.card import SHIPPED_MODEL_DIR
 from mri_tumor.data.preprocess import PreprocessSpec
+from mri_tumor.data.rows import load_pixels, read_split_under, source_roots
+from mri_tumor.inference.model_folder import SHIPPED_MODEL_DIR
 from mri_tumor.models import load_model
-from mri_tumor.training import load_pixels, predict_outputs, read_split_under, source_roots
+from mri_tumor.training import predict_outputs
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,11 +27,11 @@ from non_mri import non_mri_images
 from mri_tumor import Predictor
 from mri_tumor.data.preprocess import to_model_pixels
 from mri_tumor.data.reading import Frame, read_image, to_grayscale
-from mri_tumor.ood import DEFAULT_REJECT_RATE
+from mri_tumor.models.ood import DEFAULT_REJECT_RATE
 
 
 def mri_scores(predictor: Predictor, data: list[Path], split: Path) -> np.ndarray:
-    from mri_tumor.training import read_split_under, row_path, source_roots
+    from mri_tumor.data.rows import read_split_under, row_path, source_roots
 
     rows = [r for r in read_split_under(split, data) if r.split == "val"]
     roots = source_roots(data)

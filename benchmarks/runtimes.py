@@ -21,8 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from mri_tumor import Predictor
-from mri_tumor.card import SHIPPED_MODEL_DIR, ModelCard
-from mri_tumor.inference import NETWORK_BATCH, ensure_onnx_file
+from mri_tumor.card import ModelCard
+from mri_tumor.inference import ensure_onnx_file
+from mri_tumor.inference.model_folder import SHIPPED_MODEL_DIR
+from mri_tumor.inference.predictor import NETWORK_BATCH
 
 
 def timings(run: Callable[[np.ndarray], object], size: int) -> tuple[float, float]:

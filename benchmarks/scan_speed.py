@@ -22,7 +22,7 @@ import nibabel as nib
 import numpy as np
 
 from mri_tumor import Predictor
-from mri_tumor.scans import scan_summaries
+from mri_tumor.inference.scans import scan_summaries
 
 
 def synthetic_volume(path: Path, shape: tuple[int, int, int] = (240, 240, 155)) -> Path:

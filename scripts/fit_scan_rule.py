@@ -20,8 +20,8 @@ import numpy as np
 from mri_tumor import Predictor
 from mri_tumor.card import ModelCard
 from mri_tumor.data.splitting import read_split_csv
-from mri_tumor.scan_evaluation import CLEAR, find_cases, score_cases, split_groups
-from mri_tumor.scans import fit_scan_rule, window_statistic
+from mri_tumor.evaluation.scans import CLEAR, find_cases, score_cases, split_groups
+from mri_tumor.inference.scans import fit_scan_rule, window_statistic
 
 MIN_CLEAR_RUN = 8
 

@@ -28,7 +28,8 @@ from app_speed import (  # noqa: E402
     wait_healthy,
 )
 
-from mri_tumor.card import SHIPPED_MODEL_DIR, ModelCard  # noqa: E402
+from mri_tumor.card import ModelCard  # noqa: E402
+from mri_tumor.inference.model_folder import SHIPPED_MODEL_DIR  # noqa: E402
 
 SAMPLES = ROOT / "src" / "mri_tumor" / "samples"
 STARTUP_SECONDS = 90

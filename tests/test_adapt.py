@@ -11,8 +11,9 @@ import pytest
 from tests.conftest import FIXTURE_IMAGES, FIXTURES
 
 from mri_tumor.adaptation import MAX_ECE, decide
-from mri_tumor.card import SHIPPED_MODEL_DIR, ModelCard
+from mri_tumor.card import ModelCard
 from mri_tumor.cli import main
+from mri_tumor.inference.model_folder import SHIPPED_MODEL_DIR
 
 REFERENCE = FIXTURES / "types"
 

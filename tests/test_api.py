@@ -31,9 +31,10 @@ from mri_tumor.api import DISCLAIMER_HEADER, MIB, Settings, create_app
 from mri_tumor.api import queue as queue_module
 from mri_tumor.api.queue import InferenceQueue, QueueClosedError
 from mri_tumor.api.service import server_model
-from mri_tumor.card import DISCLAIMER, SHIPPED_MODELS, ModelCard
+from mri_tumor.card import DISCLAIMER, ModelCard
 from mri_tumor.data.reading import MAX_UPLOAD_BYTES, MAX_UPLOAD_MB
 from mri_tumor.inference import DEFAULT_BACKEND, RESULT_KEYS, SEQUENCE_KEYS, Predictor
+from mri_tumor.inference.model_folder import SHIPPED_MODELS
 
 SAMPLES = Path(mri_tumor.__file__).parent / "samples"
 CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
@@ -986,8 +987,8 @@ def test_settings_are_pydantic_settings(monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_serve_reports_a_bad_variable_in_one_line(monkeypatch: pytest.MonkeyPatch,
                                                   capsys) -> None:
-    from mri_tumor.card import SHIPPED_MODEL_DIR
     from mri_tumor.cli import main
+    from mri_tumor.inference.model_folder import SHIPPED_MODEL_DIR
 
     # serve() records the model folder for its workers: monkeypatch restores it afterwards.
     monkeypatch.setenv("MRI_TUMOR_MODEL_DIR", str(SHIPPED_MODEL_DIR))

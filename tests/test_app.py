@@ -1,4 +1,4 @@
-"""The Streamlit page (mri_tumor/app.py), driven by Streamlit's AppTest: examples, uploads
+"""The Streamlit page (mri_tumor/app/page.py), driven by Streamlit's AppTest: examples, uploads
 (good, corrupt, empty, wrong type, oversized, multi-frame DICOM), the rejection of non-MRI
 images, the results table and its CSV download, the heat-map controls, the sidebar, and the
 model selector (shipped models by name, a --model folder with any classes, a model that
@@ -23,7 +23,7 @@ from tests.conftest import FIXTURE_IMAGES, make_model_folder
 from tests.dicom_factory import PATIENT, dicom_bytes
 
 from mri_tumor import Predictor
-from mri_tumor.app import (
+from mri_tumor.app.page import (
     MAX_UPLOAD_BYTES,
     NOT_MRI_TEXT,
     SAMPLES_DIR,
@@ -36,19 +36,13 @@ from mri_tumor.app import (
     plural,
     results_rows,
 )
-from mri_tumor.card import (
-    DISCLAIMER,
-    SHIPPED_MODEL_DIR,
-    SHIPPED_MODELS,
-    ModelCard,
-    ModelMetrics,
-    ValidationMetrics,
-)
-from mri_tumor.explain import gradcam
-from mri_tumor.frontend import csv_columns, format_probability
+from mri_tumor.card import DISCLAIMER, ModelCard, ModelMetrics, ValidationMetrics
+from mri_tumor.explain.gradcam import gradcam
 from mri_tumor.inference import Prediction
+from mri_tumor.inference.model_folder import SHIPPED_MODEL_DIR, SHIPPED_MODELS
+from mri_tumor.presentation import csv_columns, format_probability
 
-APP = Path(__file__).resolve().parents[1] / "src" / "mri_tumor" / "app.py"
+APP = Path(__file__).resolve().parents[1] / "src" / "mri_tumor" / "app" / "page.py"
 TIMEOUT = 120  # seconds per script run; the first one loads the model
 CARD = ModelCard.load(SHIPPED_MODEL_DIR)  # class names, their order and display names
 CLASS_NAMES = CARD.class_names

@@ -7,9 +7,9 @@ import dataclasses
 import numpy as np
 
 from mri_tumor import Predictor
-from mri_tumor.calibration import UNSURE_MIN_COUNT, fit_low_confidence
 from mri_tumor.card import ModelMetrics
 from mri_tumor.inference import unsure_message
+from mri_tumor.models.calibration import UNSURE_MIN_COUNT, fit_low_confidence
 
 
 def test_threshold_is_where_validation_answers_stop_being_right_often_enough() -> None:

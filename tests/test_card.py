@@ -12,8 +12,9 @@ from tests.conftest import FIXTURE_IMAGES
 
 import mri_tumor
 from mri_tumor import Predictor
-from mri_tumor.card import CARD_FILE, SHIPPED_MODEL_DIR, ModelCard, ValidationMetrics
-from mri_tumor.scans import scan_summaries
+from mri_tumor.card import CARD_FILE, ModelCard, ValidationMetrics
+from mri_tumor.inference.model_folder import SHIPPED_MODEL_DIR
+from mri_tumor.inference.scans import scan_summaries
 
 PACKAGE_DIR = Path(mri_tumor.__file__).parent
 # Folder reading maps dataset folder names to labels, and each class has its explanation;

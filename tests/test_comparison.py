@@ -13,9 +13,15 @@ import pytest
 from tests.conftest import FIXTURE_IMAGES, run_cli
 
 from mri_tumor.card import DISCLAIMER
-from mri_tumor.comparison import ALL_IMAGES, PredictionTable, align, compare, read_predictions
+from mri_tumor.evaluation.comparison import (
+    ALL_IMAGES,
+    PredictionTable,
+    align,
+    compare,
+    read_predictions,
+)
+from mri_tumor.evaluation.report import PREDICTIONS_FILE
 from mri_tumor.metrics import expected_calibration_error
-from mri_tumor.report import PREDICTIONS_FILE
 
 CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
 

@@ -22,8 +22,9 @@ from mri_tumor.data import (
     scan_folder,
     to_model_pixels,
 )
-from mri_tumor.data.augment import AugmentConfig, augment_batch
+from mri_tumor.data.augment import augment_batch
 from mri_tumor.data.preprocess import preprocess
+from mri_tumor.data.rows import load_pixels
 from mri_tumor.data.splitting import (
     duplicate_groups,
     hash_folder,
@@ -31,7 +32,7 @@ from mri_tumor.data.splitting import (
     split_folder,
     write_split_csv,
 )
-from mri_tumor.training import load_pixels
+from mri_tumor.training.config import AugmentConfig
 
 SPEC = PreprocessSpec(224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 

@@ -16,36 +16,30 @@ from PIL import Image, ImageOps
 from tests.conftest import FIXTURE_IMAGES, run_cli
 
 from mri_tumor import metrics
-from mri_tumor.calibration import fit_temperature, group_weights
 from mri_tumor.card import DISCLAIMER
 from mri_tumor.data.folders import class_of_folder, source_name
 from mri_tumor.data.reading import read_image
 from mri_tumor.data.splitting import NEAR_DUPLICATE_BITS, SplitRow, write_split_csv
-from mri_tumor.evaluation import (
-    JSON_KEYS,
-    STRESS_KEYS,
-    Evaluation,
-    ScoredImages,
-    _forward,
-    compute_metrics,
-    evaluate,
-    fit_shortcut_classifier,
-    gamma_pixels,
-    intensity_features,
-    match_histogram_pixels,
-    ordered_parallel_map,
-    pick_references,
-    shift_checks,
-    shift_message,
-)
-from mri_tumor.inference import Predictor
-from mri_tumor.report import (
+from mri_tumor.evaluation import JSON_KEYS, Evaluation, ScoredImages, compute_metrics, evaluate
+from mri_tumor.evaluation.images import ordered_parallel_map
+from mri_tumor.evaluation.report import (
     FIGURES,
     PREDICTIONS_FILE,
     REPORT_FILE,
     check_output_dir,
     write_report,
 )
+from mri_tumor.evaluation.scoring import network_scores
+from mri_tumor.evaluation.shift import shift_checks, shift_message
+from mri_tumor.evaluation.shortcut import fit_shortcut_classifier, intensity_features
+from mri_tumor.evaluation.stress import (
+    STRESS_KEYS,
+    gamma_pixels,
+    match_histogram_pixels,
+    pick_references,
+)
+from mri_tumor.inference import Predictor
+from mri_tumor.models.calibration import fit_temperature, group_weights
 
 FIXTURE_TYPES = Path(__file__).parent / "fixtures" / "types"  # '<Type> <Sequence>' layout
 # In-scope images of the type-and-sequence fixture per sequence (Schwannoma T1 is skipped).
@@ -211,7 +205,7 @@ def test_tta_averages_the_logits_of_the_image_and_its_mirror(predictor: Predicto
                        for p in sorted(FIXTURE_IMAGES.glob("glioma/*.jpg"))[:2]])
     plain, _, plain_scores = predictor.forward(pixels)
     mirrored, _, _ = predictor.forward(np.ascontiguousarray(pixels[:, :, ::-1]))
-    averaged, scores, _ = _forward(predictor, pixels, tta=True)
+    averaged, scores, _ = network_scores(predictor, pixels, tta=True)
     np.testing.assert_allclose(averaged, (plain + mirrored) / 2, atol=1e-4)
     np.testing.assert_allclose(scores, plain_scores, rtol=1e-4)
 

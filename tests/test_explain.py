@@ -1,11 +1,11 @@
-"""The per-class explanation texts (mri_tumor.explain.EXPLANATIONS): one for every class of
+"""The per-class explanation texts (mri_tumor.explain, class_texts.json): one for every class of
 both models, each with a short summary, its MRI appearance and public sources."""
 
 from __future__ import annotations
 
 import pytest
 
-from mri_tumor.explain import EXPLANATIONS, ClassExplanation, explanation
+from mri_tumor.explain import ClassExplanation, explanation, explanations
 
 FOUR_CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
 # The labels of the tumour-type model, exactly as its card names them.
@@ -29,7 +29,7 @@ def test_the_type_model_has_fifteen_distinct_labels() -> None:
 def test_every_class_of_both_models_has_an_explanation(class_name: str) -> None:
     about = explanation(class_name)
     assert isinstance(about, ClassExplanation)
-    assert about is EXPLANATIONS[class_name]
+    assert about is explanations()[class_name]
     assert about.title.strip() and about.summary.strip() and about.on_mri.strip()
 
 
@@ -43,9 +43,9 @@ def test_sources_are_one_to_three_distinct_https_pages(class_name: str) -> None:
     assert len(set(urls)) == len(urls), f"a page is listed twice for {class_name}: {urls}"
 
 
-@pytest.mark.parametrize("class_name", sorted(EXPLANATIONS))
+@pytest.mark.parametrize("class_name", sorted(explanations()))
 def test_texts_stay_short(class_name: str) -> None:
-    about = EXPLANATIONS[class_name]
+    about = explanations()[class_name]
     assert 150 < len(about.summary) <= MAX_SUMMARY_CHARS, len(about.summary)
     assert len(about.on_mri) <= MAX_ON_MRI_CHARS, len(about.on_mri)
     assert "  " not in about.summary + about.on_mri  # no glued-string double spaces
@@ -73,3 +73,13 @@ def test_an_unknown_class_raises_key_error_naming_it_and_the_known_ones() -> Non
     for near_miss in ("Glioblastoma", "carcinoma", "papilloma", "no tumor"):
         with pytest.raises(KeyError, match="no explanation for class"):
             explanation(near_miss)
+
+
+def test_the_texts_are_read_without_importing_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from mri_tumor.explain import explanation; "
+            "assert explanation('glioma').title == 'Glioma'; print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

@@ -1,5 +1,6 @@
-"""The front ends' shared helpers (mri_tumor/frontend.py): how probabilities are written, the
-CLI's table and CSV, and `mri-tumor app` stopping its Streamlit server on SIGTERM and SIGINT."""
+"""The front ends' shared helpers (presentation.py, app/launch.py): how probabilities are
+written, the CLI's table and CSV, and `mri-tumor app` stopping its Streamlit server on
+SIGTERM and SIGINT."""
 
 from __future__ import annotations
 
@@ -19,10 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from mri_tumor import frontend
+from mri_tumor.app import launch
+from mri_tumor.app.launch import run_until_stopped
 from mri_tumor.card import ModelCard
-from mri_tumor.frontend import csv_columns, format_probability, format_results, run_until_stopped
 from mri_tumor.inference import Prediction
+from mri_tumor.presentation import csv_columns, format_probability, format_results
 
 ROOT = Path(__file__).resolve().parents[1]
 STARTUP_SECONDS = 90  # generous: CI runners share their cores
@@ -142,7 +144,7 @@ def test_run_until_stopped_returns_the_status_of_its_command() -> None:
 
 def test_a_command_that_ignores_sigterm_is_killed(monkeypatch: pytest.MonkeyPatch,
                                                   tmp_path: Path, capsys) -> None:
-    monkeypatch.setattr(frontend, "STOP_SECONDS", 1.0)
+    monkeypatch.setattr(launch, "STOP_SECONDS", 1.0)
     pid_file = tmp_path / "pid"
     stubborn = ("import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
                 f"open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)")

@@ -8,11 +8,13 @@ from PIL import Image
 from tests.conftest import FIXTURE_IMAGES
 
 from mri_tumor import Predictor
-from mri_tumor.card import SHIPPED_MODEL_DIR, ModelCard
+from mri_tumor.card import ModelCard
 from mri_tumor.data import read_image
 from mri_tumor.data.folders import TYPE_LABELS
-from mri_tumor.explain import EXPLANATIONS, explanation, gradcam, overlay, torch_model
+from mri_tumor.explain import explanation, explanations
+from mri_tumor.explain.gradcam import gradcam, overlay, torch_model
 from mri_tumor.inference import OnnxBackend
+from mri_tumor.inference.model_folder import SHIPPED_MODEL_DIR
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +85,8 @@ def test_overlay_keeps_the_size_and_leaves_unmarked_pixels_grey(
 
 
 def test_every_class_has_an_explanation_with_public_sources(predictor: Predictor) -> None:
-    assert set(predictor.class_names) <= set(EXPLANATIONS)
-    assert set(TYPE_LABELS) <= set(EXPLANATIONS)  # the types model's classes too
+    assert set(predictor.class_names) <= set(explanations())
+    assert set(TYPE_LABELS) <= set(explanations())  # the types model's classes too
     for name in predictor.class_names:
         about = explanation(name)
         assert len(about.summary) > 150 and about.on_mri

@@ -86,8 +86,9 @@ def test_cli_csv_and_exit_code_1_when_an_input_is_unreadable(
         bad_inputs: dict[str, Path], fixture_paths: list[Path], capsys) -> None:
     status = main(["predict", "--csv", str(fixture_paths[0]), str(bad_inputs["empty.jpg"])])
     assert status == 1
-    from mri_tumor.card import SHIPPED_MODEL_DIR, ModelCard
-    from mri_tumor.frontend import csv_columns
+    from mri_tumor.card import ModelCard
+    from mri_tumor.inference.model_folder import SHIPPED_MODEL_DIR
+    from mri_tumor.presentation import csv_columns
 
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [r["status"] != "error" for r in rows] == [True, False]
@@ -147,7 +148,7 @@ def test_a_broken_model_folder_is_named_with_what_is_wrong(tmp_path: Path, capsy
     import torch
     from safetensors.torch import load_file, save_file
 
-    from mri_tumor.card import SHIPPED_MODEL_DIR
+    from mri_tumor.inference.model_folder import SHIPPED_MODEL_DIR
 
     monkeypatch.setenv("MRI_TUMOR_CACHE", str(tmp_path / "cache"))
     sample = str(fixture_paths[0])

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from mri_tumor.card import ModelCard
-from mri_tumor.models import (
+from mri_tumor.models.efficientnet_lite import imagenet_checkpoint_path
+from mri_tumor.models.factory import (
     HALF_PRECISION_MIN_ELEMENTS,
     create_model,
     load_model,
     save_weights,
 )
-from mri_tumor.models.efficientnet_lite import imagenet_checkpoint_path
 
 
 @pytest.mark.parametrize("name, size", [("efficientnet_lite0", 224), ("efficientnet_lite1", 240),
@@ -24,7 +24,7 @@ def test_factory_output_shapes(name: str, size: int) -> None:
     model = create_model(name, num_classes=4, pretrained=False).eval()
     with torch.no_grad():
         assert model(torch.zeros(2, 3, size, size)).shape == (2, 4)
-        maps = model.feature_maps(torch.zeros(1, 3, size, size))
+        maps = model.forward_features(torch.zeros(1, 3, size, size))
     assert model.pool_features(maps).shape == (1, model.feature_dim)
 
 

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from tests.conftest import FIXTURE_IMAGES, make_model_folder
 
-from mri_tumor import registry
-from mri_tumor.card import CARD_FILE, SHIPPED_MODELS, ModelCard, resolve_model
+from mri_tumor.card import CARD_FILE, ModelCard
 from mri_tumor.cli import main
+from mri_tumor.inference import registry
+from mri_tumor.inference.model_folder import SHIPPED_MODELS, resolve_model
 
 LINEAGE = {"parent": {"name": "default", "weights_sha256": "ab" * 32},
            "site_data": {"fingerprint": "f" * 16, "counts": {"a": 3, "b": 4}},

@@ -19,7 +19,7 @@ from dicom_factory import PATIENT, make_dicom
 from mri_tumor.data.reading import ImageReadError, read_frames
 from mri_tumor.data.volume import axial_slices, read_nifti, window_volume
 from mri_tumor.inference import OK, REJECTED, Prediction
-from mri_tumor.scans import (
+from mri_tumor.inference.scans import (
     NOT_ASSESSABLE,
     ScanRule,
     fit_scan_rule,
@@ -278,7 +278,7 @@ def test_study_answer_from_its_series() -> None:
 
 
 def test_refused_slices_count_against_their_scan() -> None:
-    from mri_tumor.scans import scan_summaries
+    from mri_tumor.inference.scans import scan_summaries
 
     class Card:
         normal_class = "notumor"
@@ -320,7 +320,7 @@ def test_api_answers_per_scan_with_the_slices(tmp_path: Path, predictor) -> None
 
 
 def test_app_analyses_the_files_of_a_series_as_one_scan(tmp_path: Path, predictor) -> None:
-    from mri_tumor.app_scans import analyse_scans, is_scan_upload
+    from mri_tumor.app.scans import analyse_scans, is_scan_upload
 
     write_series(phantom(), tmp_path / "series")
     uploads = [(p.name, p.read_bytes()) for p in sorted((tmp_path / "series").iterdir())]

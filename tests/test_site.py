@@ -22,7 +22,7 @@ from tests.dicom_factory import PATIENT, dicom_bytes
 
 from mri_tumor import Predictor
 from mri_tumor.api import Settings, create_app
-from mri_tumor.card import DISCLAIMER, SHIPPED_MODELS, ModelCard
+from mri_tumor.card import DISCLAIMER, ModelCard
 from mri_tumor.data.reading import ImageReadError, read_image
 from mri_tumor.data.site import (
     SITE_DATA_ENV,
@@ -31,9 +31,10 @@ from mri_tumor.data.site import (
     site_data_dir,
     store_confirmed_case,
 )
+from mri_tumor.inference.model_folder import SHIPPED_MODELS
 
 CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
-APP = Path(__file__).resolve().parents[1] / "src" / "mri_tumor" / "app.py"
+APP = Path(__file__).resolve().parents[1] / "src" / "mri_tumor" / "app" / "page.py"
 TIMEOUT = 120  # seconds per script run; the first one loads the model
 ADD = "Add to site data"
 CONFIRMED = "Confirmed class"

@@ -15,7 +15,7 @@ from tests.conftest import FIXTURES
 
 from mri_tumor.card import ModelCard
 from mri_tumor.cli import main
-from mri_tumor.data.augment import AugmentConfig, intensity_changes, lower_resolution
+from mri_tumor.data.augment import intensity_changes, lower_resolution
 from mri_tumor.data.folders import (
     class_of_folder,
     parse_type_sequence,
@@ -25,9 +25,10 @@ from mri_tumor.data.folders import (
 from mri_tumor.data.preprocess import PreprocessSpec, normalize, normalize_array, to_model_pixels
 from mri_tumor.data.reading import read_image
 from mri_tumor.data.splitting import read_split_csv
-from mri_tumor.evaluation import half_resolution_pixels
+from mri_tumor.evaluation.stress import half_resolution_pixels
 from mri_tumor.inference import Predictor
-from mri_tumor.ood import OODGuard, fit_guard, fit_refusal, source_balanced_quantile
+from mri_tumor.models.ood import OODGuard, fit_guard, fit_refusal, source_balanced_quantile
+from mri_tumor.training.config import AugmentConfig
 
 TYPES = FIXTURES / "types"
 EQUALIZED = PreprocessSpec(96, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 3, "equalize")
@@ -174,7 +175,7 @@ def test_intensity_augmentation_changes_images_and_keeps_the_range() -> None:
     out = intensity_changes(batch, AugmentConfig(gamma=0.5, bias_field=0.3, noise=0.05))
     assert out.shape == batch.shape and out.min() >= 0 and out.max() <= 1
     assert (out - batch).abs().flatten(1).mean(1).min() > 1e-3  # every image was changed
-    assert torch.equal(intensity_changes(batch, AugmentConfig()), batch)
+    assert torch.equal(intensity_changes(batch, AugmentConfig.none()), batch)
 
 
 def test_a_card_without_the_intensity_field_loads_and_predicts_as_before(

@@ -16,9 +16,10 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from PIL import Image
 
 from mri_tumor import Predictor
-from mri_tumor.card import SHIPPED_MODEL_DIR, ModelCard
+from mri_tumor.card import ModelCard
 from mri_tumor.cli import main
 from mri_tumor.data.splitting import read_split_csv
+from mri_tumor.inference.model_folder import SHIPPED_MODEL_DIR
 from mri_tumor.training import AveragedWeights, History, RestoreBestWeights, TumorClassifier
 
 TINY = ["--epochs", "1", "--batch-size", "4", "--max-train-batches", "2", "--image-size", "96"]

@@ -13,11 +13,11 @@ from PIL import Image
 from tests.conftest import FIXTURE_IMAGES, FIXTURES, make_model_folder
 
 from mri_tumor import Predictor
-from mri_tumor.card import SHIPPED_MODELS, resolve_model
 from mri_tumor.cli import main
 from mri_tumor.data.folders import TYPE_LABELS, scan_folder, type_of_folder
 from mri_tumor.data.preprocess import to_model_pixels
 from mri_tumor.evaluation import evaluate
+from mri_tumor.inference.model_folder import SHIPPED_MODELS, resolve_model
 
 FIXTURE_TYPES = FIXTURES / "types"
 SEQUENCES = ["T1", "T1C+", "T2"]

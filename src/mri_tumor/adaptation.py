@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from mri_tumor.card import SPLIT_FILE, ModelCard, resolve_model
+from mri_tumor.card import SPLIT_FILE, ModelCard
 from mri_tumor.data.folders import LabelledImage, scan_folders
 from mri_tumor.data.splitting import (
     SplitRow,
@@ -38,6 +38,8 @@ from mri_tumor.data.splitting import (
     split_folders,
     write_split_csv,
 )
+from mri_tumor.inference.model_folder import resolve_model
+from mri_tumor.training.config import AugmentConfig, TrainConfig
 
 MIN_SITE_IMAGES = 20  # fewer confirmed cases than this say too little to adapt on
 MIN_PER_CLASS = 4  # and each class the site has needs at least this many
@@ -69,6 +71,10 @@ class AdaptConfig:
     lr: float = 1e-4
     batch_size: int = 16
     seed: int = 0
+    # Fine-tuning sees the training recipe's augmentation (the same as ``TrainConfig()`` and
+    # ``mri-tumor train``), so a site's scanner differences are learnt as in training; the
+    # promoted card records it under ``lineage.augment``.
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
@@ -137,7 +143,7 @@ def check_site(scan_counts: dict[str, int], class_names: list[str]) -> None:
 def adapt(config: AdaptConfig, progress: bool = True) -> GateResult:
     """Fine-tune, gate, and write ``config.out`` (see the module docstring)."""
     from mri_tumor.inference import Predictor
-    from mri_tumor.training import TrainConfig, train
+    from mri_tumor.training import train
 
     base_name, base_dir = resolve_model(config.from_model)
     base_card = ModelCard.load(base_dir)
@@ -161,12 +167,7 @@ def adapt(config: AdaptConfig, progress: bool = True) -> GateResult:
         rows += [replace(row, split="val") for _, check in reference_rows.values() for row in check]
         write_split_csv(rows, work / SPLIT_FILE)
         candidate_dir = work / "candidate"
-        train(TrainConfig(
-            data_dirs=[config.site_dir, *config.reference_dirs], out=candidate_dir,
-            arch=base_card.architecture, from_model=base_dir, split=work / SPLIT_FILE,
-            epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, seed=config.seed,
-            schedule="cosine", source_balance=0.0, image_size=base_card.image_size,
-            label_scheme=base_card.label_scheme, refuse_dirs=list(config.refuse_dirs)))
+        train(fine_tuning_config(config, base_card, base_dir, work / SPLIT_FILE, candidate_dir))
         sets = {"site": [row for row in site_rows if row.split == "val"]}
         sets |= {name: check for name, (_, check) in reference_rows.items()}
         roots = {site_scan.source: Path(config.site_dir)} | {
@@ -186,6 +187,19 @@ def adapt(config: AdaptConfig, progress: bool = True) -> GateResult:
         _write_out(config, result, candidate_dir if promoted else None, base_name, base_dir,
                    site_scan)
     return result
+
+
+def fine_tuning_config(config: AdaptConfig, base_card: ModelCard, base_dir: Path, split: Path,
+                       out: Path) -> TrainConfig:
+    """The training run of an adaptation: the base model fine-tuned on the site's split, with
+    a cosine schedule, no source repeats and the recipe's augmentation (``config.augment``)."""
+    return TrainConfig(
+        data_dirs=[config.site_dir, *config.reference_dirs], out=out,
+        arch=base_card.architecture, from_model=base_dir, split=split,
+        epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, seed=config.seed,
+        schedule="cosine", source_balance=0.0, image_size=base_card.image_size,
+        label_scheme=base_card.label_scheme, refuse_dirs=list(config.refuse_dirs),
+        augment=config.augment)
 
 
 def gate_scores(predictor: Any, images: list[LabelledImage],
@@ -235,7 +249,8 @@ def _write_out(config: AdaptConfig, result: GateResult, candidate_dir: Path | No
             "site_data": {"fingerprint": folder_fingerprint({site_scan.source: site_scan.root},
                                                             files),
                           "counts": site_scan.counts()},
-            "gate": result.to_dict()}
+            "gate": result.to_dict(),
+            "augment": config.augment.to_dict()}
         card.save(candidate_dir)
         for item in candidate_dir.iterdir():
             if item.name in ("checkpoints", "tensorboard"):

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,70 +22,11 @@ HISTORY_FILE = "history.json"
 ONNX_FILE = "model.onnx"  # optional: an export the ONNX backend uses instead of its cache
 # Bump when the exported graph's inputs or outputs change: cached exports are keyed by it.
 ONNX_GRAPH_VERSION = 3
-WEIGHTS_DIR = Path(__file__).parent / "weights"
-# The models that ship in the package, by the name ``--model`` and ``?model=`` take.
-SHIPPED_MODELS = {"default": WEIGHTS_DIR / "efficientnet_lite0", "types": WEIGHTS_DIR / "types"}
-SHIPPED_MODEL_DIR = SHIPPED_MODELS["default"]
 
 DISCLAIMER = ("Research tool, not a diagnosis. Results must be reviewed by a qualified "
               "clinician and must not be used for clinical decisions.")
 
 Record = TypeVar("Record")
-
-
-# Registered models (``mri-tumor models register``, module ``registry``) live in
-# HOME/models/NAME, HOME being $MRI_TUMOR_HOME or the per-user data folder.
-HOME_ENV = "MRI_TUMOR_HOME"
-REGISTERED_DIR = "models"
-MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-
-
-def registry_home() -> Path:
-    """Where registered models are kept: ``$MRI_TUMOR_HOME``, else ``$XDG_DATA_HOME/mri-tumor``
-    (an absolute one), else ``~/.local/share/mri-tumor``."""
-    if configured := os.environ.get(HOME_ENV):
-        return Path(configured).expanduser()
-    xdg = os.environ.get("XDG_DATA_HOME", "")
-    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".local" / "share"
-    return base / "mri-tumor"
-
-
-def registered_model_dir(name: str) -> Path | None:
-    """The folder of the registered model ``name``, or None if there is none by that name."""
-    if not MODEL_NAME_PATTERN.fullmatch(name):
-        return None
-    folder = registry_home() / REGISTERED_DIR / name
-    return folder if folder.is_dir() else None
-
-
-def registered_model_names() -> list[str]:
-    """The names of the registered models, sorted."""
-    folder = registry_home() / REGISTERED_DIR
-    try:
-        entries = list(folder.iterdir())
-    except OSError:  # no registry yet (or unreadable): nothing registered
-        return []
-    return sorted(entry.name for entry in entries
-                  if MODEL_NAME_PATTERN.fullmatch(entry.name) and entry.is_dir())
-
-
-def resolve_model(name_or_dir: str | Path | None) -> tuple[str, Path]:
-    """(name, folder) of a model given by a shipped model's name, a registered model's name
-    or a model folder, in that order (None: the default model). A folder is named by its
-    folder name. ValueError, in one line, for anything else."""
-    if name_or_dir is None or str(name_or_dir) == "":
-        return "default", SHIPPED_MODEL_DIR
-    if str(name_or_dir) in SHIPPED_MODELS:
-        return str(name_or_dir), SHIPPED_MODELS[str(name_or_dir)]
-    if registered := registered_model_dir(str(name_or_dir)):
-        return str(name_or_dir), registered
-    directory = Path(name_or_dir)
-    if directory.is_dir():
-        return directory.resolve().name, directory
-    registered_names = ", ".join(registered_model_names()) or "none"
-    raise ValueError(f"unknown model {str(name_or_dir)!r}: not a shipped model "
-                     f"({', '.join(SHIPPED_MODELS)}), not a registered model "
-                     f"({registered_names}) and not a model folder")
 
 
 def _record(cls: type[Record], raw: Any) -> Record:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 # Equal-width confidence bins of the expected calibration error, everywhere it is given.
@@ -60,7 +62,7 @@ def expected_calibration_error(probabilities: np.ndarray, y_true: np.ndarray,
 
 
 def classification_report(y_true: np.ndarray, y_pred: np.ndarray,
-                          num_classes: int) -> dict[str, dict[str, np.ndarray | float]]:
+                          num_classes: int) -> dict[str, dict[str, Any]]:
     """Per-class precision, recall, F1 and support plus macro and weighted averages.
 
     Like scikit-learn's classification report, except that the macro average runs over the
@@ -70,7 +72,7 @@ def classification_report(y_true: np.ndarray, y_pred: np.ndarray,
     scores = per_class_scores(confusion_matrix(y_true, y_pred, num_classes))
     support = scores["support"].astype(float)
     present = support > 0
-    averages: dict[str, dict[str, np.ndarray | float]] = {"per_class": dict(scores)}
+    averages: dict[str, dict[str, Any]] = {"per_class": dict(scores)}
     for name in ("macro", "weighted"):
         averages[name] = {"support": float(support.sum())}
         for key in ("precision", "recall", "f1"):

@@ -9,7 +9,7 @@ from pydantic import WithJsonSchema
 
 from mri_tumor.api.schemas import MODEL_QUERY_DESCRIPTION
 from mri_tumor.api.service import Service
-from mri_tumor.card import SHIPPED_MODELS
+from mri_tumor.inference.model_folder import SHIPPED_MODELS
 
 
 def get_service(request: Request) -> Service:

@@ -13,10 +13,10 @@ import threading
 import traceback
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from mri_tumor.inference import ERROR, Prediction, Predictor, assemble_scans, decode
+from mri_tumor.inference import ERROR, Prediction, Predictor
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,6 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[list[Prediction]]
     slots: int
-    results: list[list[Prediction | None]] = field(default_factory=list)
 
 
 class InferenceQueue:
@@ -143,30 +142,16 @@ class InferenceQueue:
                     self.release(job.slots)
 
     def _process(self, batch: list[_Job]) -> None:
-        pending: list[tuple[list[Prediction | None], int, Any]] = []  # (slots, index, frame)
-        for job in batch:
-            if job.future.cancelled():  # the client went away while it waited
-                continue
-            items: list[Prediction | Any] = []
-            for name, data in job.files:
-                decoded = decode(data, name, self.predictor.name)
-                items.extend([decoded] if isinstance(decoded, Prediction) else decoded)
-            slots: list[Prediction | None] = []
-            for item in assemble_scans(items):  # a DICOM series' files become one scan
-                if isinstance(item, Prediction):  # unreadable or not an MRI: no model ran
-                    slots.append(item)
-                else:
-                    pending.append((slots, len(slots), item))
-                    slots.append(None)
-            job.results.append(slots)
-        for start in range(0, len(pending), self.max_batch):
-            chunk = pending[start:start + self.max_batch]
-            for (slots, index, _), prediction in zip(chunk, self._predict([f for *_, f in chunk]),
-                                                     strict=True):
-                slots[index] = prediction
-        for job in batch:
+        jobs = [job for job in batch if not job.future.cancelled()]  # skip clients gone away
+        # Every job's files decoded (a DICOM series' files become one scan), then predicted
+        # together in batches of max_batch frames.
+        items = [self.predictor.decode_all([data for _, data in job.files],
+                                           [name for name, _ in job.files]) for job in jobs]
+        results = iter(self.predictor.predict_items([i for per_job in items for i in per_job],
+                                                    self.max_batch, self._predict))
+        for job, per_job in zip(jobs, items, strict=True):
             if not job.future.cancelled():
-                _resolve(job, [p for per_file in job.results for p in per_file if p is not None])
+                _resolve(job, [next(results) for _ in per_job])
 
     def _predict(self, frames: Sequence[Any]) -> list[Prediction]:
         try:

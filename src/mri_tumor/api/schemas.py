@@ -13,8 +13,9 @@ from mri_tumor.api.uploads import (
     FILES_FIELD,
     MULTIPART,
 )
-from mri_tumor.card import DISCLAIMER, SHIPPED_MODELS, ModelCard
+from mri_tumor.card import DISCLAIMER, ModelCard
 from mri_tumor.inference import ERROR, OK, REJECTED, Prediction
+from mri_tumor.inference.model_folder import SHIPPED_MODELS
 
 STATUSES = (OK, REJECTED, ERROR)
 HEALTH_OK, HEALTH_READY = "ok", "ready"

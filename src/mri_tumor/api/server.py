@@ -20,8 +20,9 @@ from mri_tumor.api.schemas import APP_DESCRIPTION
 from mri_tumor.api.security import require_api_key
 from mri_tumor.api.service import Service, model_loader, server_model
 from mri_tumor.api.settings import ENV_MODEL_DIR, ENV_THREADS, WORKER_HEALTHCHECK_S, Settings
-from mri_tumor.card import DISCLAIMER, SHIPPED_MODELS, ModelCard, resolve_model
+from mri_tumor.card import DISCLAIMER, ModelCard
 from mri_tumor.inference import Predictor
+from mri_tumor.inference.model_folder import SHIPPED_MODELS, resolve_model
 
 
 def create_app(settings: Settings | None = None, predictor: Predictor | None = None,
@@ -38,10 +39,10 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     """
     settings = settings or Settings.from_env()
     name, folder, shipped = server_model(settings)
+    served: Path | None = folder
     if predictor is not None:
-        loaded = predictor
-        loader = lambda: loaded  # noqa: E731
-        name, folder, shipped = predictor.name, None, predictor.name in SHIPPED_MODELS
+        loader = _already_loaded(predictor)
+        name, served, shipped = predictor.name, None, predictor.name in SHIPPED_MODELS
     others = {other: model_loader(settings, other) for other in SHIPPED_MODELS
               if not (shipped and other == name)}
     eager = []  # given already loaded: set up at start-up
@@ -52,11 +53,11 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
         if callable(given):
             others[other] = given
         else:
-            others[other] = lambda given=given: given
+            others[other] = _already_loaded(given)
             eager.append(other)
     if loader is None:
         loader = model_loader(settings, name if shipped else folder)
-    service = Service(settings, loader, name, shipped, others, folder, eager)
+    service = Service(settings, loader, name, shipped, others, served, eager)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -119,3 +120,8 @@ def _log_config() -> dict[str, Any]:
     config["loggers"]["mri_tumor"] = {"handlers": ["default"], "level": "INFO",
                                       "propagate": False}
     return config
+
+
+def _already_loaded(predictor: Predictor) -> Callable[[], Predictor]:
+    """A loader that hands over a predictor loaded already."""
+    return lambda: predictor

@@ -21,8 +21,9 @@ from pathlib import Path
 
 from mri_tumor.api.queue import InferenceQueue, QueueUnavailableError
 from mri_tumor.api.settings import FEEDBACK_CONCURRENCY, Settings
-from mri_tumor.card import SHIPPED_MODELS, ModelCard, resolve_model
+from mri_tumor.card import ModelCard
 from mri_tumor.inference import Predictor
+from mri_tumor.inference.model_folder import SHIPPED_MODELS, resolve_model
 
 logger = logging.getLogger(__name__)
 MAX_NAME_SHOWN = 80  # an unknown ?model= value is quoted back, cut to this length

@@ -1,5 +1,8 @@
-"""Data stage: reading images as users have them, duplicate-aware splitting, preprocessing
-and batch augmentation."""
+"""Data stage: reading images, series and volumes as users have them (``reading``, ``dicom``,
+``volume``), finding inputs (``inputs``), labelled folders and patients (``folders``,
+``patients``), duplicate-aware splitting (``splitting``), split rows -> files -> labelled
+pixels (``rows``), preprocessing and batch augmentation, and a site's confirmed cases
+(``site``)."""
 
 from mri_tumor.data.folders import (
     CLASS_NAMES,

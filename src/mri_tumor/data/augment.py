@@ -3,39 +3,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """The seed's Keras augmentation, plus brightness/contrast jitter. Zero disables a part."""
-
-    rotation: float = 40.0  # degrees, uniform in [-rotation, rotation]
-    shift: float = 0.2  # fraction of width/height
-    shear: float = 0.2  # shear factor (0.2 is about 11 degrees)
-    zoom: float = 0.2  # scale uniform in [1 - zoom, 1 + zoom]
-    horizontal_flip: bool = True
-    brightness: float = 0.1  # added to [0, 1] pixels, uniform in [-b, b]
-    contrast: float = 0.1  # multiplied around the image mean, uniform in [1 - c, 1 + c]
-    # Intensity changes another scanner or sequence makes. With histogram equalisation in
-    # the preprocessing, gamma is undone by it (only rounding remains); the bias field and
-    # the noise are not, and are what the network must learn to look past.
-    gamma: float = 0.0  # exponent log-uniform in [1 / (1 + g), 1 + g]
-    bias_field: float = 0.0  # smooth multiplicative field exp(f), |f| up to about this
-    noise: float = 0.0  # Rician noise, standard deviation uniform in [0, noise]
-    # Another source's resolution: each image shrunk by a factor uniform in
-    # [1, 1 + resolution] (antialiased) and enlarged back, so sharpness, which differs by
-    # source in the public sets, cannot carry the label.
-    resolution: float = 0.0
-    # Share of the images in a batch that are transformed; the rest pass through unchanged,
-    # so the network also sees images as they arrive at inference (never resampled).
-    probability: float = 1.0
-
-    def to_dict(self) -> dict[str, float | bool]:
-        return asdict(self)
+if TYPE_CHECKING:  # the recipe lives with training; these functions only read it
+    from mri_tumor.training.config import AugmentConfig
 
 
 def _uniform(n: int, limit: float, device: torch.device) -> torch.Tensor:

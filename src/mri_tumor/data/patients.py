@@ -89,6 +89,8 @@ def patient_slices(root: Path, scheme: str, normal_label: str, tumour_label: str
                 images.setdefault(number, []).append((path, match["sequence"].upper()))
         tumour_slices = sorted(n for n, pixels in tumour.items() if pixels > 0)
         for number, files in sorted(images.items()):
+            label: str | None
+            reason: str | None
             if number not in tumour:
                 label, reason = None, "no mask for this slice"
             elif tumour[number] > 0:

@@ -134,7 +134,8 @@ def stack_series(items: Sequence[Any]) -> list[Any]:
     stacked: dict[str, list[Frame]] = {}
     for series, members in by_series.items():
         scan = _common_folder([f.name for f in members])
-        volume = dicom_series_volume([(f.values, f.geometry, f.name) for f in members],
+        volume = dicom_series_volume([(f.values, f.geometry, f.name) for f in members
+                                      if f.values is not None and f.geometry is not None],
                                      scan, series)
         if volume is not None:
             stacked[series] = [
@@ -143,12 +144,12 @@ def stack_series(items: Sequence[Any]) -> list[Any]:
     out: list[Any] = []
     placed: set[str] = set()
     for item in items:
-        series = item.series if isinstance(item, Frame) else None
-        if series is None or series not in stacked:
+        item_series = item.series if isinstance(item, Frame) else None
+        if item_series is None or item_series not in stacked:
             out.append(item)
-        elif series not in placed:  # later files of the series are in the stack already
-            out.extend(stacked[series])
-            placed.add(series)
+        elif item_series not in placed:  # later files of the series are in the stack already
+            out.extend(stacked[item_series])
+            placed.add(item_series)
     return out
 
 

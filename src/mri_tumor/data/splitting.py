@@ -71,10 +71,6 @@ def hash_to_hex(words: np.ndarray) -> str:
     return words.view(np.uint8).tobytes().hex()
 
 
-def hex_to_hash(text: str) -> np.ndarray:
-    return np.frombuffer(bytes.fromhex(text), dtype=np.uint8).view(np.uint64).copy()
-
-
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Bit distance between hash arrays (..., HASH_WORDS), broadcasting over leading axes."""
     return np.bitwise_count(a ^ b).sum(axis=-1)

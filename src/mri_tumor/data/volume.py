@@ -137,7 +137,7 @@ def window_volume(voxels: np.ndarray) -> np.ndarray:
 
 def _head_box(windowed: np.ndarray) -> tuple[slice, slice]:
     """The (x, y) box of the foreground over all axial slices, with a margin."""
-    mask = (windowed > 0.08 * 255).any(axis=2)
+    mask = np.asarray((windowed > 0.08 * 255).any(axis=2))
     if not mask.any():
         return slice(None), slice(None)
     boxes = []

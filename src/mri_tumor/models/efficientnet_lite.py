@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from mri_tumor.models.checkpoint import read_checkpoint
+from mri_tumor.models.network import Network
 
 # (repeats, kernel, stride, expand ratio, in channels, out channels) per stage, as in the paper.
 Stages = tuple[tuple[int, int, int, int, int, int], ...]
@@ -94,7 +95,7 @@ class MBConvBlock(nn.Module):
         return out + x
 
 
-class EfficientNetLite(nn.Module):
+class EfficientNetLite(Network):
     """EfficientNet-Lite backbone with global average pooling, dropout and a linear head;
     with ``num_sequences`` a second linear head on the same features (the MR sequence)."""
 
@@ -119,29 +120,26 @@ class EfficientNetLite(nn.Module):
         self._fc = nn.Linear(FEATURE_DIM, num_classes)
         self._fc_sequence = nn.Linear(FEATURE_DIM, num_sequences) if num_sequences else None
         self.feature_dim = FEATURE_DIM
+        self.num_sequences = num_sequences
 
-    def feature_maps(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Last convolutional feature maps (the layer Grad-CAM looks at)."""
-        x = self.act(self._bn0(self._conv_stem(x)))
+        x = self.act(self._bn0(self._conv_stem(pixels)))
         x = self._blocks(x)
         return self.act(self._bn1(self._conv_head(x)))
 
     def pool_features(self, maps: torch.Tensor) -> torch.Tensor:
-        """Pooled embedding that the classifier (and the out-of-distribution guard) reads."""
+        """Pooled embedding that the heads (and the out-of-distribution guard) read."""
         return self.pool(maps).flatten(1)
 
-    def classify(self, features: torch.Tensor) -> torch.Tensor:
-        """Class logits from pooled features."""
-        return self._fc(self._dropout(features))
+    def forward_head(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Class logits and sequence logits (None without a sequence head) from pooled
+        features."""
+        # Each head draws its own dropout mask, the sequence head's first (as trained).
+        sequences = (self._fc_sequence(self._dropout(features))
+                     if self._fc_sequence is not None else None)
+        return self._fc(self._dropout(features)), sequences
 
-    def classify_sequence(self, features: torch.Tensor) -> torch.Tensor | None:
-        """Sequence logits from pooled features (None without a sequence head)."""
-        if self._fc_sequence is None:
-            return None
-        return self._fc_sequence(self._dropout(features))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classify(self.pool_features(self.feature_maps(x)))
 
 
 def imagenet_checkpoint_path(variant: int = 0) -> Path:

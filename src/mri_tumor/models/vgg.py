@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from mri_tumor.models.checkpoint import read_checkpoint
+from mri_tumor.models.network import Network
 
 # Channels per conv layer; "M" is a 2x2 max-pool. The 13-conv "D" configuration.
 VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
@@ -36,7 +37,7 @@ def vgg_features(batch_norm: bool) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class VGG16GAP(nn.Module):
+class VGG16GAP(Network):
     """VGG16 convolutions -> global average pooling -> dropout -> linear classifier."""
 
     def __init__(self, num_classes: int = 4, batch_norm: bool = False,
@@ -47,23 +48,25 @@ class VGG16GAP(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(FEATURE_DIM, num_classes)
         self.feature_dim = FEATURE_DIM
+        self.num_sequences = 0  # no sequence head
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
 
-    def feature_maps(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Last convolutional feature maps (the layer Grad-CAM looks at)."""
-        return self.features(x)
+        return self.features(pixels)
 
     def pool_features(self, maps: torch.Tensor) -> torch.Tensor:
+        """Pooled embedding that the head (and the out-of-distribution guard) read."""
         return self.pool(maps).flatten(1)
 
-    def classify(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(features))
+    def forward_head(self, features: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """Class logits from pooled features (VGG has no sequence head)."""
+        return self.head(self.dropout(features)), None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classify(self.pool_features(self.feature_maps(x)))
 
 
 def load_torchvision_checkpoint(model: VGG16GAP, path: str | Path) -> None:

@@ -215,6 +215,7 @@ def listen(predictor: Predictor, port: int, ae_title: str, destination: Destinat
             except Exception as error:  # one bad series must not stop the listener
                 logger.error("%s: failed (%s)", series_label(datasets), type(error).__name__)
 
+    assert server is not None  # non-blocking: start_server returns the running server
     try:
         while not stop.wait(POLL_SECONDS):
             process(collector.quiet(time.monotonic(), quiet_seconds))

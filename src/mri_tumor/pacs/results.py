@@ -27,14 +27,15 @@ from types import SimpleNamespace
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from mri_tumor import __version__
 from mri_tumor.card import DISCLAIMER, ModelCard
 from mri_tumor.data.reading import Frame
-from mri_tumor.frontend import format_probability
 from mri_tumor.inference import OK, REJECTED, Prediction, Predictor, decode
-from mri_tumor.scans import scan_summaries
+from mri_tumor.inference.scans import scan_summaries
+from mri_tumor.presentation import format_probability
 
 MANUFACTURER = "mri-tumor"
 # A private coding scheme ("99" prefix, PS3.16 8.2) for what has no standard code: the
@@ -111,7 +112,7 @@ def analyse(predictor: Predictor, datasets: Sequence[Dataset]) -> list[AnalysedI
     Missing ``COPIED_TYPE_2`` attributes are added empty to the (retrieved, in-memory)
     datasets."""
     analysed: list[AnalysedImage] = []
-    pending: list[tuple[AnalysedImage, Frame]] = []
+    items: list[Prediction | Frame] = []  # one per analysed image, for the batching loop
     for dataset in datasets:
         for keyword in COPIED_TYPE_2:
             if keyword not in dataset:
@@ -124,25 +125,23 @@ def analyse(predictor: Predictor, datasets: Sequence[Dataset]) -> list[AnalysedI
         decoded = decode(data, label, predictor.name)
         if isinstance(decoded, Prediction):
             analysed.append(AnalysedImage(dataset, None, decoded))
+            items.append(decoded)
             continue
         multi = len(decoded) > 1 or "NumberOfFrames" in dataset
         for index, frame in enumerate(decoded):
-            item = AnalysedImage(dataset, index + 1 if multi else None,
-                                 Prediction(frame.name, OK), frame.image)
-            analysed.append(item)
-            pending.append((item, frame))
-    for start in range(0, len(pending), CLASSIFY_BATCH):
-        chunk = pending[start:start + CLASSIFY_BATCH]
-        for (item, _), result in zip(chunk, predictor.predict_frames([f for _, f in chunk]),
-                                     strict=True):
-            item.result = result
+            analysed.append(AnalysedImage(dataset, index + 1 if multi else None,
+                                          Prediction(frame.name, OK), frame.image))
+            items.append(frame)
+    for item, result in zip(analysed, predictor.predict_items(items, CLASSIFY_BATCH),
+                            strict=True):
+        item.result = result
     return analysed
 
 
 def overlay_image(predictor: Predictor, item: AnalysedImage) -> np.ndarray:
     """The Grad-CAM overlay of a classified image as RGB pixels, with the class and "research
     tool, not for diagnosis" burned in so that no viewer can show it without them."""
-    from mri_tumor.explain import gradcam, overlay
+    from mri_tumor.explain.gradcam import gradcam, overlay
 
     assert item.image is not None and item.result.label is not None
     index = predictor.class_names.index(item.result.label)
@@ -230,6 +229,7 @@ def build_report(analysed: Sequence[AnalysedImage], predictor: Predictor,
         result = item.result
         evaluations, measurements = [], []
         if result.status == OK:
+            assert result.label is not None  # every classified image has one
             evaluations.append(hd.sr.QualitativeEvaluation(codes.finding,
                                                            class_code(card, result.label)))
             measurements += [hd.sr.Measurement(probability_code(card, name), 100.0 * p,
@@ -285,9 +285,9 @@ def build_report(analysed: Sequence[AnalysedImage], predictor: Predictor,
     # TID 1500's document-level "Qualitative Evaluations" container carries the disclaimer.
     disclaimer = hd.sr.ContainerContentItem(name=codes.qualitative,
                                             relationship_type="CONTAINS")
-    disclaimer.ContentSequence = [hd.sr.TextContentItem(
+    disclaimer.ContentSequence = DicomSequence([hd.sr.TextContentItem(
         name=codes.comment, value=f"UNVERIFIED. {DISCLAIMER}",
-        relationship_type="CONTAINS")]
+        relationship_type="CONTAINS")])
     content[0].ContentSequence.append(disclaimer)
 
     evidence = _unique_instances(item.source for item in analysed)
@@ -333,7 +333,7 @@ def build_overlays(analysed: Sequence[AnalysedImage], predictor: Predictor,
 
     series_uid = result_uid("overlay-series", scope, model)
     now = datetime.now()
-    overlays = []
+    overlays: list[Dataset] = []
     for number, item in enumerate((a for a in analysed if a.result.status == OK), start=1):
         source = item.source
         orientation = _orientation_letters(source)
@@ -347,12 +347,13 @@ def build_overlays(analysed: Sequence[AnalysedImage], predictor: Predictor,
             patient_orientation=orientation or ("L", "P"),
             transfer_syntax_uid=ExplicitVRLittleEndian)
         if orientation is None:  # Type 2: empty when the source does not say
-            capture.PatientOrientation = None
+            capture["PatientOrientation"].value = None
         # Type 2C in General Series: the source's laterality, or empty (a brain is unpaired).
         capture.Laterality = source.get("Laterality", None)
         _date_series(capture, now)
         capture.SeriesDescription = OVERLAY_DESCRIPTION
         capture.BurnedInAnnotation = "YES"
+        assert item.result.label is not None  # only classified images get an overlay
         capture.ImageComments = (f"Grad-CAM of {predictor.card.display_name(item.result.label)}"
                                  f" ({model.name}). UNVERIFIED. {DISCLAIMER}")[:10240]
         capture.DerivationDescription = (f"Grad-CAM heat map of the class '{item.result.label}'"

@@ -21,8 +21,8 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 
 from mri_tumor.data.dicom import MODALITY_NAMES
-from mri_tumor.frontend import format_probability
 from mri_tumor.inference import ERROR, OK, Predictor
+from mri_tumor.inference.scans import scan_summaries
 from mri_tumor.pacs.client import PacsError, PacsServer, study_key
 from mri_tumor.pacs.results import (
     AnalysedImage,
@@ -33,7 +33,7 @@ from mri_tumor.pacs.results import (
     instance_label,
     report_series_uid,
 )
-from mri_tumor.scans import scan_summaries
+from mri_tumor.presentation import format_probability
 
 logger = logging.getLogger(__name__)
 
@@ -128,20 +128,20 @@ def describe(outcome: StudyOutcome, predictor: Predictor, every_image: bool = Fa
     if every_image:
         for item in outcome.analysed:
             where = instance_label(item.source, item.frame)
-            if item.result.status == OK:
+            if item.result.status == OK and item.result.label is not None:
                 lines.append(f"{head}: {where}: {card.display_name(item.result.label)} "
                              f"({format_probability(item.result.confidence)})")
             else:
                 lines.append(f"{head}: {where}: {item.result.status}")
     numbers = {item.result.series: item.series_number for item in outcome.analysed}
     for summary in scan_summaries([item.result for item in outcome.analysed], card):
-        refused = (f", {summary['refused']} refused as not brain MRI" if summary["refused"]
-                   else "")
-        where = f"series {numbers.get(summary['series'], '?')} ({summary['slices']} slices"
+        refusals = (f", {summary['refused']} refused as not brain MRI" if summary["refused"]
+                    else "")
+        stack = f"series {numbers.get(summary['series'], '?')} ({summary['slices']} slices"
         if summary["status"] != OK:
-            lines.append(f"{head}: {where}{refused}): {summary['message']}")
+            lines.append(f"{head}: {stack}{refusals}): {summary['message']}")
             continue
-        lines.append(f"{head}: {where}{refused}): {card.display_name(summary['label'])} "
+        lines.append(f"{head}: {stack}{refusals}): {card.display_name(summary['label'])} "
                      f"(scan-level probability {format_probability(summary['probability'])})")
     if not outcome.to_store:
         lines.append(f"{head}: nothing to store")

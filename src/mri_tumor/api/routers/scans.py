@@ -11,7 +11,7 @@ from mri_tumor.api.dependencies import ModelQuery, ServiceDep
 from mri_tumor.api.routers.predict import predict_uploads
 from mri_tumor.api.schemas import PREDICT_REQUEST_BODY, PredictionOut, ScansOut, error_responses
 from mri_tumor.api.uploads import MAX_NAME_LENGTH
-from mri_tumor.scans import scan_summaries, study_summaries
+from mri_tumor.inference.scans import scan_summaries, study_summaries
 
 router = APIRouter()
 

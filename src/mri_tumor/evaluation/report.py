@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from mri_tumor import metrics
+from mri_tumor import figures, metrics
 from mri_tumor.card import DISCLAIMER
 from mri_tumor.data.reading import ImageReadError, read_image
 from mri_tumor.data.splitting import NEAR_DUPLICATE_BITS
 
 if TYPE_CHECKING:
-    from mri_tumor.evaluation import Evaluation
+    from mri_tumor.evaluation.evaluate import Evaluation
 
 REPORT_FILE = "report.md"
 PREDICTIONS_FILE = "predictions.csv"
@@ -41,7 +41,6 @@ SIGNATURE = "mri-tumor evaluate"
 REPORT_MARK = f"<!-- written by {SIGNATURE}: running it again overwrites this file -->"
 PREDICTION_COLUMNS_START = ["path", "true_label", "predicted_label", "confidence", "correct"]
 MAX_GALLERY = 12
-ZOOM_FPR = 0.2
 MAX_LISTED_DUPLICATES = 50
 
 
@@ -92,122 +91,6 @@ def _remove_stale(out: Path, written: set[str]) -> None:
             path.unlink()
 
 
-# -- figures -------------------------------------------------------------------------------
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _display(names: Sequence[str], display: Mapping[str, str] | None) -> list[str]:
-    """Class names as the model card shows them to people."""
-    return [(display or {}).get(name, name) for name in names]
-
-
-def _save(figure: Any, path: Path, dpi: int = 110) -> None:
-    figure.savefig(path, dpi=dpi, metadata=_png_metadata(), bbox_inches="tight")
-    _pyplot().close(figure)
-
-
-def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: Path,
-                          title: str, display: Mapping[str, str] | None = None) -> None:
-    """Heat map of counts; the colour is the share of the true class (row), so that
-    classes of different sizes read alike."""
-    plt = _pyplot()
-    matrix = np.asarray(matrix)
-    totals = matrix.sum(axis=1, keepdims=True)
-    shares = np.divide(matrix, totals, out=np.zeros(matrix.shape), where=totals > 0)
-    labels = _display(class_names, display)
-    figure, ax = plt.subplots(figsize=(6.2, 5.2))
-    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
-    for (row, col), count in np.ndenumerate(matrix):
-        ax.text(col, row, f"{count}\n{shares[row, col]:.1%}", ha="center", va="center",
-                fontsize=10, color="white" if shares[row, col] > 0.5 else "black")
-    ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set(xlabel="predicted class", ylabel="true class", title=title)
-    figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
-    _save(figure, path)
-
-
-def plot_roc_curves(probabilities: np.ndarray, labels: np.ndarray,
-                    class_names: Sequence[str], path: Path,
-                    display: Mapping[str, str] | None = None) -> None:
-    """One-vs-rest ROC curve per class, with a zoom on the top-left corner beside it."""
-    plt = _pyplot()
-    figure, (full, zoom) = plt.subplots(1, 2, figsize=(11, 4.8))
-    for c, name in enumerate(_display(class_names, display)):
-        positives = labels == c
-        if positives.all() or not positives.any():
-            continue
-        fpr, tpr = metrics.roc_curve(probabilities[:, c], positives)
-        auc = metrics.binary_roc_auc(probabilities[:, c], positives)
-        for ax in (full, zoom):
-            ax.plot(fpr, tpr, drawstyle="default", linewidth=1.8, label=f"{name} (AUC {auc:.4f})")
-    for ax in (full, zoom):
-        ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="chance")
-        ax.set(xlabel="false-positive rate", ylabel="true-positive rate")
-        ax.grid(alpha=0.3)
-    full.set(xlim=(0, 1), ylim=(0, 1.01), title="ROC curves (one class against the rest)")
-    zoom.set(xlim=(0, ZOOM_FPR), ylim=(_zoom_floor(probabilities, labels), 1.005),
-             title=f"Zoom: false-positive rate up to {ZOOM_FPR:.0%}")
-    full.legend(loc="lower right")
-    _save(figure, path)
-
-
-def _zoom_floor(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    """Lower y limit of the ROC zoom: just below the lowest true-positive rate reached at
-    ``ZOOM_FPR``, so a good model's curves fill the panel and a poor one's still show."""
-    lowest = 1.0
-    for c in range(probabilities.shape[1]):
-        positives = labels == c
-        if positives.all() or not positives.any():
-            continue
-        fpr, tpr = metrics.roc_curve(probabilities[:, c], positives)
-        lowest = min(lowest, float(tpr[np.searchsorted(fpr, ZOOM_FPR, side="right") - 1]))
-    return float(np.clip(np.floor(lowest * 20) / 20 - 0.05, 0.0, 0.95))
-
-
-def plot_reliability(before: np.ndarray, after: np.ndarray, labels: np.ndarray,
-                     temperature: float, path: Path) -> None:
-    """Reliability diagrams before (T = 1) and after temperature scaling, with counts."""
-    plt = _pyplot()
-    figure, axes = plt.subplots(2, 2, figsize=(11, 6.5), sharex=True,
-                                gridspec_kw={"height_ratios": [3, 1]})
-    for col, (probabilities, title) in enumerate(
-            ((before, "Before calibration (T = 1)"),
-             (after, f"After temperature scaling (T = {temperature:.3f})"))):
-        bins = metrics.reliability_bins(probabilities, labels)
-        ece = metrics.expected_calibration_error(probabilities, labels)
-        edges = bins["edges"]
-        centres, width = (edges[:-1] + edges[1:]) / 2, edges[1] - edges[0]
-        filled = bins["count"] > 0
-        top, bottom = axes[0, col], axes[1, col]
-        top.bar(centres[filled], bins["accuracy"][filled], width=width * 0.95,
-                edgecolor="black", color="#4c72b0", label="accuracy in bin")
-        top.bar(centres[filled], (bins["confidence"] - bins["accuracy"])[filled],
-                bottom=bins["accuracy"][filled], width=width * 0.95, color="#dd8452",
-                alpha=0.45, hatch="//", label="gap to confidence")
-        top.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
-        top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy", title=f"{title}: ECE {ece:.4f}")
-        top.legend(loc="upper left", fontsize=8)
-        top.grid(alpha=0.3)
-        bottom.bar(centres, bins["count"], width=width * 0.95, color="grey")
-        bottom.set(xlabel="confidence of the predicted class", ylabel="images", yscale="symlog")
-    _save(figure, path)
-
-
-def plot_history(history: list[dict[str, Any]], path: Path) -> None:
-    """Training and validation loss and accuracy per epoch (from ``history.json``), marked as
-    this report's own output; the figure is ``curves.plot_history``, the one ``train`` draws."""
-    from mri_tumor.curves import plot_history as draw_curves
-
-    draw_curves(history, path, metadata=_png_metadata())
-
-
 def write_training_curves(model_dir: Path | None, path: Path) -> str | None:
     """Copy the model run's ``curves.png`` or plot its ``history.json`` into ``path``.
 
@@ -233,39 +116,24 @@ def write_training_curves(model_dir: Path | None, path: Path) -> str | None:
         if isinstance(history, dict):  # {"sources": [...], "epochs": [...]} since multi-source
             history = history.get("epochs")
         if isinstance(history, list) and history and all(isinstance(r, dict) for r in history):
-            plot_history(history, path)
+            figures.plot_history(history, path, metadata=_png_metadata())
             return str(history_file)
     return None
 
 
-def plot_mistakes(mistakes: Sequence[Any], path: Path,
-                  display: Mapping[str, str] | None = None) -> None:
-    """Thumbnails of the worst mistakes with true label, prediction and confidence."""
-    plt = _pyplot()
-    columns = 4
-    rows = max(1, -(-len(mistakes) // columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(3.1 * columns, 3.5 * rows),
-                                squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, mistake in zip(axes.flat, mistakes, strict=False):
-        try:
-            image = read_image(mistake.path)
-            image.thumbnail((256, 256))
-            ax.imshow(np.asarray(image), cmap="gray", vmin=0, vmax=255)
-        except (ImageReadError, OSError):
-            ax.text(0.5, 0.5, "unreadable", ha="center", va="center")
-        true_name, predicted_name = _display([mistake.true_label, mistake.predicted_label],
-                                             display)
-        ax.set_title(f"true: {true_name}\npredicted: {predicted_name} "
-                     f"({mistake.confidence:.0%})\n{_shorten(mistake.relative_path, 34)}",
-                     fontsize=9)
-    figure.suptitle("Most confident mistakes", fontsize=12)
-    _save(figure, path, dpi=80)
+def _thumbnail(path: Path) -> np.ndarray | None:
+    """A mistake's picture for the gallery: at most 256 px a side, None when unreadable."""
+    try:
+        image = read_image(path)
+    except (ImageReadError, OSError):
+        return None
+    image.thumbnail((256, 256))
+    return np.asarray(image)
 
 
-def _shorten(text: str, width: int) -> str:
-    return text if len(text) <= width else "…" + text[-(width - 1):]
+def _display(names: Sequence[str], display: Mapping[str, str] | None) -> list[str]:
+    """Class names as the model card shows them to people."""
+    return [(display or {}).get(name, name) for name in names]
 
 
 # -- tables --------------------------------------------------------------------------------
@@ -388,7 +256,7 @@ def _shortcut_sentence(evaluation: Evaluation) -> str | None:
 
 
 def _shift_line(evaluation: Evaluation) -> str:
-    from mri_tumor.evaluation import SHIFT_RULE  # the rule's wording lives with the rule
+    from mri_tumor.evaluation.shift import SHIFT_RULE  # the rule's wording lives with the rule
 
     checks = evaluation.shift
     if not checks:
@@ -551,11 +419,12 @@ def write_report(evaluation: Evaluation, out: Path) -> Path:
     written = {REPORT_FILE, PREDICTIONS_FILE}
     calibrated, uncalibrated = evaluation.probabilities(), evaluation.probabilities(False)
 
-    plot_confusion_matrix(np.array(m["confusion_matrix"]), names, out / CONFUSION_FIGURE,
-                          f"Confusion matrix, all {m['n']} images", shown)
-    plot_roc_curves(calibrated, scored.labels, names, out / ROC_FIGURE, shown)
-    plot_reliability(uncalibrated, calibrated, scored.labels, evaluation.temperature,
-                     out / RELIABILITY_FIGURE)
+    mark = _png_metadata()
+    figures.plot_confusion_matrix(np.array(m["confusion_matrix"]), names, out / CONFUSION_FIGURE,
+                                  f"Confusion matrix, all {m['n']} images", shown, mark)
+    figures.plot_roc_curves(calibrated, scored.labels, names, out / ROC_FIGURE, shown, mark)
+    figures.plot_reliability(uncalibrated, calibrated, scored.labels, evaluation.temperature,
+                             out / RELIABILITY_FIGURE, mark)
     written |= {CONFUSION_FIGURE, ROC_FIGURE, RELIABILITY_FIGURE}
     _write_predictions(evaluation, out / PREDICTIONS_FILE)
 
@@ -647,7 +516,8 @@ def write_report(evaluation: Evaluation, out: Path) -> Path:
     mistakes = evaluation.worst_mistakes(MAX_GALLERY)
     lines += ["## Worst mistakes", ""]
     if mistakes:
-        plot_mistakes(mistakes, out / MISTAKES_FIGURE, shown)
+        figures.plot_mistakes(mistakes, [_thumbnail(x.path) for x in mistakes],
+                              out / MISTAKES_FIGURE, shown, _png_metadata())
         written.add(MISTAKES_FIGURE)
         wrong = int((evaluation.predicted != scored.labels).sum())
         lines += [f"The {len(mistakes)} most confident of {wrong} mistakes:", "",
@@ -698,9 +568,10 @@ def _leak_section(evaluation: Evaluation, out: Path, written: set[str]) -> list[
              "memorised:", ""]
     if leak_free["n"]:
         lines += _metrics_section(leak_free, names, shown)
-        plot_confusion_matrix(np.array(leak_free["confusion_matrix"]), names,
-                              out / CONFUSION_LEAK_FREE_FIGURE,
-                              f"Confusion matrix, {leak_free['n']} leak-free images", shown)
+        figures.plot_confusion_matrix(np.array(leak_free["confusion_matrix"]), names,
+                                      out / CONFUSION_LEAK_FREE_FIGURE,
+                                      f"Confusion matrix, {leak_free['n']} leak-free images",
+                                      shown, _png_metadata())
         written.add(CONFUSION_LEAK_FREE_FIGURE)
         lines += [f"![Confusion matrix, leak-free images]({CONFUSION_LEAK_FREE_FIGURE})", ""]
     else:
@@ -712,7 +583,7 @@ def _leak_section(evaluation: Evaluation, out: Path, written: set[str]) -> list[
             if found and len(table) <= MAX_LISTED_DUPLICATES:
                 more = f" (+{len(found) - 1} more)" if len(found) > 1 else ""
                 table.append([f"`{relative}`", f"`{found[0].train_path}`{more}", found[0].kind])
-        shown = len(table) - 1
-        lines += [f"Duplicates found ({shown} of {int(leaked.sum())} listed; all are in "
+        listed = len(table) - 1
+        lines += [f"Duplicates found ({listed} of {int(leaked.sum())} listed; all are in "
                   f"`{PREDICTIONS_FILE}`):", "", render_table(table, markdown=True), ""]
     return lines

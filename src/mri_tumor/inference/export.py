@@ -16,7 +16,9 @@ import torch
 from torch import nn
 
 from mri_tumor.card import ModelCard
-from mri_tumor.ood import OODGuard
+from mri_tumor.models.factory import channels_last
+from mri_tumor.models.network import Network, network_outputs
+from mri_tumor.models.ood import OODGuard
 
 
 class InferenceGraph(nn.Module):
@@ -24,29 +26,28 @@ class InferenceGraph(nn.Module):
     ood_score][, sequence_logits]). The torch backend runs this module and the ONNX export
     is this module, so both compute the same things."""
 
-    def __init__(self, model: nn.Module, guard: OODGuard | None) -> None:
+    def __init__(self, model: Network, guard: OODGuard | None) -> None:
         super().__init__()
         self.model = model
         self.score = guard.module() if guard is not None else None
-        self.has_sequence = getattr(model, "_fc_sequence", None) is not None
+        self.has_sequence = model.num_sequences > 0
         self.output_names = ["logits", "features"] + (["ood_score"] if self.score else []) + (
             ["sequence_logits"] if self.has_sequence else [])
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        features = self.model.pool_features(self.model.feature_maps(pixels))
-        outputs = [self.model.classify(features), features]
+        features, logits, sequence_logits = network_outputs(self.model, pixels)
+        outputs = [logits, features]
         if self.score is not None:
             outputs.append(self.score(features))
-        if self.has_sequence:
-            outputs.append(self.model.classify_sequence(features))
+        if sequence_logits is not None:
+            outputs.append(sequence_logits)
         return tuple(outputs)
 
 
-def export_onnx(model: nn.Module, card: ModelCard, path: Path,
+def export_onnx(model: Network, card: ModelCard, path: Path,
                 guard: OODGuard | None = None) -> Path:
     """Write an fp32 ONNX graph with a dynamic batch axis (with the guard's score if given)."""
-    graph = InferenceGraph(model.eval().float().to(memory_format=torch.contiguous_format),
-                           guard).eval()
+    graph = InferenceGraph(channels_last(model.eval().float(), on=False), guard).eval()
     outputs = graph.output_names
     example = torch.zeros(1, card.input_channels, card.image_size, card.image_size)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -103,3 +104,4 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: torch.Tensor) ->
                     per_channel=True, nodes_to_exclude=_guard_nodes(prepared))
     prepared.unlink(missing_ok=True)
     return out_path
+

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from mri_tumor.data.folders import PATIENT_TUMOUR_CLASS, source_name
 from mri_tumor.data.patients import SLICE_FILE, is_patient_layout, patient_slices
 from mri_tumor.data.reading import Frame, read_frames, stack_series
 from mri_tumor.data.volume import Volume, axial_slices, is_nifti_name
-from mri_tumor.scans import ScanRule, summarise_scan
+from mri_tumor.inference.scans import ScanRule, summarise_scan
 
 CLEAR, TUMOUR, NEAR = "clear", "tumour", "near"
 # Slices in the outer tenth of a stack at either end are "outer" (skull cap, skull base).
@@ -85,7 +86,7 @@ def patient_cases(root: Path, normal_label: str) -> list[ScanCase]:
             paths = [p for _, p in items]
             cases.append(ScanCase(name, tumour_label or normal_label, sequence, source,
                                   patient_dir.name,
-                                  lambda paths=paths, name=name: _stack_frames(paths, name),
+                                  partial(_stack_frames, paths, name),
                                   labels, len(items)))
     return cases
 
@@ -100,13 +101,12 @@ def class_folder_cases(root: Path) -> list[ScanCase]:
                 stem = scan.name.split(".")[0]
                 cases.append(ScanCase(str(scan), class_dir.name, "", source,
                                       f"{class_dir.name}/{stem}",
-                                      lambda scan=scan: read_frames(scan)))
+                                      partial(read_frames, scan)))
             elif scan.is_dir():
                 files = sorted(p for p in scan.iterdir() if p.is_file())
                 cases.append(ScanCase(str(scan), class_dir.name, "", source,
                                       f"{class_dir.name}/{scan.name}",
-                                      lambda files=files: stack_series(
-                                          [f for p in files for f in read_frames(p)])))
+                                      partial(_series_frames, files)))
     return cases
 
 
@@ -254,3 +254,8 @@ def format_scan_metrics(metrics: dict[str, Any]) -> str:
                      f"{row['tumour_presence_auc']}; refused central "
                      f"{show(row['refused_central'])}, outer {show(row['refused_outer'])}")
     return "\n".join(lines)
+
+
+def _series_frames(files: list[Path]) -> list[Frame]:
+    """The frames of a folder of DICOM files, stacked into their series."""
+    return stack_series([frame for path in files for frame in read_frames(path)])

@@ -14,7 +14,7 @@ import streamlit as st
 from mri_tumor.card import DISCLAIMER, ModelCard
 from mri_tumor.data.reading import looks_like_dicom_bytes
 from mri_tumor.data.volume import is_nifti_name, looks_like_nifti_bytes
-from mri_tumor.frontend import format_probability
+from mri_tumor.presentation import format_probability
 
 if TYPE_CHECKING:
     from mri_tumor.data.reading import Frame
@@ -36,19 +36,13 @@ def analyse_scans(predictor: Predictor, uploads: Sequence[tuple[str, bytes]],
     """Decode the uploads together (the files of one DICOM series form one scan), predict
     every slice and summarise each scan: ``(prediction, frame or None, is a key slice)``
     per result, and the scan summaries."""
-    from mri_tumor.inference import Prediction, assemble_scans, decode
-    from mri_tumor.scans import scan_summaries
+    from mri_tumor.inference import Prediction
+    from mri_tumor.inference.scans import scan_summaries
 
-    decoded: list[Any] = []
-    for name, data in uploads:
-        item = decode(data, name, predictor.name)
-        decoded.extend([item] if isinstance(item, Prediction) else item)
-    ordered = assemble_scans(decoded)
-    frames = [item for item in ordered if not isinstance(item, Prediction)]
-    predicted = iter([p for start in range(0, len(frames), batch)
-                      for p in predictor.predict_frames(frames[start:start + batch])])
-    pairs = [(item, None) if isinstance(item, Prediction) else (next(predicted), item)
-             for item in ordered]
+    ordered = predictor.decode_all([data for _, data in uploads], [name for name, _ in uploads])
+    pairs = [(prediction, None if isinstance(item, Prediction) else item)
+             for prediction, item in zip(predictor.predict_items(ordered, batch), ordered,
+                                         strict=True)]
     summaries = scan_summaries([p for p, _ in pairs], predictor.card)
     keys = {(s["series"], k) for s in summaries if s["status"] == "ok" for k in s["key_slices"]}
     return [(p, f, (p.series, p.slice_index) in keys or (p.series, p.path) in keys)
@@ -60,7 +54,7 @@ def render_scan(summary: dict[str, Any], items: Sequence[Any], card: ModelCard,
     """One scan's card: answer, tumour probability along the stack, key slices with their
     Grad-CAM (``items``: the app's analysed images), and every slice folded away;
     ``render_item`` draws one slice's card, ``plain`` escapes text for markdown."""
-    from mri_tumor.explain import overlay
+    from mri_tumor.explain.gradcam import overlay
 
     members = [i for i in items if i.prediction.series == summary["series"]]
     with st.container(border=True):

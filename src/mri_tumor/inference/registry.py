@@ -8,7 +8,7 @@ HOME is ``$MRI_TUMOR_HOME``, else ``$XDG_DATA_HOME/mri-tumor``, else
 ``~/.local/share/mri-tumor``. A registered model is a copy of the model folder's files
 (card, weights, split, history, curves; not its ``checkpoints/`` or ``tensorboard/``
 folders), made in a hidden temporary folder and renamed into place, so a name always
-holds a complete model. ``card.resolve_model`` finds registered names after the shipped
+holds a complete model. ``model_folder.resolve_model`` finds registered names after the shipped
 ones and before folders. Research tool, not a diagnosis.
 """
 
@@ -20,13 +20,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from mri_tumor.card import (
-    CARD_FILE,
+from mri_tumor.card import CARD_FILE, WEIGHTS_FILE, ModelCard
+from mri_tumor.inference.model_folder import (
     MODEL_NAME_PATTERN,
     REGISTERED_DIR,
     SHIPPED_MODELS,
-    WEIGHTS_FILE,
-    ModelCard,
+    load_served,
     registered_model_names,
     registry_home,
 )
@@ -72,10 +71,8 @@ def validate(model_dir: Path) -> ModelCard:
         raise ValueError(f"{model_dir}: not a model folder (no {CARD_FILE})")
     if not (model_dir / WEIGHTS_FILE).is_file():
         raise ValueError(f"{model_dir}: not a model folder (no {WEIGHTS_FILE})")
-    from mri_tumor.models import load_model
-
     try:
-        _, card, _ = load_model(model_dir)
+        _, card, _ = load_served(model_dir)
     except FileNotFoundError as error:
         raise ValueError(f"{model_dir}: cannot load the model ({error})") from None
     return card

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from mri_tumor.calibration import MIN_SOURCE_IMAGES
+from mri_tumor.models.calibration import MIN_SOURCE_IMAGES
 
 # Fraction of held-out brain MRI slices the guard may reject; the threshold is set there.
 DEFAULT_REJECT_RATE = 0.005
@@ -113,6 +113,12 @@ def mahalanobis_module(class_means: np.ndarray, whitening: np.ndarray,
     from torch import nn
 
     class _MahalanobisScore(nn.Module):
+        whitening: torch.Tensor
+        projected_means: torch.Tensor
+        refusal_weight: torch.Tensor
+        refusal_offset: torch.Tensor
+        refusal_scale: torch.Tensor
+
         def __init__(self) -> None:
             super().__init__()
             w = torch.from_numpy(np.ascontiguousarray(whitening, np.float32))

@@ -125,7 +125,7 @@ def summarise_scan(slices: Sequence[Any], refused: int, rule: ScanRule,
     tumour_columns = [i for i, n in enumerate(names) if n != normal_class]
     curve = (1 - matrix[:, names.index(normal_class)] if normal_class in names
              else matrix.max(axis=1))
-    statistic, start = window_statistic(curve, rule.window)
+    statistic, start = window_statistic(curve.tolist(), rule.window)
     key = list(range(start, min(start + rule.window, len(slices))))
     p_tumour = rule.probability(statistic) if normal_class in names else statistic
     called = [names[tumour_columns[int(np.argmax(row[tumour_columns]))]]

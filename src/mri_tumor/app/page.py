@@ -24,28 +24,29 @@ import logging
 import math
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import streamlit as st
 from PIL import Image
 
-from mri_tumor.card import DISCLAIMER, SHIPPED_MODELS, ModelCard, resolve_model
+from mri_tumor.card import DISCLAIMER, ModelCard
 from mri_tumor.data.reading import MAX_UPLOAD_BYTES, MAX_UPLOAD_MB, too_large_message
 from mri_tumor.data.site import site_data_dir, store_confirmed_case
 from mri_tumor.data.volume import MIN_VOLUME_SLICES
-from mri_tumor.frontend import format_probability, format_sequence
+from mri_tumor.inference.model_folder import SHIPPED_MODELS, resolve_model
+from mri_tumor.presentation import format_probability, format_sequence
 
 if TYPE_CHECKING:
     from mri_tumor.inference import Prediction, Predictor
 
 DISPLAY_SIZE = 640  # longest side of the copy that is shown (and heat-mapped) on the page
 FRAME_BATCH = 32
-SAMPLES_DIR = Path(__file__).with_name("samples")
+SAMPLES_DIR = Path(__file__).parents[1] / "samples"
 NOT_MRI_TEXT = "This does not look like a brain MRI slice."
 UPLOAD_HELP = (f"JPG, PNG, BMP, TIFF, DICOM (.dcm), NIfTI (.nii, .nii.gz) or a zip of a study, "
                f"up to {MAX_UPLOAD_MB} MB each. Select several files at once; the DICOM files "
@@ -84,13 +85,10 @@ def analyse_upload(predictor: Predictor, name: str, data: bytes) -> list[Analyse
     decoded = decode(data, name, predictor.name)
     if isinstance(decoded, Prediction):
         return [AnalysedImage(decoded)]
-    results: list[AnalysedImage] = []
     try:
-        for start in range(0, len(decoded), FRAME_BATCH):
-            chunk = decoded[start:start + FRAME_BATCH]
-            for index, (frame, prediction) in enumerate(
-                    zip(chunk, predictor.predict_frames(chunk), strict=True), start=start):
-                results.append(_with_pictures(predictor, frame.image, prediction, index))
+        predictions = predictor.predict_items(decoded, FRAME_BATCH)
+        results = [_with_pictures(predictor, frame.image, prediction, index) for index,
+                   (frame, prediction) in enumerate(zip(decoded, predictions, strict=True))]
     except MemoryError:
         return [AnalysedImage(Prediction(name, ERROR, message=(
             f"{name}: too large to analyse in the memory available")))]
@@ -103,7 +101,7 @@ def analyse_upload(predictor: Predictor, name: str, data: bytes) -> list[Analyse
 
 def _with_pictures(predictor: Predictor, image: Image.Image, prediction: Prediction,
                    frame: int = 0) -> AnalysedImage:
-    from mri_tumor.explain import gradcam
+    from mri_tumor.explain.gradcam import gradcam
     from mri_tumor.inference import OK
 
     shown = image.copy()
@@ -155,7 +153,7 @@ def results_csv(items: Sequence[AnalysedImage], card: ModelCard) -> str:
     """CSV of all results (the columns of ``mri-tumor predict --csv``: one ``p_<class>``
     column per class of the model's card; ``sequence`` and ``p_sequence_<name>`` columns for
     a model with a sequence head), one row per item."""
-    from mri_tumor.frontend import format_results
+    from mri_tumor.presentation import format_results
 
     return format_results([item.prediction for item in items], "csv", card)
 
@@ -227,9 +225,9 @@ def _model_dir_from_argv(argv: Sequence[str]) -> str | None:
 @st.cache_resource(show_spinner="Loading the model…")
 def _predictor(model: str) -> Predictor:
     # Cached per model (a shipped model's name or a folder), shared by every browser tab.
-    from mri_tumor.frontend import load_predictor
+    from mri_tumor.inference import Predictor
 
-    return load_predictor(model)
+    return Predictor.load(model)
 
 
 def _select_model(choices: dict[str, ModelChoice], given: str | None) -> str:
@@ -310,7 +308,7 @@ def _examples(card: ModelCard) -> list[tuple[str, bytes]]:
 
 def _render_result(item: AnalysedImage, card: ModelCard, show_heatmap: bool,
                    opacity: float, site_dir: Path | None = None, key: str = "result") -> None:
-    from mri_tumor.explain import overlay
+    from mri_tumor.explain.gradcam import overlay
 
     p = item.prediction
     with st.container(border=True):
@@ -433,8 +431,8 @@ def _probability_chart(p: Prediction, card: ModelCard) -> dict:
 
 def _render_results(items: list[AnalysedImage], card: ModelCard,
                     site_dir: Path | None = None, key: str = "result") -> None:
-    from mri_tumor.frontend import scan_line
-    from mri_tumor.scans import scan_summaries
+    from mri_tumor.inference.scans import scan_summaries
+    from mri_tumor.presentation import scan_line
 
     counts = {status: sum(1 for i in items if i.prediction.status == status)
               for status in RESULT_NAMES}
@@ -451,7 +449,7 @@ def _render_results(items: list[AnalysedImage], card: ModelCard,
     notes = [str(row["Note"]) for row in rows]
     # Probabilities are texts, the same as on the result cards ("> 99.9%", never "100.0%").
     # The Note column is wide when there is a note, and its lines wrap (note_row_height).
-    columns: dict[str, object] = {
+    columns: dict[str, Any] = {
         "File": st.column_config.TextColumn(width="medium"),
         "Confidence": st.column_config.TextColumn(
             help="Calibrated probability of the predicted class"),
@@ -486,7 +484,7 @@ def _heatmap_controls() -> tuple[bool, float]:
 @st.cache_resource(max_entries=4, show_spinner=False)
 def _analyse_scans_cached(_predictor: Predictor, model_key: str,
                           uploads: list[tuple[str, bytes]]):
-    from mri_tumor.app_scans import analyse_scans
+    from mri_tumor.app.scans import analyse_scans
 
     analysed, summaries = analyse_scans(_predictor, uploads)
     items = []
@@ -531,7 +529,7 @@ def main() -> None:
     # Results are cached per model too: the same upload gives other classes on another one.
     model_key = (f"{predictor.name}|{predictor.model_dir}|{predictor.card.version}|"
                  f"{predictor.card.created}")
-    from mri_tumor.app_scans import is_scan_upload, render_scan
+    from mri_tumor.app.scans import is_scan_upload, render_scan
 
     scan_inputs = [(n, d) for n, d in inputs
                    if len(d) <= MAX_UPLOAD_BYTES and is_scan_upload(n, d)]
@@ -563,7 +561,7 @@ def main() -> None:
     _render_results(items, predictor.card, site_data_dir(), f"site-{predictor.name}")
 
 
-def _upload_name(path: str, names: dict[str, object]) -> str:
+def _upload_name(path: str, names: Mapping[str, object]) -> str:
     """The upload a result comes from: its path, or its path without the "#frame" part."""
     return path if path in names else path.rsplit("#", 1)[0]
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import bootstrap
 
+from mri_tumor.evaluation.report import PREDICTIONS_FILE
 from mri_tumor.metrics import expected_calibration_error
-from mri_tumor.report import PREDICTIONS_FILE
 
 ALL_IMAGES = "all"
 

@@ -1,0 +1,187 @@
+"""The predictor: a loaded model (card + backend) and the one batching loop that turns decoded
+frames into predictions. Every front end and evaluation go through it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mri_tumor.card import DISCLAIMER, ModelCard
+from mri_tumor.data.preprocess import PreprocessSpec, normalize_array, to_model_pixels
+from mri_tumor.data.reading import (
+    Frame,
+    ImageSource,
+)
+from mri_tumor.inference.backends import BACKENDS, DEFAULT_BACKEND, OnnxBackend, TorchBackend
+from mri_tumor.inference.decode import assemble_scans, decode, default_name
+from mri_tumor.inference.model_folder import resolve_model
+from mri_tumor.inference.results import BLANK_MESSAGE, NOT_MRI_MESSAGE, OK, REJECTED, Prediction
+from mri_tumor.models.calibration import softmax
+from mri_tumor.models.ood import OODGuard
+
+# Frames per network call: on 2 cores batches of 8 ran faster than 32 or 64 (better cache
+# use) and keep activation memory small; ``predict``'s batch_size only groups the decoding.
+NETWORK_BATCH = 8
+
+
+# Frames whose pixels, at the model's input size, vary less than this (standard deviation in
+# 8-bit grey levels) are blank: a network can still give them a confident class, and the
+# feature-space guard alone let a uniform grey image through. Brain slices vary by tens.
+BLANK_MAX_STD = 2.0
+
+
+class Predictor:
+    """A loaded model (its card and a backend) plus everything needed to turn inputs into
+    predictions. Every front end and evaluation go through it."""
+
+    def __init__(self, card: ModelCard, backend: TorchBackend | OnnxBackend,
+                 model_dir: Path | None = None, name: str | None = None) -> None:
+        self.card = card
+        # The model's name in results: a shipped model's name, or its folder's name.
+        self.name = name or (Path(model_dir).resolve().name if model_dir else "model")
+        self.backend = backend
+        # Scores above this are rejected as not a brain MRI (None: the model has no guard).
+        self.ood_threshold = backend.ood_threshold
+        self.model_dir = model_dir
+        self.spec = PreprocessSpec.from_card(card)
+        self.class_names = list(card.class_names)
+        self.disclaimer = DISCLAIMER
+
+    @property
+    def model(self) -> Any:
+        """The torch network (torch backend only), e.g. for Grad-CAM."""
+        return self.backend.model
+
+    @property
+    def guard(self) -> OODGuard | None:
+        """The torch guard (torch backend only; the ONNX graph computes the score itself)."""
+        return getattr(self.backend, "guard", None)
+
+    @classmethod
+    def load(cls, model: str | Path | None = None, backend: str = DEFAULT_BACKEND,
+             threads: int | None = None) -> Predictor:
+        """Load a shipped model by name (``default``, ``types``) or a model folder (default:
+        the default shipped model) for the torch or onnx backend."""
+        name, directory = resolve_model(model)
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; use {' or '.join(BACKENDS)}")
+        threads = threads or min(4, len(os.sched_getaffinity(0)))
+        loaded, card = BACKENDS[backend].load(directory, threads)
+        return cls(card, loaded, directory, name)
+
+    # -- the pipeline: inputs -> frames -> pixels -> (logits, features) -> results -----------
+    def predict(self, inputs: Sequence[ImageSource], names: Sequence[str] | None = None,
+                batch_size: int = 32) -> list[Prediction]:
+        """Predict every input; a bad input gives an ``error`` result (a non-MR DICOM file a
+        ``rejected`` one), never an exception.
+
+        ``names`` labels inputs that have no path (bytes, arrays, PIL images).
+        """
+        return self.predict_items(self.decode_all(inputs, names), batch_size)
+
+    def decode_all(self, inputs: Sequence[ImageSource],
+                   names: Sequence[str] | None = None) -> list[Prediction | Frame]:
+        """The inputs decoded the one way (``decode``), in order, with the files of each DICOM
+        series stacked into one scan: frames, and results for inputs that gave none."""
+        items: list[Prediction | Frame] = []
+        for index, source in enumerate(inputs):
+            name = names[index] if names else default_name(source, index)
+            decoded = decode(source, name, self.name)
+            items.extend([decoded] if isinstance(decoded, Prediction) else decoded)
+        return assemble_scans(items)
+
+    def predict_items(self, items: Sequence[Prediction | Frame], batch_size: int = 32,
+                      predict_frames: Callable[[list[Frame]], list[Prediction]] | None = None,
+                      ) -> list[Prediction]:
+        """The one batching loop: one result per decoded item, in order. Results (inputs that
+        gave no frame) pass through; frames are predicted ``batch_size`` at a time, by
+        ``predict_frames`` when given (the API's queue retries a failed batch frame by frame)."""
+        run = predict_frames or self.predict_frames
+        frames = [item for item in items if not isinstance(item, Prediction)]
+        predicted = iter([prediction for start in range(0, len(frames), batch_size)
+                          for prediction in run(frames[start:start + batch_size])])
+        return [item if isinstance(item, Prediction) else next(predicted) for item in items]
+
+    def predict_frames(self, frames: Sequence[Frame]) -> list[Prediction]:
+        """Predict already-decoded grayscale frames as one batch."""
+        if not frames:
+            return []
+        pixels = np.stack([to_model_pixels(f.image, self.spec.image_size) for f in frames])
+        outputs = self.network_outputs(pixels)
+        probabilities = softmax(outputs["logits"], self.card.temperature)
+        sequences = outputs.get("sequence_logits")
+        if sequences is not None:
+            sequences = softmax(sequences, self.card.sequence_temperature)
+        blank = pixels.reshape(len(pixels), -1).std(axis=1) < BLANK_MAX_STD
+        return [self._result(frame, probabilities[i], float(outputs["ood_score"][i]),
+                             bool(blank[i]), None if sequences is None else sequences[i])
+                for i, frame in enumerate(frames)]
+
+    def forward(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """uint8 (B, H, W) pixels -> logits, pooled features and out-of-distribution scores
+        (NaN without a guard), as numpy arrays."""
+        outputs = self.network_outputs(pixels)
+        return outputs["logits"], outputs["features"], outputs["ood_score"]
+
+    def network_outputs(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        """uint8 (B, H, W) pixels -> every output of the network by name: ``logits``,
+        ``features``, ``ood_score`` (NaN without a guard) and, for a model with a sequence
+        head, ``sequence_logits``."""
+        parts = [self.backend.run(normalize_array(pixels[start:start + NETWORK_BATCH],
+                                                  self.spec))
+                 for start in range(0, len(pixels), NETWORK_BATCH)]
+        outputs = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+        if "ood_score" not in outputs:  # a model without a guard
+            outputs["ood_score"] = np.full(len(pixels), np.nan)
+        outputs["ood_score"] = outputs["ood_score"].astype(np.float64)
+        return outputs
+
+    def _result(self, frame: Frame, probs: np.ndarray, score: float,
+                blank: bool = False, sequence_probs: np.ndarray | None = None) -> Prediction:
+        common: dict[str, Any] = {
+            "path": frame.name, "series": frame.series, "instance": frame.instance,
+            "ood_score": None if np.isnan(score) else round(score, 4), "model": self.name,
+            "slice_index": frame.slice_index, "scan": frame.scan, "note": frame.note}
+        if blank:
+            return Prediction(status=REJECTED, message=BLANK_MESSAGE, **common)
+        if self.ood_threshold is not None and score > self.ood_threshold:
+            return Prediction(status=REJECTED, message=NOT_MRI_MESSAGE, **common)
+        index = int(np.argmax(probs))
+        confidence = float(probs[index])
+        message = ""
+        if confidence < self.card.low_confidence_threshold:
+            message = unsure_message(confidence, self.card)
+        return Prediction(
+            status=OK, label=self.class_names[index], confidence=round(confidence, 4),
+            display_label=self.card.display_name(self.class_names[index]),
+            probabilities={n: round(float(p), 4) for n, p in zip(self.class_names, probs,
+                                                                  strict=True)},
+            message=message, **common, **self._sequence(sequence_probs))
+
+    def _sequence(self, probs: np.ndarray | None) -> dict[str, Any]:
+        """The ``sequence`` fields of a result (none for a model without a sequence head)."""
+        if probs is None:
+            return {}
+        names = self.card.sequence_names
+        return {"sequence": names[int(np.argmax(probs))],
+                "sequence_probabilities": {n: round(float(p), 4)
+                                           for n, p in zip(names, probs, strict=True)}}
+
+
+def unsure_message(confidence: float, card: ModelCard) -> str:
+    """The note on an answer below the card's low-confidence threshold, saying what the
+    threshold means on the model's calibrated validation data when the card records it."""
+    threshold = card.low_confidence_threshold
+    measured = card.metrics.low_confidence
+    if measured is not None and measured.accuracy_below is not None:
+        meaning = (f"on the model's validation images, answers below {threshold:.0%} "
+                   f"confidence were right {measured.accuracy_below:.0%} of the time "
+                   f"({measured.n_below} images)")
+    else:
+        meaning = f"below this model's {threshold:.0%} threshold"
+    return (f"Unsure ({confidence:.0%} confidence): {meaning}. Review this image with "
+            "particular care.")

@@ -1,0 +1,65 @@
+"""What the predictor answers: one ``Prediction`` per 2-D slice, with its status, calibrated
+confidence, probabilities and out-of-distribution score. Research tool, not a diagnosis."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Status(StrEnum):
+    """What became of an input: classified, refused as not a brain MRI, or unreadable."""
+
+    OK = "ok"
+    REJECTED = "rejected"  # not a brain MRI slice (by its pixels or its DICOM header)
+    ERROR = "error"  # unreadable
+
+
+OK, REJECTED, ERROR = Status.OK, Status.REJECTED, Status.ERROR
+
+
+RESULT_KEYS = ("path", "status", "label", "confidence", "probabilities", "ood_score", "message",
+               "model")
+
+
+# Results of a model with a sequence head also carry these.
+SEQUENCE_KEYS = ("sequence", "sequence_probabilities")
+
+
+NOT_MRI_MESSAGE = "This does not look like a brain MRI slice; no tumour class is given."
+
+
+BLANK_MESSAGE = ("This image is blank (almost one grey level), so it does not look like a brain "
+                 "MRI slice; no tumour class is given.")
+
+
+@dataclass
+class Prediction:
+    """The result for one image (or one frame of a multi-frame DICOM file)."""
+
+    path: str
+    status: Status
+    label: str | None = None
+    confidence: float | None = None  # calibrated probability of ``label``
+    probabilities: dict[str, float] | None = None
+    ood_score: float | None = None  # higher = less like the training MRIs
+    message: str = ""
+    series: str | None = field(default=None, repr=False)  # opaque DICOM series key
+    instance: int | None = field(default=None, repr=False)
+    display_label: str | None = field(default=None, repr=False)  # ``label`` as the card shows it
+    model: str | None = None  # the name of the model that gave it
+    sequence: str | None = None  # MR sequence (models with a sequence head)
+    sequence_probabilities: dict[str, float] | None = None
+    slice_index: int | None = None  # position in its scan's axial stack (volumes, series)
+    scan: str | None = field(default=None, repr=False)  # the scan, as the user named it
+    note: str = field(default="", repr=False)  # about the scan, for its summary
+    by_header: bool = field(default=False, repr=False)  # refused by its DICOM header
+
+    def to_dict(self) -> dict[str, Any]:
+        """The public result: ``RESULT_KEYS``, plus ``SEQUENCE_KEYS`` when it names a
+        sequence (what the CLI and API emit)."""
+        keys = RESULT_KEYS + (SEQUENCE_KEYS if self.sequence is not None else ())
+        if self.slice_index is not None:
+            keys += ("slice_index",)
+        return {key: getattr(self, key) for key in keys}
