@@ -161,3 +161,36 @@ def test_cli_rejects_non_mr_dicom_and_exits_0(tmp_path: Path, fixture_paths: lis
     assert main(["predict", files[0]]) == 0
     table = capsys.readouterr().out
     assert "rejected" in table and "DICOM Modality is CT" in table
+
+
+@pytest.mark.parametrize(("attributes", "keyword", "part"), [
+    ({"BodyPartExamined": "LSPINE"}, "BodyPartExamined", "lumbar spine"),
+    ({"BodyPartExamined": "SHOULDER"}, "BodyPartExamined", "shoulder"),
+    ({"SeriesDescription": "SAG T2 L-SPINE Patient Doe"}, "SeriesDescription", "lumbar spine"),
+    ({"StudyDescription": "MRI KNEE LEFT"}, "StudyDescription", "knee"),
+])
+def test_an_mr_header_naming_another_body_part_is_refused_naming_it(
+        tmp_path: Path, slice_pixels: np.ndarray, attributes: dict, keyword: str,
+        part: str) -> None:
+    path = make_dicom(slice_pixels, tmp_path / "slice.dcm", attributes=attributes)
+    with pytest.raises(NotMRIError) as refused:
+        read_frames(path, "slice.dcm")
+    message = str(refused.value)
+    assert message.startswith(f"slice.dcm: the DICOM header ({keyword}) says this MRI shows "
+                              f"the {part}, not the brain")
+    assert "Doe" not in message and "\n" not in message  # the header's own text is not echoed
+    assert refused.value.series  # one refusal for the whole series
+
+
+@pytest.mark.parametrize("attributes", [
+    {"BodyPartExamined": "BRAIN", "SeriesDescription": "KNEE"},  # the body part code decides
+    {"BodyPartExamined": "HEAD"}, {"SeriesDescription": "AX T2 FLAIR"},
+    {"StudyDescription": "MRI BRAIN AND C-SPINE"},  # the brain is in view too
+    {"SeriesDescription": "HIPPOCAMPUS CORONAL"},  # a word that only starts like a part
+    {},
+])
+def test_a_header_naming_the_brain_or_no_part_leaves_it_to_the_content(
+        tmp_path: Path, slice_pixels: np.ndarray, attributes: dict) -> None:
+    path = make_dicom(slice_pixels, tmp_path / "slice.dcm", attributes=attributes)
+    [frame] = read_frames(path)
+    assert frame.image.size == (slice_pixels.shape[1], slice_pixels.shape[0])

@@ -65,6 +65,7 @@ def read_dicom(data: bytes, name: str, force: bool = False,
     if not any_modality:
         try:
             check_modality(modality, name)
+            check_body_part(dataset, name, modality)
         except NotMRIError as error:
             error.series = series
             raise
@@ -157,6 +158,51 @@ def check_modality(code: str, name: str) -> None:
     shown = f"{code} ({meaning})" if meaning else code
     raise NotMRIError(f"{name}: DICOM Modality is {shown}, not MR; this model reads brain MRI "
                       "only, so no tumour class is given.", code)
+
+
+# Body parts a header may name that are not the brain (BodyPartExamined codes of PS3.16 Annex L
+# and the words protocols use in series and study descriptions), each with the name shown.
+OTHER_BODY_PARTS = {
+    "SPINE": "spine", "CSPINE": "cervical spine", "TSPINE": "thoracic spine",
+    "LSPINE": "lumbar spine", "SSPINE": "sacral spine", "LUMBAR": "lumbar spine",
+    "CERVICAL": "cervical spine", "THORACIC": "thoracic spine", "SACRUM": "sacrum",
+    "CHEST": "chest", "THORAX": "chest", "LUNG": "lung", "BREAST": "breast", "HEART": "heart",
+    "CARDIAC": "heart", "ABDOMEN": "abdomen", "LIVER": "liver", "KIDNEY": "kidney",
+    "PANCREAS": "pancreas", "PELVIS": "pelvis", "PROSTATE": "prostate", "UTERUS": "uterus",
+    "SHOULDER": "shoulder", "ELBOW": "elbow", "WRIST": "wrist", "HAND": "hand", "HIP": "hip",
+    "KNEE": "knee", "ANKLE": "ankle", "FOOT": "foot", "ARM": "arm", "LEG": "leg",
+    "EXTREMITY": "extremity", "THIGH": "thigh",
+}
+# Words that put the brain in view: a description naming one of these and another part
+# ("BRAIN C-SPINE") is left to the content.
+BRAIN_WORDS = {"BRAIN", "HEAD", "HEADNECK", "SKULL", "CEREBRUM", "CRANIUM", "NEURO", "ORBIT",
+               "PITUITARY", "SELLA", "IAC", "STROKE", "CEREBRAL", "HEADANDNECK"}
+
+
+def _words(text: str) -> set[str]:
+    """The words of a header text, upper case, with "L-SPINE" read as LSPINE."""
+    joined = re.sub(r"\b([CTLS])[-_ ]SPINE\b", r"\1SPINE", text.upper())
+    return set(re.findall(r"[A-Z]+", joined))
+
+
+def check_body_part(dataset, name: str, modality: str = "") -> None:
+    """Raise NotMRIError, naming the part and the attribute that says so, when the header
+    names a body part that is not the brain: BodyPartExamined, else the series or study
+    description. Only the known part's name is shown, never the header's own text; a header
+    that names no part, or the brain as well, leaves the decision to the content."""
+    for keyword in ("BodyPartExamined", "SeriesDescription", "StudyDescription"):
+        try:
+            words = _words(str(dataset.get(keyword, "") or ""))
+        except Exception:  # a malformed element: as if absent
+            continue
+        if words & BRAIN_WORDS:
+            return
+        if found := sorted(words & OTHER_BODY_PARTS.keys()):
+            part = OTHER_BODY_PARTS[found[0]]
+            kind = "MRI" if modality.upper() == "MR" else "image"
+            raise NotMRIError(f"{name}: the DICOM header ({keyword}) says this {kind} shows the "
+                              f"{part}, not the brain; this model reads brain MRI only, so no "
+                              "tumour class is given.", modality or "")
 
 
 def _display_values(frame: np.ndarray, dataset, photometric: str) -> np.ndarray:
