@@ -286,6 +286,23 @@ def test_fine_tuning_starts_from_a_trained_model_folder(dataset: Path, tmp_path:
     key = "_blocks.5._expand_conv.weight"
     assert torch.allclose(before[key].float(), after[key].float(), atol=1e-3)
     assert json.loads((second / "card.json").read_text())["training"]["from_model"] == str(first)
+    assert "scan_rule" not in json.loads((second / "card.json").read_text())  # none to carry
+
+
+def test_fine_tuning_carries_the_base_models_scan_rule_and_says_so(dataset: Path,
+                                                                   tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(["train", str(dataset), "--out", str(first), *TINY]) == 0
+    card = json.loads((first / "card.json").read_text())
+    card["scan_rule"] = {"window": 3, "slope": 0.5, "intercept": -1.9, "threshold": 0.5,
+                         "min_slices": 3, "max_refused_share": 0.5, "fitted_on": "20 patients"}
+    (first / "card.json").write_text(json.dumps(card))
+    assert main(["train", str(dataset), "--out", str(second), "--from-model", str(first),
+                 *TINY]) == 0
+    rule = json.loads((second / "card.json").read_text())["scan_rule"]
+    assert (rule["slope"], rule["intercept"]) == (0.5, -1.9)
+    assert rule["fitted_on"].startswith("carried over from the base model first")
+    assert "20 patients" in rule["fitted_on"] and "not refitted" in rule["fitted_on"]
 
 
 def test_fine_tuning_keeps_the_models_intensity_step(dataset: Path, tmp_path: Path,

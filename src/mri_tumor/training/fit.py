@@ -15,6 +15,7 @@ import warnings
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -207,6 +208,8 @@ def train(config: TrainConfig) -> Path | None:
     )
     if config.refuse_dirs:
         card.training.refuse_dirs = [Path(d).name for d in config.refuse_dirs]
+    if base is not None and base.scan_rule:
+        card.scan_rule = carried_scan_rule(base.scan_rule, config.from_model)
     finalize(model, card, train_pixels, train_labels, val_pixels, val_labels, out,
              half=config.half_precision_weights, val_sources=[r.source for r in val_rows],
              refuse_pixels=refuse_pixels)
@@ -214,6 +217,18 @@ def train(config: TrainConfig) -> Path | None:
         {"sources": card.training.sources, "epochs": history.epochs}, indent=2) + "\n")
     plot_history(history.epochs, out / "curves.png")
     return out
+
+
+def carried_scan_rule(rule: dict[str, Any], base: Path | str | None) -> dict[str, Any]:
+    """A fine-tuned model keeps its base's scan rule (better than the unfitted default), saying
+    so in ``fitted_on``: it was fitted on the base model's slice probabilities, and
+    ``scripts/fit_scan_rule.py`` refits it for the new weights."""
+    logger.warning("the scan rule is carried over from %s; refit it for the new weights with "
+                   "scripts/fit_scan_rule.py", base)
+    carried = dict(rule)
+    carried["fitted_on"] = (f"carried over from the base model {Path(str(base)).name} "
+                            f"(fitted on: {rule.get('fitted_on', 'unknown')}); not refitted")
+    return carried
 
 
 def describe_sources(data_dirs: list[Path], rows: list[SplitRow],
