@@ -110,26 +110,36 @@ def test_healthz_and_readyz_once_loaded(client: TestClient) -> None:
 
 
 def test_readyz_is_503_until_the_model_is_loaded(predictor: Predictor) -> None:
+    """/readyz answers at once (503 while loading); a request waits for the load instead."""
     release = threading.Event()
 
     def slow_loader() -> Predictor:
         assert release.wait(30)
         return predictor
 
-    with TestClient(create_app(Settings(), loader=slow_loader)) as client:
+    app = create_app(Settings(), loader=slow_loader)
+    with TestClient(app) as client:
+        early: list = []
+        worker = threading.Thread(target=lambda: early.append(client.post(
+            "/v1/predict", files=as_files([jpeg(SAMPLES / "glioma.jpg")]))))
         try:
             assert client.get("/healthz").status_code == 200  # the process is up meanwhile
             loading = client.get("/readyz")
             assert loading.status_code == 503
-            assert "loading" in loading.json()["detail"]
+            assert "'default' is still loading" in loading.json()["detail"]
             assert int(loading.headers["Retry-After"]) > 0
-            early = client.post("/v1/predict", files=as_files([jpeg(SAMPLES / "glioma.jpg")]))
-            assert early.status_code == 503 and "Retry-After" in early.headers
+            worker.start()
+            deadline = time.monotonic() + 30
+            while not app.state.service.own._waiters:  # the request waits for the model
+                assert early == [] and time.monotonic() < deadline  # not refused
+                time.sleep(0.01)
         finally:
             release.set()
+            worker.join(60)
+        [answer] = early
+        assert answer.status_code == 200, answer.text
+        assert answer.json()[0]["model"] == "default"
         wait_ready(client)
-        assert client.post("/v1/predict",
-                           files=as_files([jpeg(SAMPLES / "glioma.jpg")])).status_code == 200
 
 
 def test_readyz_reports_a_model_that_failed_to_load() -> None:
@@ -452,6 +462,14 @@ def test_models_lists_both_shipped_models(client: TestClient, predictor: Predict
     assert types["display_names"]["carcinoma (metastasis)"] == "Carcinoma (metastasis)"
     assert default["architecture"] == predictor.card.architecture
     assert default["version"] == predictor.card.version
+    # Each model is told apart by the SHA-256 of its weights, as the PACS results name it.
+    for entry, name in ((default, "default"), (types, "types")):
+        assert entry["weights_sha256"] == ModelCard.weights_sha256(SHIPPED_MODELS[name])
+        card = ModelCard.load(SHIPPED_MODELS[name])
+        assert entry["algorithm_version"] == (f"{mri_tumor.__version__} card {card.version} "
+                                              f"weights {entry['weights_sha256'][:12]}")
+    assert default["weights_sha256"] != types["weights_sha256"]
+    assert default["algorithm_version"] != types["algorithm_version"]  # each its own version
     validation = predictor.card.metrics.validation
     assert default["validation"] == {"accuracy": validation.accuracy,
                                      "macro_f1": validation.macro_f1,
@@ -469,8 +487,10 @@ def test_model_card_of_a_named_model(client: TestClient) -> None:
     assert client.get("/v1/model?model=default").json() == client.get("/v1/model").json()
 
 
-def test_a_shipped_model_loads_on_first_use_with_503_meanwhile(
+def test_with_preload_off_a_shipped_model_loads_on_first_use(
         predictor: Predictor, types_predictor: Predictor) -> None:
+    """MRI_TUMOR_PRELOAD_MODELS=0: readiness is the server's model; another shipped model
+    loads when a request first names it, and a request past MRI_TUMOR_LOAD_WAIT_S gets 503."""
     release, calls = threading.Event(), []
 
     def slow_loader() -> Predictor:
@@ -478,15 +498,19 @@ def test_a_shipped_model_loads_on_first_use_with_503_meanwhile(
         assert release.wait(30)
         return types_predictor
 
-    app = create_app(Settings(), predictor=predictor, models={"types": slow_loader})
+    settings = Settings.from_env({"MRI_TUMOR_PRELOAD_MODELS": "0",
+                                  "MRI_TUMOR_LOAD_WAIT_S": "0.2"})
+    app = create_app(settings, predictor=predictor, models={"types": slow_loader})
     upload = as_files([jpeg(SAMPLES / "glioma.jpg")])
     with serving(app) as client:
         try:
             assert calls == []  # not loaded at start-up: readiness is the server's model
             assert client.get("/v1/models").json()["models"][1]["loaded"] is False
             for _ in range(2):
+                started = time.monotonic()
                 loading = client.post("/v1/predict?model=types", files=upload)
                 assert loading.status_code == 503, loading.text
+                assert time.monotonic() - started >= 0.2  # it waited for the load first
                 assert int(loading.headers["Retry-After"]) > 0
                 assert "'types' is still loading" in loading.json()["detail"]
             # Its card is there without loading it; the server's model answers meanwhile.
@@ -508,15 +532,21 @@ def test_a_shipped_model_that_fails_to_load_is_503_with_the_reason(
         raise FileNotFoundError("no weights at /somewhere")
 
     app = create_app(Settings(), predictor=predictor, models={"types": broken})
-    with serving(app) as client:
+    with TestClient(app) as client:
         deadline = time.monotonic() + 10
-        while "failed" not in (answer := client.post(
-                "/v1/predict?model=types",
-                files=as_files([jpeg(SAMPLES / "glioma.jpg")]))).json()["detail"]:
-            assert answer.status_code == 503 and time.monotonic() < deadline
+        while "failed" not in (ready := client.get("/readyz")).json()["detail"]:
+            assert ready.status_code == 503 and time.monotonic() < deadline
             time.sleep(0.02)
+        # Not ready: an offered model is broken, and readiness says which and why.
+        assert ready.status_code == 503
+        assert "'types' failed to load" in ready.json()["detail"]
+        assert "no weights at" in ready.json()["detail"]
+        answer = client.post("/v1/predict?model=types",
+                             files=as_files([jpeg(SAMPLES / "glioma.jpg")]))
         assert answer.status_code == 503 and "no weights at" in answer.json()["detail"]
-        assert client.get("/readyz").status_code == 200  # the server's model is fine
+        assert int(answer.headers["Retry-After"]) > 0
+        own = client.post("/v1/predict", files=as_files([jpeg(SAMPLES / "glioma.jpg")]))
+        assert own.status_code == 200 and own.json()[0]["model"] == "default"
 
 
 def test_preload_loads_the_other_models_after_the_servers_model(
@@ -537,15 +567,14 @@ def test_preload_loads_the_other_models_after_the_servers_model(
             time.sleep(0.02)
 
 
-def test_the_shipped_types_model_loads_for_real_on_first_use(predictor: Predictor) -> None:
-    """No injected types predictor: the server loads the shipped folder itself (ONNX)."""
+def test_the_shipped_types_model_loads_for_real_at_start_up(predictor: Predictor) -> None:
+    """No injected types predictor: the server loads the shipped folder itself (ONNX), at
+    start-up; once ready, the first ?model=types request answers."""
     with serving(create_app(Settings(threads=1), predictor=predictor)) as client:
-        upload = as_files([jpeg(SAMPLES / "meningioma.jpg")])
-        deadline = time.monotonic() + 300
-        while (answer := client.post("/v1/predict?model=types", files=upload)).status_code != 200:
-            assert answer.status_code == 503, answer.text
-            assert time.monotonic() < deadline, answer.text
-            time.sleep(0.1)
+        assert client.get("/v1/models").json()["models"][1]["loaded"] is True
+        answer = client.post("/v1/predict?model=types",
+                             files=as_files([jpeg(SAMPLES / "meningioma.jpg")]))
+        assert answer.status_code == 200, answer.text
         [result] = answer.json()
         assert result["model"] == "types"
         if result["status"] == "ok":  # (the trained model's guard may refuse this slice)
@@ -584,8 +613,9 @@ def test_another_card_drives_predict_and_model_unchanged(other_model: Path) -> N
         own, *shipped = listing["models"]
         assert (own["name"], own["default"], own["shipped"]) == (other_model.name, True, False)
         assert own["class_names"] == card.class_names
+        # Every offered model loads at start-up, and readiness waited for them.
         assert [(m["name"], m["default"], m["loaded"]) for m in shipped] == [
-            ("default", False, False), ("types", False, False)]
+            ("default", False, True), ("types", False, True)]
         # The folder's own name is not a shipped model's: not selectable with ?model=.
         refused = client.post("/v1/predict", params={"model": other_model.name},
                               files=as_files(uploads[:1]))
@@ -993,7 +1023,7 @@ def test_serve_reports_a_bad_variable_in_one_line(monkeypatch: pytest.MonkeyPatc
     # serve() records the model folder for its workers: monkeypatch restores it afterwards.
     monkeypatch.setenv("MRI_TUMOR_MODEL_DIR", str(SHIPPED_MODEL_DIR))
     monkeypatch.setenv("MRI_TUMOR_QUEUE_SIZE", "abc")
-    assert main(["serve"]) == 2
+    assert main(["serve", "--port", str(free_port())]) == 2  # (a busy 8000 would stop first)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "MRI_TUMOR_QUEUE_SIZE='abc'" in err
     assert "Traceback" not in err
@@ -1002,15 +1032,25 @@ def test_serve_reports_a_bad_variable_in_one_line(monkeypatch: pytest.MonkeyPatc
 def test_serve_refuses_a_missing_or_damaged_model_folder(tmp_path: Path, capsys) -> None:
     from mri_tumor.cli import main
 
-    assert main(["serve", "--model", str(tmp_path / "missing")]) == 2
+    port = ["--port", str(free_port())]  # the port is checked first: a free one
+    assert main(["serve", *port, "--model", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert "not a model folder" in err and "default, types" in err
-    assert main(["serve", "--model", str(tmp_path)]) == 2  # a folder without a card
+    assert main(["serve", *port, "--model", str(tmp_path)]) == 2  # a folder without a card
     assert "no model card at" in capsys.readouterr().err
     (tmp_path / "card.json").write_text("[]")
-    assert main(["serve", "--model", str(tmp_path)]) == 2
+    assert main(["serve", *port, "--model", str(tmp_path)]) == 2
     assert "not a valid model card (expected a JSON object)" in capsys.readouterr().err
-    assert main(["serve", "--workers", "0"]) == 2
+    assert main(["serve", *port, "--workers", "0"]) == 2
+    assert "--workers must be at least 1" in capsys.readouterr().err
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 # -- needs the trained model ------------------------------------------------------------------

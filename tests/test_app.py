@@ -23,12 +23,12 @@ from tests.conftest import FIXTURE_IMAGES, make_model_folder
 from tests.dicom_factory import PATIENT, dicom_bytes
 
 from mri_tumor import Predictor
+from mri_tumor.app.cards import probability_chart
 from mri_tumor.app.page import (
     MAX_UPLOAD_BYTES,
     NOT_MRI_TEXT,
     SAMPLES_DIR,
     AnalysedImage,
-    _probability_chart,
     analyse_upload,
     model_choices,
     model_description,
@@ -137,7 +137,7 @@ def test_empty_page_shows_model_card_disclaimer_and_examples(app: AppTest) -> No
     assert app.pills[0].options == [CARD.display_name(name) for name in CLASS_NAMES]
     assert app.file_uploader[0].accept_multiple_files
     assert not app.dataframe and not _predicted_classes(app)
-    assert app.selectbox(key="model").value == "default"  # no --model: the default model
+    assert app.radio(key="model").value == "default"  # no --model: the default model
     intro = app.main.markdown[0].value
     assert all(f"**{CARD.display_name(name)}**" in intro for name in CLASS_NAMES)
 
@@ -406,7 +406,7 @@ def test_near_certain_result_shows_the_same_text_on_its_card_and_in_the_table(
 
 
 def test_probability_chart_labels_its_bars_with_the_same_text() -> None:
-    chart = _probability_chart(_near_certain("a.jpg"), CARD)
+    chart = probability_chart(_near_certain("a.jpg"), CARD)
     assert [v["text"] for v in chart["data"]["values"]] == [
         "> 99.9%", *["< 0.1%"] * (len(CLASS_NAMES) - 1)]
     assert chart["layer"][1]["encoding"]["text"]["field"] == "text"
@@ -467,7 +467,7 @@ def test_a_model_folder_with_any_classes_works_on_the_page(
     card = ModelCard.load(other_model)
     shown = [card.display_name(name) for name in card.class_names]
     at = _page_for(monkeypatch, str(other_model))
-    selector = at.selectbox(key="model")
+    selector = at.radio(key="model")
     assert selector.value == str(other_model)
     assert selector.options[-1] == f"{other_model.name}: {model_description(card)}"
     assert f"**Classes:** {', '.join(shown)}" in _sidebar_text(at)
@@ -495,12 +495,12 @@ def test_a_model_folder_with_any_classes_works_on_the_page(
 
 
 def test_selecting_the_types_model_switches_the_sidebar_and_the_results(app: AppTest) -> None:
-    selector = app.selectbox(key="model")
+    selector = app.radio(key="model")
     assert selector.options == [
         f"default: {len(CLASS_NAMES)} classes",
         f"types: {len(TYPES_CARD.class_names)} tumour types + MR sequence"]
     default_sidebar = _sidebar_text(app)
-    app.pills[0].set_value(["glioma.jpg"]).run()
+    _upload(app, [("scan.jpg", _fixture("glioma").read_bytes())])
     assert _predicted_classes(app)[0] in map(CARD.display_name, CLASS_NAMES)
     assert not _sequence_metrics(app)
 
@@ -511,7 +511,7 @@ def test_selecting_the_types_model_switches_the_sidebar_and_the_results(app: App
     assert sidebar != default_sidebar
     assert f"**Classes:** {', '.join(types_shown)}" in sidebar
     assert f"**MR sequences:** {', '.join(TYPES_CARD.sequence_names)}" in sidebar
-    # The same example, analysed again by the types model (results are cached per model).
+    # The same upload, analysed again by the types model (results are cached per model).
     [predicted] = _predicted_classes(app)
     assert predicted in types_shown
     [sequence] = _sequence_metrics(app)
@@ -521,7 +521,7 @@ def test_selecting_the_types_model_switches_the_sidebar_and_the_results(app: App
     about = [m.value for m in app.main.markdown if m.value.startswith("**About")]
     assert len(about) == 1 and "Sources:" in _sent_text(app)  # the type's explanation
 
-    app.selectbox(key="model").set_value("default").run()
+    app.radio(key="model").set_value("default").run()
     assert not app.exception
     assert _sidebar_text(app) == default_sidebar
     assert _predicted_classes(app)[0] in map(CARD.display_name, CLASS_NAMES)
@@ -530,8 +530,8 @@ def test_selecting_the_types_model_switches_the_sidebar_and_the_results(app: App
 
 def test_a_shipped_model_given_by_name_is_preselected(monkeypatch: pytest.MonkeyPatch) -> None:
     at = _page_for(monkeypatch, "types")
-    assert at.selectbox(key="model").value == "types"
-    assert len(at.selectbox(key="model").options) == len(SHIPPED_MODELS)  # no extra entry
+    assert at.radio(key="model").value == "types"
+    assert len(at.radio(key="model").options) == len(SHIPPED_MODELS)  # no extra entry
     assert "**MR sequences:**" in _sidebar_text(at)
 
 

@@ -41,7 +41,9 @@ def test_a_74_percent_answer_is_flagged_and_the_note_says_what_it_means(
     message = unsure_message(0.74, card)
     measured = card.metrics.low_confidence
     assert measured is not None
-    assert message.startswith("Unsure (74% confidence)")
+    # The card's figure for 0.74 (format_probability) and the level it is below.
+    assert message.startswith("Unsure (74.0% confidence, below this model's "
+                              f"{card.low_confidence_threshold:.0%} level)")
     assert f"right {measured.accuracy_below:.0%} of the time" in message
     old_card = dataclasses.replace(card, metrics=ModelMetrics())  # a card from before
     assert f"below this model's {card.low_confidence_threshold:.0%}" in unsure_message(

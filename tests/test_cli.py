@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 from pathlib import Path
 
@@ -70,3 +71,36 @@ def test_a_file_over_the_upload_limit_gets_the_one_wording(
     assert main(["predict", str(big)]) == 1
     out = capsys.readouterr().out
     assert f"larger than the {MAX_UPLOAD_MB} MB limit (1 MB = 1,048,576 bytes)" in out
+
+
+def test_predict_names_the_files_it_skipped_and_the_sub_folders_it_did_not_read(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "data"
+    (folder / "series 2").mkdir(parents=True)
+    glioma = sorted((FIXTURE_IMAGES / "glioma").glob("*.jpg"))
+    shutil.copy(glioma[0], folder / "a.jpg")
+    shutil.copy(glioma[1], folder / "IMG0001")  # a JPEG without an extension: read by content
+    shutil.copy(glioma[2], folder / "series 2" / "b.jpg")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "NOEXT").write_bytes(b"plain text, no extension")
+    assert main(["predict", "--json", str(folder)]) == 0
+    captured = capsys.readouterr()
+    read = [json.loads(line)["path"] for line in captured.out.splitlines()]
+    assert read == [str(folder / "IMG0001"), str(folder / "a.jpg")]
+    notes = [line for line in captured.err.splitlines() if line.startswith("note:")]
+    assert notes == [
+        "note: skipped 2 non-image files in the given folders (not an image, DICOM, NIfTI or "
+        "zip by the extension, or by the content when there is none): "
+        f"{folder / 'NOEXT'}, {folder / 'notes.txt'}",
+        f"note: did not read 1 sub-folder ({folder / 'series 2'}); add --recursive to read "
+        "sub-folders too"]
+    assert "Research tool, not a diagnosis" in captured.err
+    # With --recursive the sub-folder is read and not mentioned; many skipped files are
+    # named up to five.
+    for index in range(6):
+        (folder / f"extra{index}.csv").write_text("x")
+    assert main(["predict", "--recursive", "--json", str(folder)]) == 0
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 3
+    assert "did not read" not in captured.err
+    assert "skipped 8 non-image files" in captured.err and "and 3 more" in captured.err

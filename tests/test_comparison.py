@@ -24,6 +24,7 @@ from mri_tumor.evaluation.report import PREDICTIONS_FILE
 from mri_tumor.metrics import expected_calibration_error
 
 CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
+FIXTURE_TYPES = FIXTURE_IMAGES.parent / "types"  # '<Type> <Sequence>' layout
 
 
 def table(labels: np.ndarray, predicted: np.ndarray, confidence: float = 0.9,
@@ -156,6 +157,37 @@ def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
         csv.writer(handle).writerows([header, *rows])
 
 
+TYPES = ["carcinoma (metastasis)", "papilloma (choroid plexus)", "normal"]
+TYPE_ROWS = [["a.png", "carcinoma (metastasis)", "s", "0.7", "0.2", "0.1"],
+             ["b.png", "normal", "s", "0.1", "0.1", "0.8"],
+             ["c.png", "papilloma (choroid plexus)", "s", "0.5", "0.3", "0.2"]]
+
+
+def test_a_report_with_the_old_column_names_compares_with_a_new_one(tmp_path: Path) -> None:
+    """Reports written before the column keys (``p_carcinoma (metastasis)``) still read, and
+    match a new one (``p_carcinoma_metastasis``) class for class."""
+    old, new = tmp_path / "old.csv", tmp_path / "new.csv"
+    write_csv(old, ["path", "true_label", "source", *(f"p_{name}" for name in TYPES)], TYPE_ROWS)
+    write_csv(new, ["path", "true_label", "source", "p_carcinoma_metastasis",
+                    "p_papilloma_choroid_plexus", "p_normal"], TYPE_ROWS)
+    a, b = read_predictions(old), read_predictions(new)
+    assert a.class_names == b.class_names == ["carcinoma_metastasis", "papilloma_choroid_plexus",
+                                              "normal"]
+    assert a.labels.tolist() == b.labels.tolist() == [0, 2, 1]
+    np.testing.assert_array_equal(a.probabilities, b.probabilities)
+    [everything] = [g for g in compare(a, b, resamples=200) if g.name == ALL_IMAGES]
+    assert (everything.accuracy_a, everything.accuracy_b) == (pytest.approx(2 / 3),) * 2
+    assert everything.right_only_a == everything.right_only_b == 0
+
+
+def test_classes_whose_column_keys_clash_are_refused(tmp_path: Path) -> None:
+    clash = tmp_path / "clash.csv"
+    write_csv(clash, ["path", "true_label", "source", "p_a_b", "p_a_b_2"],
+              [["x.png", "a b", "s", "0.9", "0.1"], ["y.png", "a_b", "s", "0.2", "0.8"]])
+    with pytest.raises(ValueError, match="same column key"):
+        read_predictions(clash)
+
+
 @pytest.mark.parametrize("problem", ["missing", "not_predictions", "unknown_label",
                                      "repeated_path", "resamples", "confidence"])
 def test_cli_refuses_bad_input_with_one_line(tmp_path: Path, problem: str) -> None:
@@ -215,3 +247,22 @@ def test_compare_reads_what_evaluate_writes(tmp_path: Path) -> None:
     assert result["accuracy_a"] == pytest.approx(len(right_a) / len(rows), abs=1e-9)
     status, stdout, _ = run_cli("compare", str(report_a), str(report_b))
     assert status == 0 and "| all |" in stdout and DISCLAIMER in stdout
+
+
+def test_compare_reads_what_evaluate_writes_for_the_types_model(tmp_path: Path) -> None:
+    """The types model's classes have spaces and brackets; its predictions.csv names them by
+    their keys, and compare reads it back with the true labels as the card names them."""
+    report = tmp_path / "types"
+    status, _, _ = run_cli("evaluate", str(FIXTURE_TYPES), "--model", "types", "--out",
+                           str(report))
+    assert status == 0
+    with (report / PREDICTIONS_FILE).open(newline="") as handle:
+        header = next(csv.reader(handle))
+    probability_columns = [c for c in header if c.startswith("p_")]
+    assert "p_carcinoma_metastasis" in probability_columns
+    assert not any(" " in c or "(" in c or "+" in c for c in header)
+    table = read_predictions(report)
+    assert table.class_names == [c[2:] for c in probability_columns]
+    status, stdout, _ = run_cli("compare", str(report), str(report), "--json")
+    assert status == 0
+    assert json.loads(stdout)["groups"][ALL_IMAGES]["accuracy_difference"] == 0

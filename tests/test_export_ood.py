@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,9 +13,12 @@ import pytest
 from PIL import Image
 
 from mri_tumor import Predictor
+from mri_tumor.card import ModelCard
 from mri_tumor.cli import main
 from mri_tumor.data.preprocess import to_model_pixels
 from mri_tumor.data.reading import Frame, read_image
+from mri_tumor.inference.export import exported_card_path, is_exported_card, read_metadata
+from mri_tumor.inference.model_folder import SHIPPED_MODEL_DIR, SHIPPED_MODELS, ensure_onnx_file
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 
@@ -42,6 +46,10 @@ def test_onnx_backend_matches_torch(torch_predictor: Predictor, fixture_paths: l
     np.testing.assert_allclose(onnx_scores, torch_scores, rtol=1e-3)
     np.testing.assert_allclose(torch_scores, torch_predictor.guard.score(torch_features),
                                rtol=1e-4)
+    # The cached export carries the card's metadata too.
+    cached = ensure_onnx_file(SHIPPED_MODEL_DIR, torch_predictor.card)
+    assert cached.is_relative_to(tmp_path / "cache")
+    assert read_metadata(cached)["class_names"] == torch_predictor.card.class_names
     torch_results = torch_predictor.predict(fixture_paths)
     onnx_results = onnx_predictor.predict(fixture_paths)
     assert [r.status for r in torch_results] == [r.status for r in onnx_results]
@@ -82,6 +90,78 @@ def test_export_command_fp32_and_int8(torch_predictor: Predictor, fixture_paths:
         assert (scores <= threshold).all(), path.name  # no fixture MRI is rejected
     # The network's weights are int8; the guard's 1280 x 1280 matrix stays in float.
     assert int8.stat().st_size < 0.7 * fp32.stat().st_size
+    # Both carry the card's numbers in their metadata, and the card beside them.
+    card = torch_predictor.card
+    for path, quantization in ((fp32, "none"), (int8, "int8")):
+        metadata = read_metadata(path)
+        assert metadata["quantization"] == quantization
+        assert (metadata["class_names"], metadata["image_size"], metadata["mean"],
+                metadata["std"], metadata["intensity"], metadata["temperature"],
+                metadata["ood_threshold"]) == (
+            card.class_names, card.image_size, card.mean, card.std, card.intensity,
+            card.temperature, card.ood_threshold)
+        assert metadata["outputs"] == ["logits", "features", "ood_score"]
+        written = json.loads(exported_card_path(path).read_text())
+        assert written.pop("export")["quantization"] == quantization
+        assert written == card.to_dict()
+
+
+def test_export_writes_the_metadata_and_card_of_the_types_model(tmp_path: Path,
+                                                                 capsys) -> None:
+    import onnx
+
+    out = tmp_path / "types.onnx"
+    assert main(["export", str(out), "--model", "types"]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {out} and its model card " \
+                                              f"{tmp_path / 'types.card.json'}"
+    card = ModelCard.load(SHIPPED_MODELS["types"])
+    model = onnx.load(str(out))
+    props = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(props["mri_tumor.class_names"]) == card.class_names
+    assert json.loads(props["mri_tumor.display_names"])["carcinoma (metastasis)"] == \
+        card.display_name("carcinoma (metastasis)")
+    assert json.loads(props["mri_tumor.sequence_names"]) == ["T1", "T1C+", "T2"]
+    assert json.loads(props["mri_tumor.outputs"])[-1] == "sequence_logits"
+    assert "histogram-equalise" in json.loads(props["mri_tumor.preprocessing"])
+    assert "not a diagnosis" in model.doc_string
+    assert ModelCard.load(_as_model_folder(tmp_path / "types.card.json")).class_names == \
+        card.class_names
+
+
+def _as_model_folder(card_file: Path) -> Path:
+    """A folder holding ``card_file`` as card.json, for ``ModelCard.load``."""
+    folder = card_file.parent / "loaded"
+    folder.mkdir()
+    (folder / "card.json").write_text(card_file.read_text())
+    return folder
+
+
+def test_export_leaves_a_card_it_did_not_write_unless_forced(tmp_path: Path, capsys) -> None:
+    out, card = tmp_path / "model.onnx", tmp_path / "model.card.json"
+    card.write_text('{"mine": true}\n')
+    assert main(["export", str(out)]) == 2
+    message = capsys.readouterr().err.strip()
+    assert message.startswith("mri-tumor export: error:") and "\n" not in message
+    assert "model.card.json exists and is not a card written by mri-tumor export" in message
+    assert card.read_text() == '{"mine": true}\n' and not out.exists()
+    assert main(["export", str(out), "--force"]) == 0
+    assert is_exported_card(card)
+    out.unlink()  # its own card left behind is replaced without --force
+    assert main(["export", str(out)]) == 0 and out.is_file()
+    (tmp_path / "other.card.json").mkdir()
+    assert main(["export", str(tmp_path / "other.onnx"), "--force"]) == 2
+    assert "is a folder" in capsys.readouterr().err
+
+
+def test_export_help_says_what_the_graph_takes_and_gives(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for said in ("INPUT 'pixels': float32, shape (batch, 3, S, S)", "(x - mean) / std",
+                 "mid-rank", "'logits' (batch, classes)", "softmax(logits / temperature)",
+                 "'ood_score' (batch)", "'sequence_logits'", "metadata_props",
+                 "model.card.json", "not a diagnosis"):
+        assert said in text, said
 
 
 def test_onnx_backend_runs_without_importing_torch(tmp_path: Path,

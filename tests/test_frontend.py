@@ -8,6 +8,7 @@ import contextlib
 import csv
 import io
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -23,6 +24,7 @@ import pytest
 from mri_tumor.app import launch
 from mri_tumor.app.launch import run_until_stopped
 from mri_tumor.card import ModelCard
+from mri_tumor.columns import column_keys
 from mri_tumor.inference import Prediction
 from mri_tumor.presentation import csv_columns, format_probability, format_results
 
@@ -104,18 +106,46 @@ def test_csv_of_a_sequence_model_has_the_sequence_columns() -> None:
     card.sequence_names = list(SEQUENCES)
     text = format_results(_sequence_results(names), "csv", card)
     rows = list(csv.reader(io.StringIO(text)))
+    sequence_columns = ["p_sequence_T1", "p_sequence_T1Cplus", "p_sequence_T2"]
     assert rows[0] == csv_columns(names, SEQUENCES) == [
-        "path", "status", "label", "confidence", *(f"p_{n}" for n in names),
-        "sequence", "p_sequence_T1", "p_sequence_T1C+", "p_sequence_T2", "ood_score",
-        "message"]
+        "path", "status", "label", "confidence", *(f"p_type_{i}" for i in range(15)),
+        "sequence", *sequence_columns, "ood_score", "message"]
     ok, rejected, error = (dict(zip(rows[0], row, strict=True)) for row in rows[1:])
-    assert ok["sequence"] == "T1C+"
-    assert [ok[f"p_sequence_{s}"] for s in SEQUENCES] == ["0.05", "0.87", "0.08"]
+    assert ok["sequence"] == "T1C+"  # the cells keep the names as they are
+    assert [ok[c] for c in sequence_columns] == ["0.05", "0.87", "0.08"]
     for row in (rejected, error):  # no sequence for an input that got no class
-        assert [row["sequence"], *(row[f"p_sequence_{s}"] for s in SEQUENCES)] == [""] * 4
+        assert [row["sequence"], *(row[c] for c in sequence_columns)] == [""] * 4
     # Without a card the sequences come from the results, as the classes do.
     header = next(csv.reader(io.StringIO(format_results(_sequence_results(names), "csv"))))
     assert header == csv_columns(names, SEQUENCES)
+
+
+def test_csv_columns_of_the_types_model_have_no_spaces_or_punctuation() -> None:
+    types = ModelCard.load(ROOT / "src/mri_tumor/weights/types")
+    header = csv_columns(types.class_names, types.sequence_names)
+    assert "p_carcinoma_metastasis" in header and "p_papilloma_choroid_plexus" in header
+    assert header[-6:-2] == ["sequence", "p_sequence_T1", "p_sequence_T1Cplus", "p_sequence_T2"]
+    assert all(re.fullmatch(r"[A-Za-z0-9_]+", column) for column in header)
+    assert len(set(header)) == len(header)
+    # The rows still name the classes as the card does: the CSV of a carcinoma result.
+    names = types.class_names
+    result = Prediction("a.jpg", "ok", label="carcinoma (metastasis)", confidence=0.9,
+                        probabilities={n: (0.9 if n.startswith("carcinoma") else 0.0)
+                                       for n in names}, ood_score=1.0)
+    row = next(csv.DictReader(io.StringIO(format_results([result], "csv", types))))
+    assert row["label"] == "carcinoma (metastasis)" and row["p_carcinoma_metastasis"] == "0.9"
+
+
+@pytest.mark.parametrize(("names", "keys"), [
+    (["carcinoma (metastasis)", "T1C+", "_NORMAL T2", "Ödem"],
+     ["carcinoma_metastasis", "T1Cplus", "NORMAL_T2", "Odem"]),
+    (["a b", "a_b", "a-b"], ["a_b", "a_b_2", "a_b_3"]),  # a clash: numbered in card order
+    (["()", "??"], ["class", "class_2"]),  # nothing to keep
+    (["carcinoma_metastasis", "T1Cplus"], ["carcinoma_metastasis", "T1Cplus"]),  # keys stay
+])
+def test_column_keys_are_readable_unique_and_stable(names: list[str], keys: list[str]) -> None:
+    assert column_keys(names) == keys
+    assert column_keys(keys) == keys
 
 
 def test_csv_of_a_model_without_a_sequence_head_has_no_sequence_columns() -> None:

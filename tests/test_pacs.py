@@ -414,3 +414,25 @@ def test_results_are_built_for_images_without_patient_and_study_attributes(tmp_p
     assert not objects[0].PatientName and "PatientName" in objects[0] and "PatientSex" in objects[1]
     if shutil.which("dciodvfy"):
         assert dciodvfy_errors(part10_bytes(objects[1]), tmp_path) == []
+
+
+@pytest.mark.parametrize(("url", "status", "hinted"), [
+    ("http://localhost:8042", 404, True), ("http://localhost:8042", 400, True),  # Orthanc: 400
+    ("http://localhost:8042/dicom-web", 404, False), ("http://localhost:8042", 500, False)])
+def test_a_url_without_dicom_web_that_fails_says_where_the_root_usually_is(
+        url: str, status: int, hinted: bool) -> None:
+    import requests
+
+    response = requests.Response()
+    response.status_code = status
+
+    def not_found() -> None:
+        raise requests.HTTPError(response=response)
+
+    server = pacs_client.PacsServer(client=None, url=url)
+    with pytest.raises(pacs_client.PacsError) as error:
+        server._call("searching for MR studies", not_found)
+    message = str(error.value)
+    assert message.startswith(f"searching for MR studies: the server answered HTTP {status}")
+    assert ("usually ends in /dicom-web" in message) == hinted
+    assert "\n" not in message

@@ -26,8 +26,11 @@ from mri_tumor import Predictor
 from mri_tumor.inference import OK
 from mri_tumor.pacs.client import PacsError, study_key
 from mri_tumor.pacs.listen import (
+    NOT_AUTHORISED,
+    Callers,
     Destination,
     SeriesCollector,
+    is_loopback,
     listen,
     process_series,
     store,
@@ -382,3 +385,72 @@ def test_port_in_use_is_a_pacs_error(predictor: Predictor) -> None:
         with pytest.raises(PacsError, match=f"^port {port} is already in use"):
             listen(predictor, port, LISTENER_AET, Destination("127.0.0.1", 4242, "X"),
                    stop=stop, bind_address="127.0.0.1")
+
+
+# -- who may send: calling AE titles, addresses, the bind address ----------------------------
+def _accepts_connections(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _echo_status(port: int, calling_ae: str) -> int | None:
+    """C-ECHO to the listener as ``calling_ae``: the response status, None when rejected."""
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title=LISTENER_AET)
+    if not assoc.is_established:
+        assert assoc.is_rejected
+        return None
+    status = assoc.send_c_echo()
+    assoc.release()
+    return int(status.Status)
+
+
+@pytest.mark.parametrize(("callers", "expected"), [
+    (Callers(), {"GOOD": 0x0000, "STRANGER": 0x0000}),
+    (Callers(("GOOD",)), {"GOOD": 0x0000, "STRANGER": None}),
+    (Callers(("GOOD",), ("10.9.8.7",)), {"GOOD": NOT_AUTHORISED, "STRANGER": None}),
+], ids=["anyone-local", "ae-allow-list", "address-allow-list"])
+def test_the_listener_serves_only_allowed_callers_and_logs_the_others(
+        predictor: Predictor, caplog: pytest.LogCaptureFixture, callers: Callers,
+        expected: dict[str, int | None]) -> None:
+    port, stop = free_ports(1)[0], threading.Event()
+    thread = threading.Thread(target=listen, args=(predictor, port, LISTENER_AET,
+                                                   Destination("127.0.0.1", 4242, "X")),
+                              kwargs={"stop": stop, "callers": callers}, daemon=True)
+    caplog.set_level(logging.WARNING, logger="mri_tumor.pacs.listen")
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not _accepts_connections(port):
+            assert time.monotonic() < deadline, "the listener did not start"
+            time.sleep(0.1)
+        assert {title: _echo_status(port, title) for title in expected} == expected
+    finally:
+        stop.set()
+        thread.join(15)
+    refused = [r.getMessage() for r in caplog.records]
+    if expected["STRANGER"] is None:
+        assert any("'STRANGER'" in line and "not allowed" in line for line in refused)
+    if expected["GOOD"] == NOT_AUTHORISED:
+        assert any("address is not allowed" in line for line in refused)
+    if callers == Callers():
+        assert refused == []
+
+
+def test_a_listener_on_another_address_must_name_its_callers(capsys) -> None:
+    from mri_tumor.cli import main
+
+    assert main(["pacs", "listen", "--port", "11112", "--send-to", "pacs:4242:ORTHANC",
+                 "--host", "0.0.0.0"]) == 2
+    err = capsys.readouterr().err
+    assert "--host 0.0.0.0 lets other machines connect" in err and "--allow-ae" in err
+    assert len(err.strip().splitlines()) == 1
+    assert main(["pacs", "listen", "--port", "11112", "--send-to", "pacs:4242:ORTHANC",
+                 "--allow-address", "not-an-ip"]) == 2
+    assert "--allow-address 'not-an-ip': not an IP address" in capsys.readouterr().err
+
+
+def test_loopback_addresses_are_this_machine_only() -> None:
+    assert all(is_loopback(host) for host in ("127.0.0.1", "127.8.9.1", "::1", "localhost"))
+    assert not any(is_loopback(host) for host in ("0.0.0.0", "10.0.0.1", "::", "pacs.example"))

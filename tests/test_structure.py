@@ -86,7 +86,7 @@ REPO = PACKAGE_DIR.parents[1]
 # its own layer and of the layers below, never one above. ``mri_tumor`` itself (the version and
 # the lazy ``Predictor`` face) may be imported by every module and is not checked.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("foundation", {"card", "metrics", "figures", "lazy"}),  # the card, numbers, figures
+    ("foundation", {"card", "columns", "metrics", "figures", "lazy"}),  # card, numbers, figures
     ("data", {"data"}),  # images, series, volumes, folders, splits, pixels
     ("models", {"models"}),  # networks, weights, temperature, guard
     ("training", {"training"}),

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from tests.conftest import FIXTURE_IMAGES, FIXTURES, make_model_folder
+from tests.orthanc import free_ports
 
 from mri_tumor import Predictor
 from mri_tumor.cli import main
@@ -96,8 +97,10 @@ def test_shipped_models_are_selected_by_name(capsys: pytest.CaptureFixture[str])
 def test_an_unknown_model_name_is_one_line_naming_the_shipped_models(
         capsys: pytest.CaptureFixture[str]) -> None:
     image = str(sorted(FIXTURE_IMAGES.glob("*/*.jpg"))[0])
+    port = str(free_ports(1)[0])  # app and serve check their port first: a free one
     for command in (["predict", image], ["evaluate", str(FIXTURE_IMAGES)], ["export", "x.onnx"],
-                    ["app"], ["serve"], ["calibrate", str(FIXTURE_IMAGES)]):
+                    ["app", "--port", port], ["serve", "--port", port],
+                    ["calibrate", str(FIXTURE_IMAGES)]):
         assert main([*command, "--model", "tumours"]) == 2
         error = capsys.readouterr().err.strip()
         assert len(error.splitlines()) == 1

@@ -21,7 +21,7 @@ SPLIT_FILE = "split.csv"
 HISTORY_FILE = "history.json"
 ONNX_FILE = "model.onnx"  # optional: an export the ONNX backend uses instead of its cache
 # Bump when the exported graph's inputs or outputs change: cached exports are keyed by it.
-ONNX_GRAPH_VERSION = 3
+ONNX_GRAPH_VERSION = 4
 
 DISCLAIMER = ("Research tool, not a diagnosis. Results must be reviewed by a qualified "
               "clinician and must not be used for clinical decisions.")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mri_tumor.card import ModelCard
+from mri_tumor.inference.results import format_probability
 
 if TYPE_CHECKING:  # torch is imported only when a model is needed (fast `mri-tumor app` start)
     from mri_tumor.inference import Prediction
@@ -18,20 +19,6 @@ if TYPE_CHECKING:  # torch is imported only when a model is needed (fast `mri-tu
 
 def _blank_if_none(value: object) -> object:
     return "" if value is None else value
-
-
-def format_probability(p: float | None) -> str:
-    """A probability as every front end shows it: a percentage with one decimal, never
-    "100.0%" or "0.0%" (the model is never certain): "> 99.9%" and "< 0.1%" instead. None
-    (no probability: a rejected or unreadable input) gives ""."""
-    if p is None:
-        return ""
-    text = f"{p:.1%}"
-    if text == "100.0%" or p > 1:
-        return "> 99.9%"
-    if text in ("0.0%", "-0.0%") or p < 0:
-        return "< 0.1%"
-    return text
 
 
 def result_class_names(results: Sequence[Prediction]) -> list[str]:
@@ -54,13 +41,17 @@ def result_sequence_names(results: Sequence[Prediction]) -> list[str]:
 
 
 def csv_columns(class_names: Sequence[str], sequence_names: Sequence[str] = ()) -> list[str]:
-    """The header of ``predict --csv`` (and of the app's download): one ``p_<class>`` column
+    """The header of ``predict --csv`` (and of the app's download): one ``p_<key>`` column
     per class, named as in ``evaluate``'s ``predictions.csv``; for a model with a sequence
-    head (``sequence_names``) also ``sequence`` and one ``p_sequence_<name>`` column per
-    sequence."""
-    sequence = (["sequence", *(f"p_sequence_{name}" for name in sequence_names)]
-                if sequence_names else [])
-    return ["path", "status", "label", "confidence", *(f"p_{name}" for name in class_names),
+    head (``sequence_names``) also ``sequence`` and one ``p_sequence_<key>`` column per
+    sequence. A key is the name with no spaces or punctuation (``evaluation.columns``:
+    ``p_carcinoma_metastasis``, ``p_sequence_T1Cplus``); the cells keep the names as they are."""
+    # Imported when a CSV is written: the evaluation package's face loads numpy and scipy
+    # (not torch), which the app's start does not pay for.
+    from mri_tumor.columns import probability_columns, sequence_columns
+
+    sequence = (["sequence", *sequence_columns(sequence_names)] if sequence_names else [])
+    return ["path", "status", "label", "confidence", *probability_columns(class_names),
             *sequence, "ood_score", "message"]
 
 

@@ -12,10 +12,11 @@ import logging
 import threading
 import traceback
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mri_tumor.data.reading import Frame
 from mri_tumor.inference import ERROR, Prediction, Predictor
 
 logger = logging.getLogger(__name__)
@@ -39,14 +40,20 @@ class QueueClosedError(QueueUnavailableError):
         super().__init__("The server is shutting down; retry shortly.")
 
 
+# What a request may ask of each decoded frame besides its result (a Grad-CAM overlay, say):
+# called in the worker thread with the frame and its result.
+Explain = Callable[[Frame, Prediction], Any]
+
+
 @dataclass
 class _Job:
     """One request's files, waiting for the worker thread."""
 
     files: list[tuple[str, bytes]]
     loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[list[Prediction]]
+    future: asyncio.Future[list[tuple[Prediction, Any]]]
     slots: int
+    explain: Explain | None = None
 
 
 class InferenceQueue:
@@ -106,8 +113,16 @@ class InferenceQueue:
 
         The slots belong to the queue from here on; the worker frees them.
         """
+        return [result for result, _ in await self.predict_explained(files, slots)]
+
+    async def predict_explained(self, files: list[tuple[str, bytes]], slots: int,
+                                explain: Explain | None = None
+                                ) -> list[tuple[Prediction, Any]]:
+        """As :meth:`predict`, each result paired with ``explain(frame, result)``, computed
+        in the worker thread (None for results of inputs that gave no frame, and without
+        ``explain``)."""
         loop = asyncio.get_running_loop()
-        job = _Job(files, loop, loop.create_future(), slots)
+        job = _Job(files, loop, loop.create_future(), slots, explain)
         with self._wakeup:
             if self._stopping:  # the worker may be gone: nobody would answer
                 self._reserved = max(0, self._reserved - slots)
@@ -150,8 +165,13 @@ class InferenceQueue:
         results = iter(self.predictor.predict_items([i for per_job in items for i in per_job],
                                                     self.max_batch, self._predict))
         for job, per_job in zip(jobs, items, strict=True):
+            answers = [(result, None) for result in (next(results) for _ in per_job)]
+            if job.explain is not None and not job.future.cancelled():
+                answers = [(result, job.explain(item, result) if isinstance(item, Frame)
+                            else None) for item, (result, _) in zip(per_job, answers,
+                                                                    strict=True)]
             if not job.future.cancelled():
-                _resolve(job, [next(results) for _ in per_job])
+                _resolve(job, answers)
 
     def _predict(self, frames: Sequence[Any]) -> list[Prediction]:
         try:
@@ -173,7 +193,7 @@ class InferenceQueue:
         return prediction
 
 
-def _resolve(job: _Job, results: list[Prediction] | None = None,
+def _resolve(job: _Job, results: list[tuple[Prediction, Any]] | None = None,
              error: BaseException | None = None) -> None:
     def settle() -> None:
         if job.future.done():

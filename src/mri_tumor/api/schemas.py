@@ -6,7 +6,13 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from mri_tumor.api.settings import ENV_API_KEY, ENV_SITE_DATA
+from mri_tumor.api.overlays import BURNED_IN, MAX_SIDE
+from mri_tumor.api.settings import (
+    ENV_API_KEY,
+    ENV_LOAD_WAIT_S,
+    ENV_PRELOAD_MODELS,
+    ENV_SITE_DATA,
+)
 from mri_tumor.api.uploads import (
     FEEDBACK_FILE_FIELD,
     FEEDBACK_LABEL_FIELD,
@@ -15,10 +21,12 @@ from mri_tumor.api.uploads import (
 )
 from mri_tumor.card import DISCLAIMER, ModelCard
 from mri_tumor.inference import ERROR, OK, REJECTED, Prediction
+from mri_tumor.inference.identity import ModelIdentity
 from mri_tumor.inference.model_folder import SHIPPED_MODELS
 
 STATUSES = (OK, REJECTED, ERROR)
 HEALTH_OK, HEALTH_READY = "ok", "ready"
+GRADCAM_PNG = "png"  # the one value ?gradcam= takes
 
 
 def _known_status(value: str) -> str:
@@ -55,12 +63,24 @@ class PredictionOut(BaseModel):
     slice_index: int | None = Field(None, description="the slice's place in its scan's axial "
                                     "stack, inferior to superior (NIfTI volumes and DICOM "
                                     "series); absent for single images")
+    # Only with POST /v1/predict?gradcam=png, and only in "ok" results; absent otherwise.
+    gradcam_png: str | None = Field(
+        None, description="with `POST /v1/predict?gradcam=png` only, in results with status "
+        f"\"{OK}\": a base64-encoded PNG (RGB, longest side at most {MAX_SIDE} px) of the "
+        "image in grey with the Grad-CAM heat map of the predicted class over it, "
+        f"\"{BURNED_IN}\" burned in at the top and the disclaimer in its text chunk; null "
+        "when it could not be made (see the server log); absent otherwise")
 
     @classmethod
-    def of(cls, prediction: Prediction) -> PredictionOut:
+    def of(cls, prediction: Prediction, gradcam_png: str | None = None,
+           explained: bool = False) -> PredictionOut:
         """The public form of a predictor result (NaN and infinities come out as null); the
-        sequence fields are set only when the result has them."""
-        return cls.model_validate(prediction.to_dict())
+        sequence fields are set only when the result has them, ``gradcam_png`` only when
+        ``explained`` (a Grad-CAM overlay was asked for) and the result gave a class."""
+        fields = prediction.to_dict()
+        if explained and prediction.status == OK and prediction.label is not None:
+            fields["gradcam_png"] = gradcam_png
+        return cls.model_validate(fields)
 
 
 class ScansOut(BaseModel):
@@ -111,25 +131,39 @@ class ModelSummaryOut(BaseModel):
                                   "in `model`")
     default: bool = Field(description="this server's model: the one used without ?model=")
     shipped: bool = Field(description="a model of the package, selectable with ?model=")
-    loaded: bool = Field(description="loaded in this server process (the other shipped "
+    loaded: bool = Field(description="loaded in this server process (every model loads at "
+                                     f"start-up; with {ENV_PRELOAD_MODELS}=0 the other shipped "
                                      "models load on first use)")
     architecture: str
     class_names: list[str]
     display_names: dict[str, str] = Field(description="how each class is shown to people")
     sequence_names: list[str] = Field(description="the MR sequences a second head names "
                                                   "(empty: the model has none)")
-    version: str
+    version: str = Field(description="the card's version (`version` in card.json)")
+    weights_sha256: str | None = Field(description="SHA-256 (hex) of the model's weights file "
+                                       "(model.safetensors): what tells two models apart, as "
+                                       "in lineage records and the PACS results; null when "
+                                       "the weights cannot be read")
+    algorithm_version: str = Field(description="the model's version as the PACS Structured "
+                                   "Report's algorithm identification gives it: `<package "
+                                   "version> card <card version> weights <first 12 hex "
+                                   "digits of weights_sha256>`; it differs between models")
     validation: ValidationSummaryOut
 
     @classmethod
     def of(cls, name: str, card: ModelCard, default: bool, shipped: bool,
-           loaded: bool) -> ModelSummaryOut:
-        """The summary of a model from its card."""
+           loaded: bool, identity: ModelIdentity | None = None) -> ModelSummaryOut:
+        """The summary of a model from its card and its identity (name, card version and
+        weights hash, as the PACS results name a model)."""
         scores = card.metrics.validation
+        digest = identity.weights_sha256 if identity is not None else ""
         return cls(name=name, default=default, shipped=shipped, loaded=loaded,
                    architecture=card.architecture, class_names=list(card.class_names),
                    display_names={c: card.display_name(c) for c in card.class_names},
                    sequence_names=list(card.sequence_names), version=card.version,
+                   weights_sha256=digest or None,
+                   algorithm_version=(identity or ModelIdentity(name, card.version, "")
+                                      ).algorithm_version,
                    validation=ValidationSummaryOut(
                        accuracy=getattr(scores, "accuracy", None),
                        macro_f1=getattr(scores, "macro_f1", None),
@@ -172,7 +206,8 @@ ERROR_TEXT = {
     415: "Unsupported content type",
     422: "No readable image in the request (every file is corrupt or unreadable), "
          "or no file at all",
-    503: "Model still loading (or failed to), or the queue is full (see Retry-After)",
+    503: f"Model still loading (after waiting up to {ENV_LOAD_WAIT_S} seconds) or failed to "
+         "load, or the queue is full (see Retry-After)",
 }
 
 
@@ -209,14 +244,25 @@ multi-frame DICOM file gives one result per frame (`path` is `name#frame`).
 pituitary) or `types` (15 tumour types, and the MR sequence: T1, T1C+ or T2); without it the
 server's own model answers (`GET /v1/models` lists them). Each result names its model in
 `model`; results of the types model also carry `sequence` and `sequence_probabilities`. An
-unknown name (or a path) is 404. A shipped model loads on first use: meanwhile 503 with
-Retry-After.
+unknown name (or a path) is 404. Every model loads at start-up; a request for a model still
+loading waits for it (up to `{ENV_LOAD_WAIT_S}` seconds, default 60; then 503 with
+Retry-After).
+
+`?gradcam=png` adds `gradcam_png` to each result with status "{OK}": a base64 PNG of the
+image with the Grad-CAM heat map of the predicted class over it (which regions drove that
+class's score), with "{BURNED_IN}" burned in. It costs about one more
+model pass per image (the first request on a model also loads its torch network). Without the
+parameter the answer has no `gradcam_png` key.
 
 Unreadable files: when *every* file of the request is unreadable the answer is 422; when at
 least one is readable the answer is 200 and each unreadable file has `status: "{ERROR}"` with
 its reason in `message`. Images that are not brain MRI slices get `status: "{REJECTED}"`.
 
 **{DISCLAIMER}**"""
+
+GRADCAM_QUERY_DESCRIPTION = (f"`{GRADCAM_PNG}`: add `gradcam_png` (a base64 PNG of the Grad-CAM "
+                             "overlay of the predicted class) to each result with status "
+                             f"\"{OK}\"; without it, no overlay is made")
 
 MODEL_QUERY_DESCRIPTION = (f"a shipped model by name ({', '.join(SHIPPED_MODELS)}); "
                            "without it, the server's model. Never a path.")

@@ -15,6 +15,7 @@ from fastapi import FastAPI, Security
 from mri_tumor import __version__
 from mri_tumor.api.docs import install_docs
 from mri_tumor.api.errors import install_error_handling
+from mri_tumor.api.protocol import PROTOCOL_PATH
 from mri_tumor.api.routers import feedback, health, model, predict, scans
 from mri_tumor.api.schemas import APP_DESCRIPTION
 from mri_tumor.api.security import require_api_key
@@ -30,8 +31,8 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
                models: Mapping[str, Predictor | Callable[[], Predictor]] | None = None
                ) -> FastAPI:
     """The ASGI app. With no arguments (uvicorn's factory) it reads the ``MRI_TUMOR_*``
-    environment variables and loads the server's model once at startup, in the background;
-    the other shipped models load on first use.
+    environment variables and loads the server's model, then the other shipped models, once
+    at startup, in the background (``MRI_TUMOR_PRELOAD_MODELS=0``: the others on first use).
 
     ``predictor`` uses an already loaded model as the server's model (named by its
     ``name``); ``loader`` replaces how the server's model is loaded. ``models`` gives other
@@ -107,9 +108,11 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
     # A worker imports torch before it can answer the supervisor's health check; on a busy
     # machine that takes longer than uvicorn's default 5 s, and it would restart workers
     # in a loop.
+    # http=: a request the HTTP parser refuses (a non-numeric Content-Length) gets a JSON 400.
     uvicorn.run("mri_tumor.api:create_app", factory=True, host=host, port=port,
                 workers=workers, access_log=False, log_config=_log_config(),
-                server_header=False, timeout_worker_healthcheck=WORKER_HEALTHCHECK_S)
+                server_header=False, timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
+                http=PROTOCOL_PATH)
     return 0
 
 

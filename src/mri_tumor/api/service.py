@@ -1,16 +1,20 @@
 """The per-process service state: settings and the models, each with its own predictor and
 inference queue.
 
-The server's own model (``mri-tumor serve --model NAME_OR_DIR`` / ``MRI_TUMOR_MODEL_DIR``,
-default ``default``) loads in the background at start-up; readiness means it is loaded. The
-other shipped models load in the background on first use (``?model=NAME``), or right after
-the own model with ``MRI_TUMOR_PRELOAD_MODELS=1``; until one is loaded, requests for it get
-503 + Retry-After. A request can only name a shipped model: never a folder, so no client can
-make the server read files it was not configured with.
+Every offered model (the server's own model, ``mri-tumor serve --model NAME_OR_DIR`` /
+``MRI_TUMOR_MODEL_DIR``, default ``default``, then the other shipped models) loads in the
+background at start-up, one after the other; readiness means all of them are loaded (with
+``MRI_TUMOR_PRELOAD_MODELS=0`` only the own model loads at start-up and the others on first
+use). A request for a model still loading waits for it, up to ``MRI_TUMOR_LOAD_WAIT_S``
+seconds, then gets 503 + Retry-After; a model that failed to load is 503 with the reason. A
+request can only name a shipped model: never a folder, so no client can make the server read
+files it was not configured with.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -23,6 +27,7 @@ from mri_tumor.api.queue import InferenceQueue, QueueUnavailableError
 from mri_tumor.api.settings import FEEDBACK_CONCURRENCY, Settings
 from mri_tumor.card import ModelCard
 from mri_tumor.inference import Predictor
+from mri_tumor.inference.identity import ModelIdentity
 from mri_tumor.inference.model_folder import SHIPPED_MODELS, resolve_model
 
 logger = logging.getLogger(__name__)
@@ -65,10 +70,13 @@ class ModelSlot:
         self.queue: InferenceQueue | None = None
         self.load_error: str | None = None
         self._ready = threading.Event()
+        self._done = threading.Event()  # the load is over: loaded, or failed
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._lock = threading.Lock()
         self._claimed = False
         self._thread: threading.Thread | None = None
         self._card: ModelCard | None = None
+        self._weights_sha256: str | None = None
 
     @property
     def ready(self) -> bool:
@@ -98,19 +106,54 @@ class ModelSlot:
             self._load()
 
     def _load(self) -> None:
+        try:
+            self._load_once()
+        finally:
+            self._finish()
+
+    def _load_once(self) -> None:
         started = time.perf_counter()
         try:
             predictor = self.loader()
+            queue = InferenceQueue(predictor, self.settings.queue_size, self.settings.max_batch)
+            queue.start()
         except Exception as error:
             self.load_error = f"{type(error).__name__}: {error}"
             logger.error("model %s failed to load: %s", self.name, self.load_error)
             return
-        queue = InferenceQueue(predictor, self.settings.queue_size, self.settings.max_batch)
-        queue.start()
         self.predictor, self.queue = predictor, queue
-        self._ready.set()
+        self.weights_sha256()  # hashed here, in the background, not in a request
         logger.info("model %s loaded in %.1f s (%s backend); ready", self.name,
-                    time.perf_counter() - started, getattr(predictor, "backend", "?"))
+                    time.perf_counter() - started, backend_name(predictor))
+        self._ready.set()
+
+    def _finish(self) -> None:
+        """The load is over (loaded or failed): wake every request waiting for it."""
+        with self._lock:
+            self._done.set()
+            waiters, self._waiters = self._waiters, []
+        for loop, future in waiters:
+            with contextlib.suppress(RuntimeError):  # that event loop has closed
+                loop.call_soon_threadsafe(_settle, future)
+
+    async def wait(self, timeout: float) -> None:
+        """Wait (without blocking the event loop) until the load is over, loaded or failed,
+        at most ``timeout`` seconds; returns at once when it is over already."""
+        if self._done.is_set() or timeout <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            if self._done.is_set():
+                return
+            self._waiters.append((loop, future))
+        try:
+            await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            with self._lock, contextlib.suppress(ValueError):
+                self._waiters.remove((loop, future))
 
     def stop(self) -> None:
         """Wait for a load in progress, then stop the worker thread (after the queued work)."""
@@ -149,6 +192,29 @@ class ModelSlot:
             self._card = ModelCard.load(self.folder)
         return self._card
 
+    def weights_sha256(self) -> str | None:
+        """The SHA-256 of the model's weights file (:meth:`ModelCard.weights_sha256`, as
+        lineage records and the PACS results name a model), hashed once; None when no model
+        folder is known or its weights cannot be read."""
+        if self._weights_sha256 is None:
+            folder = self.folder
+            if folder is None and self.predictor is not None:
+                folder = getattr(self.predictor, "model_dir", None)
+            if folder is None:
+                return None
+            try:
+                self._weights_sha256 = ModelCard.weights_sha256(Path(folder))
+            except OSError as error:
+                logger.warning("model %s: its weights could not be hashed: %s", self.name,
+                               type(error).__name__)
+                return None
+        return self._weights_sha256
+
+    def identity(self, card: ModelCard) -> ModelIdentity:
+        """What names this model in results (name, card version, weights hash), as in the
+        PACS results."""
+        return ModelIdentity(self.name, card.version, self.weights_sha256() or "")
+
 
 @dataclass
 class ModelEntry:
@@ -159,6 +225,7 @@ class ModelEntry:
     default: bool  # the server's own model: the one used without ?model=
     shipped: bool  # selectable with ?model=NAME
     loaded: bool
+    identity: ModelIdentity  # name, card version and weights hash, as the PACS results say
 
 
 class Service:
@@ -168,7 +235,8 @@ class Service:
     ``loader`` loads the own model, called ``name`` (``shipped``: it is that shipped model,
     so ``?model=name`` selects it too). ``others`` maps each other shipped model's name to
     its loader; those named in ``eager`` (already loaded, say) are set up at start-up, before
-    the own model.
+    the own model; the rest after it (``settings.preload_models``, the default) or on first
+    use.
     """
 
     def __init__(self, settings: Settings, loader: Callable[[], Predictor],
@@ -194,8 +262,15 @@ class Service:
 
     @property
     def ready(self) -> bool:
-        """True once the own model is loaded and its queue's worker runs."""
-        return self.own.ready
+        """True once every model loaded at start-up is loaded and its queue's worker runs."""
+        return all(slot.ready for slot in self.startup_slots())
+
+    def startup_slots(self) -> list[ModelSlot]:
+        """The models loaded at start-up, which readiness waits for: every offered model
+        (``preload_models``), else the own model and those given loaded already."""
+        if self.settings.preload_models:
+            return [self.own, *self.others.values()]
+        return [self.own, *self.eager]
 
     @property
     def predictor(self) -> Predictor | None:
@@ -213,8 +288,9 @@ class Service:
         return self.own.load_error
 
     def start(self) -> None:
-        """Load the own model in a background thread (/readyz answers 503 until it is done);
-        then, with ``preload_models``, the other shipped models one after the other."""
+        """Load the own model in a background thread, then, with ``preload_models`` (the
+        default), the other shipped models one after the other; /readyz answers 503 until
+        they are all loaded."""
         def load_all() -> None:
             for slot in self.eager:
                 slot.load()
@@ -237,8 +313,10 @@ class Service:
             slot.stop()
 
     def check_ready(self) -> None:
-        """Raise :class:`ModelNotReadyError` while the own model loads, or if it failed to."""
-        self.own.check_ready()
+        """Raise :class:`ModelNotReadyError` while a model loaded at start-up loads, or if
+        one failed to (the message names it, with the reason)."""
+        for slot in self.startup_slots():
+            slot.check_ready()
 
     @contextmanager
     def feedback_slot(self) -> Iterator[None]:
@@ -273,12 +351,31 @@ class Service:
         A shipped model not loaded yet starts loading in the background; until it is loaded
         (or if it failed to load) this raises :class:`ModelNotReadyError`.
         """
+        slot = self._started(model)
+        return slot.require_ready()
+
+    async def wait_ready(self, model: str | None = None) -> tuple[Predictor, InferenceQueue]:
+        """As :meth:`require_ready`, but a model still loading is waited for first (up to
+        ``settings.load_wait_s`` seconds) instead of refused at once."""
+        slot = self._started(model)
+        await slot.wait(self.settings.load_wait_s)
+        return slot.require_ready()
+
+    def _started(self, model: str | None) -> ModelSlot:
         slot = self.slot(model)
         if not slot.started:
             if self._stopping:
                 raise ModelNotReadyError("The server is shutting down; retry shortly.")
             slot.start()
-        return slot.require_ready()
+        return slot
+
+    async def wait_card(self, model: str | None = None) -> tuple[str, ModelCard]:
+        """As :meth:`card`, but the own model, while it loads, is waited for first (up to
+        ``settings.load_wait_s`` seconds)."""
+        slot = self.slot(model)
+        if slot is self.own:
+            await self._started(model).wait(self.settings.load_wait_s)
+        return self.card(model)
 
     def card(self, model: str | None = None) -> tuple[str, ModelCard]:
         """The name and card of the model ``?model=`` names (None: the own model, once
@@ -290,9 +387,11 @@ class Service:
         return slot.name, slot.card()
 
     def models(self) -> list[ModelEntry]:
-        """The own model (once loaded) and every other shipped model, the own one first."""
-        entries = [ModelEntry(self.own.name, self.card()[1], default=True,
-                              shipped=self.own_shipped, loaded=True)]
+        """The own model (once loaded) and every other shipped model, the own one first;
+        each with its identity (the weights are hashed once per model)."""
+        card = self.card()[1]
+        entries = [ModelEntry(self.own.name, card, default=True, shipped=self.own_shipped,
+                              loaded=True, identity=self.own.identity(card))]
         for slot in self.others.values():
             try:
                 card = slot.card()
@@ -301,8 +400,18 @@ class Service:
                                type(error).__name__)
                 continue
             entries.append(ModelEntry(slot.name, card, default=False, shipped=True,
-                                      loaded=slot.ready))
+                                      loaded=slot.ready, identity=slot.identity(card)))
         return entries
+
+
+def backend_name(predictor: Predictor) -> str:
+    """The name of a predictor's backend ("onnx", "torch"), as logs show it."""
+    return str(getattr(getattr(predictor, "backend", None), "name", None) or "unknown")
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def server_model(settings: Settings) -> tuple[str, Path, bool]:

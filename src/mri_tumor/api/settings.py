@@ -22,6 +22,7 @@ ENV_QUEUE_SIZE = "MRI_TUMOR_QUEUE_SIZE"
 ENV_MAX_BATCH = "MRI_TUMOR_MAX_BATCH"
 ENV_API_KEY = "MRI_TUMOR_API_KEY"
 ENV_PRELOAD_MODELS = "MRI_TUMOR_PRELOAD_MODELS"
+ENV_LOAD_WAIT_S = "MRI_TUMOR_LOAD_WAIT_S"
 ENV_SITE_DATA = SITE_DATA_ENV  # MRI_TUMOR_SITE_DATA: where confirmed cases are stored
 
 API_KEY_HEADER = "X-API-Key"
@@ -50,8 +51,11 @@ class Settings(BaseSettings):
     queue_size: int = Field(64, ge=0)  # files waiting or being predicted, over all requests
     max_batch: int = Field(16, ge=1)  # files taken into one predictor call
     api_key: str | None = None  # when set, /v1/* need a matching X-API-Key header
-    # Load the other shipped models right after the own one instead of on first use.
-    preload_models: bool = False
+    # Load every offered model at start-up (the own one first), and be ready only once all
+    # are loaded; False: the other shipped models load on first use, readiness is the own one.
+    preload_models: bool = True
+    # How long a request for a model still loading waits for it before 503 + Retry-After.
+    load_wait_s: float = Field(60.0, ge=0, allow_inf_nan=False)
     # The site-data folder: POST /v1/feedback stores confirmed cases there (None: it is off).
     site_data: Path | None = None
 

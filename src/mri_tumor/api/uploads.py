@@ -34,6 +34,7 @@ IMAGE_MEDIA_TYPES = {
     "application/zip": "zip of a study", "application/x-zip-compressed": "zip of a study",
     "application/octet-stream": "any of these, recognised by content",
 }
+BAD_LENGTH_DETAIL = "The Content-Length header is not a number: send the body's size in bytes."
 ACCEPTED_TYPES_TEXT = ("image/jpeg, image/png, image/bmp, image/tiff, application/dicom, "
                        "application/gzip (NIfTI), application/zip or application/octet-stream")
 
@@ -50,7 +51,7 @@ def check_declared_length(request: Request, limit: int) -> None:
     try:
         length = int(declared)
     except ValueError:
-        raise HTTPException(400, "The Content-Length header is not a number.") from None
+        raise HTTPException(400, BAD_LENGTH_DETAIL) from None
     if length > limit:
         raise HTTPException(413, too_large_detail(limit))
 

@@ -43,7 +43,10 @@ def launch_app(port: int = 8501, host: str = "127.0.0.1",
     script = Path(__file__).with_name("page.py")
     command = [sys.executable, "-m", "streamlit", "run", str(script),
                "--server.port", str(port), "--server.address", host,
-               "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+               "--server.headless", "true", "--browser.gatherUsageStats", "false",
+               # No "Deploy" button or developer menu, from the first session on (the page's
+               # own st.set_option comes too late for the session that starts the server).
+               "--client.toolbarMode", "minimal"]
     if model:
         command += ["--", "--model", str(model)]
     print(f"MRI tumour classifier: http://{host}:{port}  (Ctrl+C to stop)", flush=True)

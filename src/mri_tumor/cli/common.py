@@ -43,16 +43,40 @@ def count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
+def subfolders(paths: list[Path]) -> list[Path]:
+    """The sub-folders (not hidden ones) of the given folders, which a run without
+    --recursive does not read."""
+    return sorted(child for folder in paths if folder.is_dir() for child in folder.iterdir()
+                  if child.is_dir() and not child.name.startswith("."))
+
+
+def listed(paths: list[Path], shown: int = 5) -> str:
+    """The first ``shown`` paths, then how many more."""
+    names = ", ".join(str(path) for path in paths[:shown])
+    return names + (f" and {len(paths) - shown} more" if len(paths) > shown else "")
+
+
+def skipped_note(skipped: list[Path]) -> str:
+    """The files a folder held that were not read, named (the first few)."""
+    return (f"skipped {count(len(skipped), 'non-image file')} in the given folders (not an "
+            "image, DICOM, NIfTI or zip by the extension, or by the content when there is "
+            f"none): {listed(skipped)}")
+
+
+def unread_note(unread: list[Path]) -> str:
+    """The sub-folders a run without --recursive did not read."""
+    return (f"did not read {count(len(unread), 'sub-folder')} ({listed(unread)}); add "
+            "--recursive to read sub-folders too")
+
+
 def nothing_found(folders: list[Path], recursive: bool) -> str:
     """Why a predict run has nothing to read, and what would find something."""
     where = ", ".join(str(folder) for folder in folders)
     if recursive:
         return f"no image or DICOM file found in {where} or its sub-folders"
-    subfolders = sum(1 for folder in folders for child in folder.iterdir()
-                     if child.is_dir() and not child.name.startswith("."))
-    if subfolders:
+    if unread := subfolders(folders):
         return (f"no image or DICOM file found in {where}; it holds "
-                f"{count(subfolders, 'sub-folder')}: add --recursive to read them")
+                f"{count(len(unread), 'sub-folder')}: add --recursive to read them")
     return f"no image or DICOM file found in {where}"
 
 

@@ -9,7 +9,15 @@ import sys
 from pathlib import Path
 
 from mri_tumor.card import DISCLAIMER
-from mri_tumor.cli.common import UsageError, add_backend, add_model, count, nothing_found
+from mri_tumor.cli.common import (
+    UsageError,
+    add_backend,
+    add_model,
+    nothing_found,
+    skipped_note,
+    subfolders,
+    unread_note,
+)
 
 
 def add_predict(sub: argparse._SubParsersAction) -> None:
@@ -33,12 +41,13 @@ def run_predict(args: argparse.Namespace) -> int:
         raise UsageError("--batch-size must be at least 1")
     inputs, skipped = expand_inputs(args.paths, recursive=args.recursive)
     if skipped:
-        print(f"note: skipped {count(len(skipped), 'non-image file')} in the given folders",
-              file=sys.stderr)
+        print(f"note: {skipped_note(skipped)}", file=sys.stderr)
     if not inputs:
         print(f"mri-tumor predict: {nothing_found(args.paths, args.recursive)}",
               file=sys.stderr)
         return 1
+    if not args.recursive and (unread := subfolders(args.paths)):
+        print(f"note: {unread_note(unread)}", file=sys.stderr)
     predictor = Predictor.load(args.model, backend=args.backend)
     results = predictor.predict(inputs, batch_size=args.batch_size)
     mode = "json" if args.json else "csv" if args.csv else "table"
@@ -51,23 +60,55 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export the model to ONNX (optionally int8)")
-    p.add_argument("out", type=Path, help="output file, e.g. model.onnx")
+    p = sub.add_parser(
+        "export", help="export the model to ONNX (optionally int8)",
+        description="Write the model as one self-contained ONNX graph (opset 17; the network "
+        "and its out-of-distribution guard) for ONNX Runtime and other stacks, and the model "
+        "card beside it (model.onnx -> model.card.json). The graph's metadata_props carry "
+        "the card's class names, display names, input size, preprocessing (intensity step, "
+        "mean, std), temperature and guard threshold, keys mri_tumor.*, each value JSON. "
+        "INPUT 'pixels': float32, shape (batch, 3, S, S), S the card's image_size (208 for "
+        "both shipped models). Each image: decoded to 8-bit grey, resized to S x S "
+        "(bilinear), then the card's intensity step ('equalize', the shipped models': each "
+        "grey level becomes the mid-rank of its pixels, (below + equal / 2) / pixel count; "
+        "'none': divided by 255), the grey channel repeated 3 times and (x - mean) / std with "
+        "the card's mean and std (0.5 and 0.5 for the shipped models: values in -1..1). "
+        "OUTPUTS: 'logits' (batch, classes) in the card's class_names order, calibrated "
+        "probabilities = softmax(logits / temperature); 'features' (batch, F; 1280 for the "
+        "shipped models), the pooled embedding; 'ood_score' (batch), above the card's "
+        "ood_threshold an image is refused as not a brain MRI; for a model with a sequence "
+        "head (types) also 'sequence_logits' (batch, sequences) in sequence_names order, "
+        "with sequence_temperature. Research tool, not a diagnosis.")
+    p.add_argument("out", type=Path, help="output file, e.g. model.onnx (the card goes beside "
+                                          "it: model.card.json)")
     p.add_argument("--format", choices=("onnx",), default="onnx", help="output format")
-    p.add_argument("--quantize", choices=("int8",), help="static int8 quantisation")
+    p.add_argument("--quantize", choices=("int8",),
+                   help="static int8 quantisation (QDQ) of the network, calibrated on the "
+                        "bundled samples; the guard's score stays in float")
     add_model(p)
-    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite an existing file and a card beside it that export did "
+                        "not write")
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from mri_tumor.inference.export import exported_card_path, is_exported_card
     from mri_tumor.inference.model_folder import export_model
 
     if args.out.exists() and not args.force:
         raise UsageError(f"{args.out} exists; pass --force to overwrite it")
     if args.out.suffix.lower() != ".onnx":
         raise UsageError(f"{args.out}: the output file name must end in .onnx")
+    card = exported_card_path(args.out)
+    if card.is_dir():
+        raise UsageError(f"{card} is a folder, where the model card would go; choose "
+                         "another output name")
+    if (card.exists() or card.is_symlink()) and not (args.force or is_exported_card(card)):
+        raise UsageError(f"{card} exists and is not a card written by mri-tumor export; "
+                         "move it, choose another output name, or pass --force to overwrite "
+                         "it")
     path = export_model(args.model, args.out, quantize=args.quantize)
-    print(f"wrote {path}")
+    print(f"wrote {path} and its model card {card}")
     return 0
 
 
@@ -176,8 +217,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     report_path = report.write_report(evaluation, args.out) if args.out is not None else None
     if args.json:
         print(json.dumps(evaluation.to_json()))
-        if evaluation.shift_warning:
-            print(evaluation.shift_warning, file=sys.stderr)
+        for warning in (evaluation.shift_warning, evaluation.small_group_warning):
+            if warning:
+                print(warning, file=sys.stderr)
         if report_path is not None:
             print(f"Report: {report_path}", file=sys.stderr)
         print(DISCLAIMER, file=sys.stderr)

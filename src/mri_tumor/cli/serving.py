@@ -24,6 +24,7 @@ def add_app(sub: argparse._SubParsersAction) -> None:
 
 
 def run_app(args: argparse.Namespace) -> int:
+    check_port_free(args.host, args.port)  # before the model is read or Streamlit started
     from mri_tumor.app.launch import launch_app
 
     return launch_app(port=args.port, host=args.host, model=args.model)
@@ -39,9 +40,37 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    check_port_free(args.host, args.port)  # before anything is loaded
     from mri_tumor.api import serve
 
     return serve(host=args.host, port=args.port, workers=args.workers, model_dir=args.model)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """UsageError (one line, exit status 2) when ``host:port`` cannot be listened on: a port
+    in use names itself and ``--port``. Bound the way uvicorn and Streamlit bind (with
+    SO_REUSEADDR), then let go. A port out of range is left to the command's own check."""
+    import errno
+    import socket
+
+    if not 0 < port < 65536:
+        return
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as error:
+        reason = getattr(error, "strerror", None) or error
+        raise UsageError(f"--host {host}: not an address to listen on ({reason})") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise UsageError(f"port {port} on {host} is already in use: stop what listens "
+                                 "there, or choose another port with --port") from None
+            raise UsageError(f"cannot listen on {host}:{port} ({error.strerror or error}): "
+                             "choose another port with --port, or another --host") from None
 
 
 def add_pacs(sub: argparse._SubParsersAction) -> None:
@@ -91,6 +120,15 @@ def add_pacs(sub: argparse._SubParsersAction) -> None:
                     "arrived for --quiet seconds, then C-STORE the report and overlays to "
                     "--send-to. Stops cleanly on SIGTERM or Ctrl-C.")
     listen.add_argument("--port", type=int, required=True, help="TCP port to listen on")
+    listen.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on: this machine only unless told otherwise; "
+                             "another address needs --allow-ae")
+    listen.add_argument("--allow-ae", action="append", default=[], metavar="AE",
+                        help="a calling AE title that may send (repeat for several); "
+                             "associations from others are rejected")
+    listen.add_argument("--allow-address", action="append", default=[], metavar="ADDRESS",
+                        help="a source IP address that may send (repeat for several; "
+                             "default: any that can reach --host)")
     listen.add_argument("--ae-title", default="MRITUMOR", help="this listener's AE title")
     listen.add_argument("--send-to", required=True, metavar="HOST:PORT:AE",
                         help="where the results go (a PACS's storage SCP)")
@@ -190,7 +228,24 @@ def _pacs_watch(args: argparse.Namespace, predictor) -> int:
 
 
 def _pacs_listen(args: argparse.Namespace, predictor) -> int:
-    from mri_tumor.pacs.listen import Destination, check_ae_title, listen
+    from mri_tumor.pacs.listen import listen
+
+    callers = _listen_callers(args)
+    destination = _listen_destination(args)
+    log_to_stderr()
+    stop = stop_on_signals()
+    print(f"listening on {args.host}:{args.port} as {args.ae_title} for "
+          f"{callers.describe()}; results go to {args.send_to}. {DISCLAIMER}", flush=True)
+    listen(predictor, args.port, args.ae_title, destination, stop=stop,
+           quiet_seconds=args.quiet, bind_address=args.host, callers=callers,
+           on_line=lambda line: print(line, flush=True))
+    print("stopped", flush=True)
+    return 0
+
+
+def _listen_destination(args: argparse.Namespace):
+    """The checked --send-to, --ae-title, --port and --quiet of ``pacs listen``."""
+    from mri_tumor.pacs.listen import Destination, check_ae_title
 
     try:
         destination = Destination.parse(args.send_to)
@@ -202,11 +257,28 @@ def _pacs_listen(args: argparse.Namespace, predictor) -> int:
         raise UsageError(f"--ae-title: {error}") from None
     if not 0 < args.port < 65536 or args.quiet <= 0:
         raise UsageError("--port must be 1-65535 and --quiet positive")
-    log_to_stderr()
-    stop = stop_on_signals()
-    print(f"listening on port {args.port} as {args.ae_title}; results go to {args.send_to}. "
-          f"{DISCLAIMER}", flush=True)
-    listen(predictor, args.port, args.ae_title, destination, stop=stop,
-           quiet_seconds=args.quiet, on_line=lambda line: print(line, flush=True))
-    print("stopped", flush=True)
-    return 0
+    return destination
+
+
+def _listen_callers(args: argparse.Namespace):
+    """Who may send to ``pacs listen``: a listener reachable from other machines must name
+    the calling AE titles it accepts."""
+    import ipaddress
+
+    from mri_tumor.pacs.listen import Callers, check_ae_title, is_loopback
+
+    for title in args.allow_ae:
+        try:
+            check_ae_title(title)
+        except ValueError as error:
+            raise UsageError(f"--allow-ae {title!r}: {error}") from None
+    for address in args.allow_address:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise UsageError(f"--allow-address {address!r}: not an IP address") from None
+    if not is_loopback(args.host) and not args.allow_ae:
+        raise UsageError(f"--host {args.host} lets other machines connect: name the calling "
+                         "AE titles that may send with --allow-ae (and their addresses with "
+                         "--allow-address)")
+    return Callers(tuple(args.allow_ae), tuple(args.allow_address))

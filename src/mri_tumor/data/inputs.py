@@ -14,6 +14,15 @@ if TYPE_CHECKING:  # torch is imported only when a model is needed (fast `mri-tu
     pass
 
 
+# The first bytes of the image formats the decoder reads (JPEG, PNG, BMP, TIFF both ways).
+IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"II*\x00", b"MM\x00*")
+
+
+def looks_like_image_bytes(data: bytes) -> bool:
+    """True when the bytes start like a JPEG, PNG, BMP or TIFF file."""
+    return data.startswith(IMAGE_SIGNATURES)
+
+
 def _is_candidate(path: Path) -> bool:
     suffix = path.suffix.lower()
     if suffix in IMAGE_EXTENSIONS or suffix in DICOM_EXTENSIONS or suffix == ".zip" \
@@ -21,18 +30,20 @@ def _is_candidate(path: Path) -> bool:
         return True
     if suffix or not path.is_file():
         return False
-    try:  # extension-less files are taken when they are DICOM by content
+    try:  # extension-less files are taken when they are DICOM or an image by content
         with path.open("rb") as handle:
-            return looks_like_dicom_bytes(handle.read(132))
+            head = handle.read(132)
     except OSError:
         return False
+    return looks_like_dicom_bytes(head) or looks_like_image_bytes(head)
 
 
 def expand_inputs(paths: Sequence[Path], recursive: bool = False) -> tuple[list[Path], list[Path]]:
     """Files as given, folders expanded to their image and DICOM files (sorted).
 
-    Returns (inputs, skipped files found in folders that are not images). A path that does
-    not exist stays in the inputs so that its result reports it.
+    Returns (inputs, skipped files found in folders that are not images). A file without an
+    extension is taken when its content is DICOM or an image. A path that does not exist
+    stays in the inputs so that its result reports it.
     """
     inputs: list[Path] = []
     skipped: list[Path] = []

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import bootstrap
 
+from mri_tumor.columns import PROBABILITY_PREFIX, column_key
 from mri_tumor.evaluation.report import PREDICTIONS_FILE
 from mri_tumor.metrics import expected_calibration_error
 
@@ -31,7 +32,7 @@ class PredictionTable:
     labels: np.ndarray  # class index of each image's true label
     probabilities: np.ndarray  # images x classes
     sources: list[str]
-    class_names: list[str]
+    class_names: list[str]  # the key of each class (``columns.column_key``), column order
     sequences: list[str] | None = None  # MR sequence where the folder names say it, else ""
 
 
@@ -73,20 +74,30 @@ def read_predictions(path: Path) -> PredictionTable:
             columns, rows = list(reader.fieldnames or []), list(reader)
     except (UnicodeDecodeError, csv.Error) as error:
         raise ValueError(f"{csv_path}: not a readable CSV file ({error})") from None
-    class_names = [c[2:] for c in columns if c.startswith("p_")]
+    # The probability columns, by the key of their class: ``p_carcinoma_metastasis`` as
+    # ``evaluate`` writes it now, and ``p_carcinoma (metastasis)`` as it wrote it before.
+    probability_columns = {column_key(c.removeprefix(PROBABILITY_PREFIX)): c for c in columns
+                           if c.startswith(PROBABILITY_PREFIX)}
+    class_names = list(probability_columns)
     missing = [c for c in ("path", "true_label", "source") if c not in columns]
     if missing or not class_names or not rows:
         problem = ("no column " + ", ".join(missing or ["p_<class>"]) if missing or not
                    class_names else "no images")
         raise ValueError(f"{csv_path}: not a predictions file of `mri-tumor evaluate` "
                          f"({problem})")
+    labels = sorted({row["true_label"] for row in rows})
+    keys: dict[str, str] = {}
+    for label in labels:
+        if (other := keys.setdefault(column_key(label), label)) != label:
+            raise ValueError(f"{csv_path}: the classes {other!r} and {label!r} have the same "
+                             "column key, so their probabilities cannot be told apart")
     index = {name: i for i, name in enumerate(class_names)}
-    unknown = sorted({row["true_label"] for row in rows} - set(index))
+    unknown = [label for label in labels if column_key(label) not in index]
     if unknown:
         raise ValueError(f"{csv_path}: true labels without a probability column: "
                          f"{', '.join(unknown)}")
     try:
-        probabilities = np.array([[float(row[f"p_{name}"]) for name in class_names]
+        probabilities = np.array([[float(row[probability_columns[key]]) for key in class_names]
                                   for row in rows])
     except ValueError as error:
         raise ValueError(f"{csv_path}: a probability is not a number ({error})") from None
@@ -95,7 +106,8 @@ def read_predictions(path: Path) -> PredictionTable:
         raise ValueError(f"{csv_path}: some image paths appear more than once, so the rows "
                          "cannot be matched with another report's")
     return PredictionTable(paths=paths,
-                           labels=np.array([index[row["true_label"]] for row in rows]),
+                           labels=np.array([index[column_key(row["true_label"])]
+                                            for row in rows]),
                            probabilities=probabilities,
                            sources=[row["source"] for row in rows], class_names=class_names,
                            sequences=[row.get("sequence") or "" for row in rows])

@@ -15,8 +15,14 @@ from mri_tumor import metrics
 from mri_tumor.data.folders import (
     scan_folders,
 )
-from mri_tumor.evaluation.groups import cell_metrics, group_metrics, sequence_metrics
+from mri_tumor.evaluation.groups import (
+    cell_metrics,
+    group_masks,
+    group_metrics,
+    sequence_metrics,
+)
 from mri_tumor.evaluation.images import ImageSet, as_paths, collect_images
+from mri_tumor.evaluation.intervals import interval_summary, small_group_warning, small_groups
 from mri_tumor.evaluation.leakage import (
     HashedFolder,
     TrainingMatch,
@@ -38,7 +44,7 @@ from mri_tumor.models.calibration import softmax
 JSON_KEYS = ("n", "classes", "accuracy", "macro_f1", "per_class", "confusion_matrix", "auc",
              "ece", "ece_uncalibrated", "leak_free", "by_group", "by_cell", "stress",
              "shortcut_baseline_accuracy", "shift_warning", "sequence_accuracy", "sequence",
-             "skipped")
+             "skipped", "intervals", "small_groups")
 
 
 # -- the whole evaluation ------------------------------------------------------------------
@@ -72,6 +78,13 @@ class Evaluation:
     shift: list[ShiftCheck] = field(default_factory=list)
     shift_warning: str | None = None
     sequence: dict[str, Any] | None = None  # a model with a sequence head: see sequence_metrics
+    intervals: dict[str, Any] | None = None  # bootstrap intervals: see interval_summary
+    small_groups: list[dict[str, Any]] = field(default_factory=list)  # see small_groups
+
+    @property
+    def small_group_warning(self) -> str | None:
+        """One line naming the groups and cells under 100 images (None: there are none)."""
+        return small_group_warning(self.small_groups)
 
     @property
     def class_names(self) -> list[str]:
@@ -125,8 +138,8 @@ class Evaluation:
 
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` object: exactly the keys of ``JSON_KEYS`` (null where a part was not
-        asked for: ``leak_free`` and ``shortcut_baseline_accuracy`` need --train-dir,
-        ``stress`` needs --stress)."""
+        asked for: ``leak_free`` and ``shortcut_baseline_accuracy`` need training folders,
+        ``stress`` needs the stress test). New keys go at the end; none is ever renamed."""
         m = self.metrics
         leak_free = None
         if self.leak_free is not None:
@@ -142,6 +155,7 @@ class Evaluation:
             "sequence_accuracy": self.sequence["accuracy"] if self.sequence else None,
             "sequence": self.sequence,
             "skipped": [{"path": path, "reason": reason} for path, reason in self.scored.skipped],
+            "intervals": self.intervals, "small_groups": self.small_groups,
         }
         assert tuple(result) == JSON_KEYS
         return result
@@ -179,6 +193,7 @@ def evaluate(predictor: Predictor, data: ImageSet | Path | Sequence[Path],
     evaluation.sequence = sequence_metrics(scored, predictor.card.sequence_names,
                                            predictor.card.sequence_temperature)
     evaluation.by_cell = cell_metrics(scored, names)
+    evaluation.small_groups = small_groups(evaluation.by_group, evaluation.by_cell)
     validation_share = validation_rejected_share(predictor)
     evaluation.shift = shift_checks(scored, predictor.ood_threshold, validation_share)
     evaluation.shift_warning = shift_message(evaluation.shift, predictor.ood_threshold,
@@ -194,6 +209,8 @@ def evaluate(predictor: Predictor, data: ImageSet | Path | Sequence[Path],
         evaluation.leak_free = compute_metrics(scored.logits[clean], scored.labels[clean],
                                                names, temperature)
         evaluation.shortcut_accuracy = shortcut_baseline(training, scored, names)
+    evaluation.intervals = interval_summary(evaluation.probabilities(), scored.labels,
+                                            group_masks(scored), clean if train_list else None)
     if stress:
         assert scored.pixels is not None
         labels = scored.labels[clean]

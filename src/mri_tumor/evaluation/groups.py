@@ -15,21 +15,26 @@ if TYPE_CHECKING:
     from mri_tumor.evaluation.scoring import ScoredImages
 
 
-def group_metrics(scored: ScoredImages, class_names: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """``{n, accuracy, macro_f1}`` per group: ``source:<name>`` for each source when there
-    are two or more, then ``sequence:<seq>`` for each MR sequence the folder layout tells
-    (images of unknown sequence are in no sequence group)."""
-    labels, predicted = scored.labels, scored.logits.argmax(axis=1)
+def group_masks(scored: ScoredImages) -> dict[str, np.ndarray]:
+    """The images of each group, by name: ``source:<name>`` for each source when there are
+    two or more, then ``sequence:<seq>`` for each MR sequence the folder layout tells (images
+    of unknown sequence are in no sequence group)."""
     sources, sequences = np.array(scored.sources), np.array(scored.sequences)
     groups: dict[str, np.ndarray] = {}
     if len(set(scored.sources)) > 1:
         groups |= {f"source:{name}": sources == name for name in sorted(set(scored.sources))}
     groups |= {f"sequence:{name}": sequences == name
                for name in sorted(set(scored.sequences) - {""})}
+    return groups
+
+
+def group_metrics(scored: ScoredImages, class_names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``{n, accuracy, macro_f1}`` per group of ``group_masks``."""
+    labels, predicted = scored.labels, scored.logits.argmax(axis=1)
     return {name: {"n": int(mask.sum()),
                    "accuracy": metrics.accuracy(labels[mask], predicted[mask]),
                    "macro_f1": metrics.macro_f1(labels[mask], predicted[mask], len(class_names))}
-            for name, mask in groups.items()}
+            for name, mask in group_masks(scored).items()}
 
 
 def sequence_metrics(scored: ScoredImages, sequence_names: Sequence[str],

@@ -16,6 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mri_tumor.data.folders import (
+    FOLDER_ALIASES,
     FolderScan,
     LabelledImage,
     class_of_folder,
@@ -97,8 +98,40 @@ def collect_images(data_dirs: str | Path | Sequence[str | Path], split: Path | N
         skipped += [(prefix + path, reason) for path, reason in scan.skipped]
     image_set = ImageSet(dirs, images, names, skipped)
     if not images:
-        raise ValueError(f"{image_set.location}: no images found in the class folders")
+        raise ValueError(nothing_to_evaluate(scans, scheme))
     return image_set
+
+
+# What each label scheme reads (the model card's ``label_scheme``).
+SCHEME_LAYOUTS = {
+    "classes": "class folders (glioma, meningioma, notumor, pituitary, or the SARTAJ names; "
+               "label scheme 'classes') or '<Type> <Sequence>' folders of the types it maps "
+               "onto those classes",
+    "types": "'<Type> <Sequence>' folders (label scheme 'types'; e.g. 'Meningioma T1C+', "
+             "'_NORMAL T2')",
+}
+
+
+def nothing_to_evaluate(scans: Sequence[FolderScan], scheme: str) -> str:
+    """Why folders gave no image to evaluate, in one line: the layout the model's label
+    scheme reads, and what was found instead."""
+    location = ", ".join(str(scan.root) for scan in scans)
+    expects = f"this model reads {SCHEME_LAYOUTS.get(scheme, 'other folders')}"
+    passed = [entry for scan in scans for entry in scan.skipped]
+    folders = [path.split("/ (")[0] for path, _ in passed if "/ (" in path]
+    if folders and scheme == "types" and all(f.lower() in FOLDER_ALIASES for f in folders):
+        return (f"{location}: no images to evaluate: {expects}, but found the class folders "
+                f"{', '.join(folders)}, which the 4-class model 'default' reads")
+    if folders:
+        shown = ", ".join(folders[:5]) + (f" and {len(folders) - 5} more"
+                                          if len(folders) > 5 else "")
+        return (f"{location}: no images to evaluate: {expects}; found {len(folders)} "
+                f"folder(s), all passed over: {shown} ({passed[0][1]})")
+    if passed:
+        return (f"{location}: no images to evaluate: the class folders hold "
+                f"{len(passed)} file(s) that are not images, e.g. {passed[0][0]} "
+                f"({passed[0][1]})")
+    return f"{location}: no images found in the class folders ({expects})"
 
 
 def _split_images(dirs: list[Path], split: Path, subset: str) -> ImageSet:

@@ -19,8 +19,25 @@ from PIL import Image, PngImagePlugin
 
 from mri_tumor import figures, metrics
 from mri_tumor.card import DISCLAIMER
+from mri_tumor.columns import probability_columns
 from mri_tumor.data.reading import ImageReadError, read_image
 from mri_tumor.data.splitting import NEAR_DUPLICATE_BITS
+from mri_tumor.evaluation.tables import (
+    cell_rows,
+    confusion_rows,
+    display_names,
+    group_rows,
+    headline,
+    interval_note,
+    metrics_rows,
+    number,
+    render_table,
+    sequence_headline,
+    sequence_rows,
+    stress_rows,
+    stress_subset,
+    with_interval,
+)
 
 if TYPE_CHECKING:
     from mri_tumor.evaluation.evaluate import Evaluation
@@ -131,105 +148,6 @@ def _thumbnail(path: Path) -> np.ndarray | None:
     return np.asarray(image)
 
 
-def _display(names: Sequence[str], display: Mapping[str, str] | None) -> list[str]:
-    """Class names as the model card shows them to people."""
-    return [(display or {}).get(name, name) for name in names]
-
-
-# -- tables --------------------------------------------------------------------------------
-def _number(value: float | None, digits: int = 4) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def metrics_rows(result: dict[str, Any], class_names: Sequence[str],
-                 display: Mapping[str, str] | None = None) -> list[list[str]]:
-    """Classification-report rows: header, one row per class, macro and weighted averages."""
-    rows = [["class", "precision", "recall", "F1", "support", "ROC AUC"]]
-    for name in class_names:
-        scores = result["per_class"][name]
-        rows.append([*_display([name], display), _number(scores["precision"]),
-                     _number(scores["recall"]), _number(scores["f1"]), str(scores["support"]),
-                     _number(result["auc"][name])])
-    for key, label in (("macro_avg", "macro average"), ("weighted_avg", "weighted average")):
-        average = result[key]
-        if average is None:
-            continue
-        rows.append([label, _number(average["precision"]), _number(average["recall"]),
-                     _number(average["f1"]), str(int(average["support"])), ""])
-    return rows
-
-
-def confusion_rows(result: dict[str, Any], class_names: Sequence[str],
-                   display: Mapping[str, str] | None = None) -> list[list[str]]:
-    """Confusion-matrix rows: true class down, predicted class across."""
-    labels = _display(class_names, display)
-    rows = [["true \\ predicted", *labels]]
-    rows += [[label, *map(str, counts)]
-             for label, counts in zip(labels, result["confusion_matrix"], strict=True)]
-    return rows
-
-
-def _sequence_headline(sequence: dict[str, Any]) -> str:
-    return (f"MR sequence (second head), {sequence['n']} images: accuracy "
-            f"{_number(sequence['accuracy'])}, ECE {_number(sequence['ece'])}; confusion "
-            "matrix (rows = true sequence):")
-
-
-def sequence_rows(sequence: dict[str, Any]) -> list[list[str]]:
-    """The sequence head's confusion matrix: true sequence down, predicted across."""
-    names = sequence["classes"]
-    return [["true \\ predicted", *names],
-            *[[name, *map(str, counts)]
-              for name, counts in zip(names, sequence["confusion_matrix"], strict=True)]]
-
-
-def _looks_numeric(cell: str) -> bool:
-    return cell in ("", "-") or cell.lstrip("+-").rstrip("%").replace(".", "", 1).isdigit()
-
-
-STRESS_LABELS = {
-    "histogram_swap_other_class": "histogram of an image of another class",
-    "histogram_swap_same_class": "histogram of another image of the same class (control)",
-    "gamma_0.5": "gamma 0.5 (brighter)",
-    "gamma_2.0": "gamma 2.0 (darker)",
-    "flip": "left-right mirror",
-    "half_resolution": "half the resolution",
-}
-
-
-def group_rows(by_group: dict[str, dict[str, Any]]) -> list[list[str]]:
-    """Per-source and per-sequence rows: group, n, accuracy, macro-F1."""
-    rows = [["group", "n", "accuracy", "macro-F1"]]
-    rows += [[name, str(v["n"]), _number(v["accuracy"]), _number(v["macro_f1"])]
-             for name, v in by_group.items()]
-    return rows
-
-
-def cell_rows(by_cell: list[dict[str, Any]],
-              display: Mapping[str, str] | None = None) -> list[list[str]]:
-    """Source x sequence x class rows: the accuracy there is the class's recall."""
-    rows = [["source", "sequence", "class", "n", "accuracy"]]
-    rows += [[f"`{c['source']}`", c["sequence"] or "-", *_display([c["class"]], display),
-              str(c["n"]), _number(c["accuracy"])] for c in by_cell]
-    return rows
-
-
-def stress_rows(stress: dict[str, Any]) -> list[list[str]]:
-    """Accuracy per perturbation, and its change from the unperturbed images."""
-    base = stress["unperturbed"]
-    rows = [["images", "accuracy", "change"], ["as given", _number(base), ""]]
-    for key, label in STRESS_LABELS.items():
-        value = stress.get(key)
-        change = "-" if value is None or base is None else f"{value - base:+.4f}"
-        rows.append([label, _number(value), change])
-    return rows
-
-
-def _stress_subset(stress: dict[str, Any]) -> str:
-    return (f"the {stress['n']} leak-free images (no duplicate in training)"
-            if stress["subset"] == "leak_free" else f"all {stress['n']} images")
-
-
 def _shortcut_sentence(evaluation: Evaluation) -> str | None:
     """The shortcut audit in one or two sentences (None without --train-dir)."""
     baseline = evaluation.shortcut_accuracy
@@ -271,27 +189,6 @@ def _shift_line(evaluation: Evaluation) -> str:
             f"the threshold; rule: {SHIFT_RULE}).")
 
 
-def render_table(rows: list[list[str]], markdown: bool) -> str:
-    """A Markdown table, or an aligned plain-text one for the console."""
-    if markdown:
-        numeric = [i > 0 and all(_looks_numeric(row[i]) for row in rows[1:])
-                   for i in range(len(rows[0]))]
-        lines = ["| " + " | ".join(rows[0]) + " |",
-                 "|" + "|".join("---:" if right else "---" for right in numeric) + "|"]
-        lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
-        return "\n".join(lines)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
-                               for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
-                     .rstrip() for row in rows)
-
-
-def _headline(result: dict[str, Any]) -> str:
-    return (f"accuracy {_number(result['accuracy'])}, macro-F1 {_number(result['macro_f1'])}, "
-            f"ECE {_number(result['ece'])} (before calibration "
-            f"{_number(result['ece_uncalibrated'])})")
-
-
 def _guard_line(evaluation: Evaluation) -> str:
     rejected = evaluation.rejected
     if rejected is None:
@@ -308,7 +205,12 @@ def _leak_line(evaluation: Evaluation) -> str | None:
     return (f"Leakage: {int(leaked.sum())} of {len(leaked)} images have an exact or near "
             f"duplicate among the {len(evaluation.training.relative_paths)} training images; "
             f"leak-free subset ({evaluation.leak_free['n']} images): "
-            f"{_headline(evaluation.leak_free)}")
+            f"{headline(evaluation.leak_free, _intervals(evaluation, 'leak_free'))}")
+
+
+def _intervals(evaluation: Evaluation, part: str) -> Any:
+    """The bootstrap intervals of ``part`` (``all``, ``leak_free``, ``by_group``), or None."""
+    return (evaluation.intervals or {}).get(part)
 
 
 def format_summary(evaluation: Evaluation, report_path: Path | None = None) -> str:
@@ -325,7 +227,10 @@ def format_summary(evaluation: Evaluation, report_path: Path | None = None) -> s
     if skipped:
         lines.append(f"Skipped {len(skipped)} file(s):")
         lines += [f"  {path}: {reason}" for path, reason in skipped]
-    lines += ["", f"All images: {_headline(m)}", "",
+    lines += ["", f"All images: {headline(m, _intervals(evaluation, 'all'))}"]
+    lines += [line for line in (interval_note(evaluation.intervals),
+                                evaluation.small_group_warning) if line]
+    lines += ["",
               render_table(metrics_rows(m, names, shown), markdown=False), "",
               "Confusion matrix (rows = true class, columns = predicted class):",
               render_table(confusion_rows(m, names, shown), markdown=False), "",
@@ -339,12 +244,13 @@ def format_summary(evaluation: Evaluation, report_path: Path | None = None) -> s
         lines += ["", shortcut]
     if evaluation.by_group:
         lines += ["", "By group (source, MR sequence):",
-                  render_table(group_rows(evaluation.by_group), markdown=False)]
+                  render_table(group_rows(evaluation.by_group,
+                                          _intervals(evaluation, "by_group")), markdown=False)]
     if evaluation.sequence is not None:
-        lines += ["", _sequence_headline(evaluation.sequence),
+        lines += ["", sequence_headline(evaluation.sequence),
                   render_table(sequence_rows(evaluation.sequence), markdown=False)]
     if evaluation.stress is not None:
-        lines += ["", f"Stress test on {_stress_subset(evaluation.stress)}:",
+        lines += ["", f"Stress test on {stress_subset(evaluation.stress)}:",
                   render_table(stress_rows(evaluation.stress), markdown=False)]
     if report_path is not None:
         lines += ["", f"Report: {report_path}"]
@@ -354,8 +260,8 @@ def format_summary(evaluation: Evaluation, report_path: Path | None = None) -> s
 
 # -- report.md -----------------------------------------------------------------------------
 def _metrics_section(result: dict[str, Any], class_names: Sequence[str],
-                     display: Mapping[str, str]) -> list[str]:
-    return [f"**{result['n']} images**: {_headline(result)}.", "",
+                     display: Mapping[str, str], intervals: Any = None) -> list[str]:
+    return [f"**{result['n']} images**: {headline(result, intervals)}.", "",
             render_table(metrics_rows(result, class_names, display), markdown=True), "",
             "Confusion matrix (rows = true class, columns = predicted class):", "",
             render_table(confusion_rows(result, class_names, display), markdown=True), ""]
@@ -377,7 +283,7 @@ def _model_lines(evaluation: Evaluation) -> list[str]:
         lines.append("- Sources: " + ", ".join(f"`{s.get('name')}`" for s in trained.sources))
     if validation is not None:
         lines.append("- Validation (from the model card): accuracy "
-                     f"{_number(validation.accuracy)}, macro-F1 {_number(validation.macro_f1)}")
+                     f"{number(validation.accuracy)}, macro-F1 {number(validation.macro_f1)}")
     return lines
 
 
@@ -388,7 +294,7 @@ def _write_predictions(evaluation: Evaluation, path: Path) -> None:
     duplicates = evaluation.duplicates
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow([*PREDICTION_COLUMNS_START, *(f"p_{n}" for n in names), "ood_score",
+        writer.writerow([*PREDICTION_COLUMNS_START, *probability_columns(names), "ood_score",
                          "ood_rejected", "training_duplicate", "source", "sequence"])
         scores = evaluation.scored.ood_scores
         threshold = evaluation.predictor.ood_threshold
@@ -442,19 +348,27 @@ def write_report(evaluation: Evaluation, out: Path) -> Path:
              f"- Written {time.strftime('%Y-%m-%d %H:%M:%S %Z')}", ""]
 
     lines += ["## Summary", ""]
+    def summary_row(label: str, result: dict[str, Any], intervals: Any) -> list[str]:
+        return [label, str(result["n"]),
+                *(with_interval(result[key], (intervals or {}).get(key))
+                  for key in ("accuracy", "macro_f1", "ece")),
+                number(result["ece_uncalibrated"])]
+
     summary = [["images", "n", "accuracy", "macro-F1", "ECE", "ECE before calibration"],
-               ["all", str(m["n"]), _number(m["accuracy"]), _number(m["macro_f1"]),
-                _number(m["ece"]), _number(m["ece_uncalibrated"])]]
+               summary_row("all", m, _intervals(evaluation, "all"))]
     leak_free = evaluation.leak_free
     if leak_free is not None:
-        summary.append(["leak-free (no duplicate in training)", str(leak_free["n"]),
-                        _number(leak_free["accuracy"]), _number(leak_free["macro_f1"]),
-                        _number(leak_free["ece"]), _number(leak_free["ece_uncalibrated"])])
+        summary.append(summary_row("leak-free (no duplicate in training)", leak_free,
+                                   _intervals(evaluation, "leak_free")))
     shortcut = _shortcut_sentence(evaluation)
     if evaluation.shortcut_accuracy is not None:
         summary.append(["all, brightness-only classifier (shortcut audit)", str(m["n"]),
-                        _number(evaluation.shortcut_accuracy), "-", "-", "-"])
+                        number(evaluation.shortcut_accuracy), "-", "-", "-"])
     lines += [render_table(summary, markdown=True), ""]
+    if note := interval_note(evaluation.intervals):
+        lines += [note, ""]
+    if evaluation.small_group_warning:
+        lines += [f"**{evaluation.small_group_warning}**", ""]
     if shortcut:
         lines += [shortcut, ""]
     lines += [_guard_line(evaluation), "", _shift_line(evaluation), ""]
@@ -477,12 +391,15 @@ def write_report(evaluation: Evaluation, out: Path) -> Path:
         if evaluation.by_group:
             lines += ["Per source (when there are several) and per MR sequence (where the "
                       "folder names tell it):", "",
-                      render_table(group_rows(evaluation.by_group), markdown=True), ""]
+                      render_table(group_rows(evaluation.by_group,
+                                              _intervals(evaluation, "by_group")),
+                                   markdown=True), ""]
         lines += ["Source x sequence x class (the accuracy of a cell is the recall of its "
                   "class there):", "",
                   render_table(cell_rows(evaluation.by_cell, shown), markdown=True), ""]
 
-    lines += ["## All images", "", *_metrics_section(m, names, shown),
+    lines += ["## All images", "", *_metrics_section(m, names, shown,
+                                                      _intervals(evaluation, "all")),
               f"![Confusion matrix]({CONFUSION_FIGURE})", "",
               "### ROC curves", "",
               "One class against the rest, on the calibrated probabilities. The AUC is "
@@ -491,13 +408,13 @@ def write_report(evaluation: Evaluation, out: Path) -> Path:
               "### Calibration", "",
               f"Expected calibration error ({metrics.ECE_BINS} equal-width bins of the top-class "
               f"confidence): "
-              f"{_number(m['ece_uncalibrated'])} before and {_number(m['ece'])} after temperature "
+              f"{number(m['ece_uncalibrated'])} before and {number(m['ece'])} after temperature "
               f"scaling with T = {evaluation.temperature:.4f} from the model card. Bars below "
               "the diagonal mean over-confidence.", "",
               f"![Reliability diagram]({RELIABILITY_FIGURE})", ""]
 
     if evaluation.sequence is not None:
-        lines += ["## MR sequence", "", _sequence_headline(evaluation.sequence), "",
+        lines += ["## MR sequence", "", sequence_headline(evaluation.sequence), "",
                   render_table(sequence_rows(evaluation.sequence), markdown=True), ""]
 
     if leak_free is not None and evaluation.training is not None:
@@ -505,7 +422,7 @@ def write_report(evaluation: Evaluation, out: Path) -> Path:
 
     if evaluation.stress is not None:
         lines += ["## Stress test", "",
-                  f"Accuracy on {_stress_subset(evaluation.stress)} after each change of the "
+                  f"Accuracy on {stress_subset(evaluation.stress)} after each change of the "
                   "model-size grey pixels, scored through the model's own preprocessing. The "
                   "histogram swap gives each image the grey-level histogram of a random image "
                   "of another class: a model that reads the class off the brightness falls "
@@ -523,7 +440,7 @@ def write_report(evaluation: Evaluation, out: Path) -> Path:
         lines += [f"The {len(mistakes)} most confident of {wrong} mistakes:", "",
                   f"![Worst mistakes]({MISTAKES_FIGURE})", ""]
         table = [["file", "true class", "predicted class", "confidence"]]
-        table += [[f"`{x.relative_path}`", *_display([x.true_label, x.predicted_label], shown),
+        table += [[f"`{x.relative_path}`", *display_names([x.true_label, x.predicted_label], shown),
                    f"{x.confidence:.1%}"] for x in mistakes]
         lines += [render_table(table, markdown=True), ""]
     else:
@@ -567,7 +484,7 @@ def _leak_section(evaluation: Evaluation, out: Path, written: set[str]) -> list[
              "of a training image's. Metrics on the remaining images, which the model cannot have "
              "memorised:", ""]
     if leak_free["n"]:
-        lines += _metrics_section(leak_free, names, shown)
+        lines += _metrics_section(leak_free, names, shown, _intervals(evaluation, "leak_free"))
         figures.plot_confusion_matrix(np.array(leak_free["confusion_matrix"]), names,
                                       out / CONFUSION_LEAK_FREE_FIGURE,
                                       f"Confusion matrix, {leak_free['n']} leak-free images",

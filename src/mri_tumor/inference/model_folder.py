@@ -122,19 +122,30 @@ def ensure_onnx_file(model_dir: Path, card: ModelCard) -> Path:
 
 
 def export_model(model: str | Path | None, out: Path, quantize: str | None = None) -> Path:
-    """Export a model (a name or a folder) to ONNX (network and guard score); int8 calibrates
-    on the bundled sample images and keeps the guard's score in fp32."""
-    from mri_tumor.inference.export import export_onnx, quantize_int8
+    """Export a model (a name or a folder) to ONNX (network and guard score) with the card's
+    metadata in the graph, and write the card beside it (``export.exported_card_path``); int8
+    calibrates on the bundled sample images and keeps the guard's score in fp32."""
+    from mri_tumor.inference.export import (
+        export_onnx,
+        quantize_int8,
+        write_exported_card,
+        write_metadata,
+    )
 
-    network, card, guard = load_served(resolve_model(model)[1])
+    model_dir = resolve_model(model)[1]
+    network, card, guard = load_served(model_dir)
     if quantize != "int8":
-        return export_onnx(network, card, out, guard)
-    fp32 = out.with_suffix(".fp32.onnx")
-    export_onnx(network, card, fp32, guard)
-    try:
-        return quantize_int8(fp32, out, calibration_batch(card))
-    finally:
-        fp32.unlink(missing_ok=True)
+        path = export_onnx(network, card, out, guard)
+    else:
+        fp32 = out.with_suffix(".fp32.onnx")
+        export_onnx(network, card, fp32, guard)
+        try:
+            path = quantize_int8(fp32, out, calibration_batch(card))
+        finally:
+            fp32.unlink(missing_ok=True)
+        write_metadata(path, card, quantization="int8")
+    write_exported_card(card, path, quantize, ModelCard.weights_sha256(model_dir))
+    return path
 
 
 def calibration_batch(card: ModelCard) -> Any:

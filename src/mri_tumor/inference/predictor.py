@@ -19,7 +19,14 @@ from mri_tumor.data.reading import (
 from mri_tumor.inference.backends import BACKENDS, DEFAULT_BACKEND, OnnxBackend, TorchBackend
 from mri_tumor.inference.decode import assemble_scans, decode, default_name
 from mri_tumor.inference.model_folder import resolve_model
-from mri_tumor.inference.results import BLANK_MESSAGE, NOT_MRI_MESSAGE, OK, REJECTED, Prediction
+from mri_tumor.inference.results import (
+    BLANK_MESSAGE,
+    NOT_MRI_MESSAGE,
+    OK,
+    REJECTED,
+    Prediction,
+    format_probability,
+)
 from mri_tumor.models.calibration import softmax
 from mri_tumor.models.ood import OODGuard
 
@@ -173,15 +180,29 @@ class Predictor:
 
 
 def unsure_message(confidence: float, card: ModelCard) -> str:
-    """The note on an answer below the card's low-confidence threshold, saying what the
-    threshold means on the model's calibrated validation data when the card records it."""
+    """The note on an answer below the card's low-confidence threshold: the confidence as the
+    result's card shows it (``format_probability`` of the stored
+    4-decimal confidence), the level it is below and, when the card records it, what that
+    level means on the model's calibrated validation data. Where the shown confidence rounds
+    up to the level (93.96% shows as 94.0% next to a 94% level) the unrounded figure is added,
+    so that the note never reads as "94% is below 94%"."""
     threshold = card.low_confidence_threshold
+    level_value = round(threshold * 100, 6)
+    # The level with the fewest decimals that write it exactly: 94%, 93.75%.
+    level = next((f"{level_value:.{places}f}%" for places in range(5)
+                  if round(level_value, places) == level_value), f"{level_value:.4f}%")
+    said = format_probability(round(confidence, 4))  # as the result stores and shows it
+    figure = f"{said} confidence"
+    if float(said.strip("<> %")) >= level_value:  # the shown figure rounds up to the level
+        exact = next((f"{confidence * 100:.{places}f}%" for places in range(2, 16)
+                      if round(confidence * 100, places) < level_value),
+                     f"{confidence * 100:.15f}%")
+        figure += f", {exact} before rounding"
     measured = card.metrics.low_confidence
+    meaning = ""
     if measured is not None and measured.accuracy_below is not None:
-        meaning = (f"on the model's validation images, answers below {threshold:.0%} "
-                   f"confidence were right {measured.accuracy_below:.0%} of the time "
+        meaning = (f": on the model's validation images, answers below {level} confidence "
+                   f"were right {measured.accuracy_below:.0%} of the time "
                    f"({measured.n_below} images)")
-    else:
-        meaning = f"below this model's {threshold:.0%} threshold"
-    return (f"Unsure ({confidence:.0%} confidence): {meaning}. Review this image with "
-            "particular care.")
+    return (f"Unsure ({figure}, below this model's {level} level){meaning}. Review this "
+            "image with particular care.")

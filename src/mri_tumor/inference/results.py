@@ -63,3 +63,17 @@ class Prediction:
         if self.slice_index is not None:
             keys += ("slice_index",)
         return {key: getattr(self, key) for key in keys}
+
+
+def format_probability(p: float | None) -> str:
+    """A probability as every front end shows it: a percentage with one decimal, never
+    "100.0%" or "0.0%" (the model is never certain): "> 99.9%" and "< 0.1%" instead. None
+    (no probability: a rejected or unreadable input) gives ""."""
+    if p is None:
+        return ""
+    text = f"{p:.1%}"
+    if text == "100.0%" or p > 1:
+        return "> 99.9%"
+    if text in ("0.0%", "-0.0%") or p < 0:
+        return "< 0.1%"
+    return text

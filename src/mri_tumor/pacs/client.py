@@ -102,7 +102,11 @@ class PacsServer:
             if status == 404 and missing_means_gone:
                 raise StudyGoneError(f"{what}: not found on the server (HTTP 404); it was "
                                      "deleted or moved") from None
-            raise PacsError(f"{what}: the server answered HTTP {status}") from None
+            hint = ""
+            if status in (400, 404) and "dicom-web" not in self.url and "dicomweb" not in self.url:
+                hint = ("; a DICOMweb root usually ends in /dicom-web (Orthanc: "
+                        "http://HOST:8042/dicom-web)")
+            raise PacsError(f"{what}: the server answered HTTP {status}{hint}") from None
         except requests.ConnectionError:
             raise PacsError(f"{what}: cannot connect to {self.url} (is the server running and "
                             "the URL right?)") from None

@@ -12,11 +12,13 @@ series number, never with a UID or anything from the patient module.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
@@ -172,38 +174,96 @@ def _context(obj: Dataset) -> tuple[str, str]:
     return str(obj.SOPClassUID), str(obj.file_meta.TransferSyntaxUID)
 
 
+@dataclass(frozen=True)
+class Callers:
+    """Who may send to the listener: calling AE titles and source addresses (empty: any).
+    Associations from another AE title are rejected; requests from another address are
+    refused with status 0x0124 (not authorised). Both are logged, with nothing of the
+    images."""
+
+    ae_titles: tuple[str, ...] = ()
+    addresses: tuple[str, ...] = ()
+
+    def allows_address(self, address: str) -> bool:
+        """Whether requests from ``address`` are served."""
+        return not self.addresses or address in self.addresses
+
+    def describe(self) -> str:
+        """Who may connect, in words (for the start-up line and the log)."""
+        titles = ", ".join(self.ae_titles) if self.ae_titles else "any calling AE title"
+        where = f"from {', '.join(self.addresses)}" if self.addresses else "from any address"
+        return f"{titles} {where}"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+NOT_AUTHORISED = 0x0124  # DIMSE status "Refused: Not authorized"
+
+
 def listen(predictor: Predictor, port: int, ae_title: str, destination: Destination, *,
-           stop: threading.Event, quiet_seconds: float = 5.0, bind_address: str = "0.0.0.0",
-           on_line: Callable[[str], None] | None = None) -> None:
+           stop: threading.Event, quiet_seconds: float = 5.0, bind_address: str = "127.0.0.1",
+           callers: Callers | None = None, on_line: Callable[[str], None] | None = None) -> None:
     """Receive images by C-STORE (and answer C-ECHO) on ``bind_address:port`` as
-    ``ae_title`` until ``stop`` is set; classify each series ``quiet_seconds`` after its last
-    image and send the results to ``destination``. Each series' summary goes to ``on_line``
-    (to the log when None); a failing series is logged and the listener goes on. On stop,
-    the series still held are processed before returning. Raises ``PacsError`` when the port
-    cannot be listened on, ValueError for a bad AE title."""
+    ``ae_title`` until ``stop`` is set, from ``callers`` only (default: anyone who can reach
+    the address, which by default is this machine); classify each series ``quiet_seconds``
+    after its last image and send the results to ``destination``. Each series' summary goes
+    to ``on_line`` (to the log when None); a failing series is logged and the listener goes
+    on. On stop, the series still held are processed before returning. Raises ``PacsError``
+    when the port cannot be listened on, ValueError for a bad AE title."""
     check_ae_title(ae_title)
+    callers = callers or Callers()
+    for title in callers.ae_titles:
+        check_ae_title(title)
     collector = SeriesCollector()
 
+    def allowed(event: evt.Event, request: str) -> bool:
+        address = event.assoc.requestor.address
+        if callers.allows_address(address):
+            return True
+        logger.warning("refused a %s from %s (%s): the address is not allowed", request,
+                       address, event.assoc.requestor.ae_title)
+        return False
+
     def on_store(event: evt.Event) -> int:
+        if not allowed(event, "C-STORE"):
+            return NOT_AUTHORISED
         dataset = event.dataset
         dataset.file_meta = event.file_meta
         collector.add(dataset)
         return 0x0000
 
+    def on_echo(event: evt.Event) -> int:
+        return 0x0000 if allowed(event, "C-ECHO") else NOT_AUTHORISED
+
+    def on_rejected(event: evt.Event) -> None:
+        logger.warning("rejected an association from %s as %r: the calling AE title is not "
+                       "allowed", event.assoc.requestor.address,
+                       event.assoc.requestor.ae_title)
+
     ae = AE(ae_title=ae_title)
     ae.supported_contexts = AllStoragePresentationContexts
     ae.add_supported_context(Verification)
+    ae.require_calling_aet = list(callers.ae_titles)
+    handlers: list[Any] = [(evt.EVT_C_STORE, on_store), (evt.EVT_C_ECHO, on_echo),
+                (evt.EVT_REJECTED, on_rejected)]
     try:
-        server = ae.start_server((bind_address, port), block=False,
-                                 evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        server = ae.start_server((bind_address, port), block=False, evt_handlers=handlers)
     except OSError as error:
         if error.errno == errno.EADDRINUSE:
             raise PacsError(f"port {port} is already in use (another listener or program?); "
                             "choose another port") from None
         raise PacsError(f"cannot listen on {bind_address}:{port} "
                         f"({error.strerror or type(error).__name__})") from None
-    logger.info("listening on %s:%d as %s; results go to %s", bind_address, port, ae_title,
-                destination)
+    logger.info("listening on %s:%d as %s for %s; results go to %s", bind_address, port,
+                ae_title, callers.describe(), destination)
     emit = on_line or logger.info
 
     def process(batches: list[list[Dataset]]) -> None:

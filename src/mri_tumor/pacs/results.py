@@ -34,6 +34,7 @@ from mri_tumor import __version__
 from mri_tumor.card import DISCLAIMER, ModelCard
 from mri_tumor.data.reading import Frame
 from mri_tumor.inference import OK, REJECTED, Prediction, Predictor, decode
+from mri_tumor.inference.identity import ModelIdentity
 from mri_tumor.inference.scans import scan_summaries
 from mri_tumor.presentation import format_probability
 
@@ -41,6 +42,12 @@ MANUFACTURER = "mri-tumor"
 # A private coding scheme ("99" prefix, PS3.16 8.2) for what has no standard code: the
 # card's class names and the guard's verdicts.
 SCHEME = "99MRITUMOR"
+# How the report's numbers are written (their DS value): probabilities in percent with two
+# decimals, the resolution of the model's probabilities (four decimals), and the guard's
+# score with four decimals, as everywhere else. Without this a DS carries the binary
+# rounding of 100 * p ("0.39000000000000" for 0.39 %).
+PERCENT_DECIMALS = 2
+SCORE_DECIMALS = 4
 REPORT_SERIES_NUMBER = 9901
 OVERLAY_SERIES_NUMBER = 9902
 REPORT_DESCRIPTION = "mri-tumor result: research, NOT FOR DIAGNOSIS"
@@ -61,21 +68,6 @@ class AnalysedImage:
     @property
     def series_number(self) -> str:
         return str(self.source.get("SeriesNumber", "") or "?")
-
-
-@dataclass
-class ModelIdentity:
-    """What names the model in the results: name, versions and the weights' hash."""
-
-    name: str
-    card_version: str
-    weights_sha256: str
-
-    @classmethod
-    def of(cls, predictor: Predictor) -> ModelIdentity:
-        """The identity of a loaded predictor (hashes its weights file once)."""
-        digest = ModelCard.weights_sha256(predictor.model_dir) if predictor.model_dir else ""
-        return cls(predictor.name, predictor.card.version, digest)
 
 
 def instance_label(dataset: Dataset, frame: int | None = None) -> str:
@@ -195,6 +187,11 @@ def _codes() -> SimpleNamespace:
     )
 
 
+def percent(probability: float) -> float:
+    """A probability as the report's number: percent, ``PERCENT_DECIMALS`` decimals."""
+    return round(100.0 * float(probability), PERCENT_DECIMALS)
+
+
 def class_code(card: ModelCard, class_name: str):
     """The coded concept of one of the card's classes (private scheme, the card's name)."""
     import highdicom as hd
@@ -218,7 +215,7 @@ def build_report(analysed: Sequence[AnalysedImage], predictor: Predictor,
 
     codes, card = _codes(), predictor.card
     algorithm = hd.sr.AlgorithmIdentification(
-        name=f"{MANUFACTURER} {model.name}", version=f"{__version__} card {model.card_version}",
+        name=f"{MANUFACTURER} {model.name}", version=model.algorithm_version,
         parameters=[f"weights sha256 {model.weights_sha256}",
                     f"temperature {card.temperature:g}"])
     groups = []
@@ -232,7 +229,7 @@ def build_report(analysed: Sequence[AnalysedImage], predictor: Predictor,
             assert result.label is not None  # every classified image has one
             evaluations.append(hd.sr.QualitativeEvaluation(codes.finding,
                                                            class_code(card, result.label)))
-            measurements += [hd.sr.Measurement(probability_code(card, name), 100.0 * p,
+            measurements += [hd.sr.Measurement(probability_code(card, name), percent(p),
                                                codes.percent)
                              for name, p in (result.probabilities or {}).items()]
             if result.sequence is not None:  # a model with a sequence head (``types``)
@@ -243,8 +240,9 @@ def build_report(analysed: Sequence[AnalysedImage], predictor: Predictor,
                                                                      codes.unreadable)
         evaluations.append(hd.sr.QualitativeEvaluation(codes.check, verdict))
         if result.ood_score is not None and np.isfinite(result.ood_score):
-            measurements.append(hd.sr.Measurement(codes.guard_score, float(result.ood_score),
-                                                  codes.no_units))
+            measurements.append(hd.sr.Measurement(
+                codes.guard_score, round(float(result.ood_score), SCORE_DECIMALS),
+                codes.no_units))
         identifier = instance_label(item.source, item.frame)
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(
@@ -266,7 +264,8 @@ def build_report(analysed: Sequence[AnalysedImage], predictor: Predictor,
                 uid=result_uid("series-group", scope, model, first.source.SeriesInstanceUID),
                 identifier=f"series {first.series_number} summary"),
             algorithm_id=algorithm,
-            measurements=[hd.sr.Measurement(codes.highest, 100.0 * summary["tumour_probability"],
+            measurements=[hd.sr.Measurement(codes.highest,
+                                            percent(summary["tumour_probability"]),
                                             codes.percent)],
             qualitative_evaluations=[hd.sr.QualitativeEvaluation(
                 codes.finding, class_code(card, summary["label"]))],

@@ -36,7 +36,7 @@ async def feedback(request: Request, service: ServiceDep, model: ModelQuery = No
     site_dir = service.settings.site_data
     if site_dir is None:
         raise HTTPException(404, SITE_DATA_OFF)
-    _, card = service.card(model)  # 404 for an unknown model; 503 while the own one loads
+    _, card = await service.wait_card(model)  # 404 unknown model; 503 own one still loading
     limit = service.settings.max_upload_bytes
     check_declared_length(request, limit)
     with service.feedback_slot():  # 503 when too many are being stored at once

@@ -23,6 +23,8 @@ router = APIRouter()
                          "status not_assessable with the reason. Research tool, not a "
                          "diagnosis.",
              openapi_extra={"requestBody": PREDICT_REQUEST_BODY},
+             # Grad-CAM overlays are for /v1/predict?gradcam=png only.
+             response_model_exclude={"slices": {"__all__": {"gradcam_png"}}},
              responses=error_responses(400, 401, 404, 413, 415, 422, 503))
 async def scans(
     request: Request,
@@ -33,7 +35,8 @@ async def scans(
     model: ModelQuery = None,
 ) -> ScansOut:
     """The scan and study answers of the uploads, with their slices."""
-    predictor, results = await predict_uploads(request, response, service, filename, model)
+    predictor, answers = await predict_uploads(request, response, service, filename, model)
+    results = [result for result, _ in answers]
     summaries = scan_summaries(results, predictor.card)
     return ScansOut(scans=summaries, studies=study_summaries(summaries),
                     slices=[PredictionOut.of(result) for result in results])
