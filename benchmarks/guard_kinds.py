@@ -1,0 +1,141 @@
+"""Leave one kind out: does the guard refuse a kind of non-MRI image it was not fitted on?
+
+    python benchmarks/guard_kinds.py MODEL_DIR DATA_DIR [DATA_DIR ...] \
+        --shared ../shared/data [--json out.json]
+
+Kinds of negatives that a refusal direction (``ood.fit_refusal``) may be fitted on:
+
+- ``head-ct``: ``head-ct/png`` and the slices of ``head-ct/dicom-series`` (decoded despite their
+  header, which alone refuses them in the product);
+- ``chest-xray``: ``not-brain-mri/chest-xray``;
+- ``spine-mri``: ``not-brain-mri/spine-mri`` (MRI, but not of the brain);
+- ``other-dicom``: the non-MR DICOM files that ship inside pydicom, decoded;
+- ``synthetic``: noise, gradients, patterns, rendered pages and screenshots
+  (``benchmarks/non_mri.py``, without its scikit-image and matplotlib files).
+
+For each kind, the refusal direction is fitted on all the other kinds and the kind is scored:
+that is how the guard meets a kind of image nobody showed it. The distance part of the guard
+is fitted as the card says (class statistics on the training rows of the model's split, the
+threshold on its validation rows). The sample images of scikit-image and matplotlib (photos,
+scanned pages) are never fitted on: they are the check, scored by every guard here. Brain
+MRIs refused: the validation rows, with the threshold and cut set on the other half of them
+(``ct_refusal.out_of_fold_refusals``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from ct_refusal import out_of_fold_refusals
+from non_mri import documents, other_modalities, photos, synthetic
+
+from mri_tumor.data.preprocess import PreprocessSpec, to_model_pixels
+from mri_tumor.data.reading import to_grayscale
+from mri_tumor.data.rows import load_pixels, load_refusal_pixels, read_split_under, source_roots
+from mri_tumor.models import load_model
+from mri_tumor.models.ood import DEFAULT_REJECT_RATE, OODGuard, fit_guard, fit_refusal
+from mri_tumor.training import predict_outputs
+
+
+def image_pixels(images: list, size: int) -> torch.Tensor:
+    """uint8 (N, size, size) model pixels of PIL images, as the predictor makes them."""
+    return torch.from_numpy(np.stack([to_model_pixels(to_grayscale(i), size) for i in images]))
+
+
+def kinds_of_negatives(shared: Path, size: int) -> dict[str, torch.Tensor]:
+    """The pixels of each kind of negative that may be fitted on."""
+    ct_png, _ = load_refusal_pixels([shared / "head-ct" / "png"], size)
+    ct_dicom, _ = load_refusal_pixels([shared / "head-ct" / "dicom-series"], size)
+    chest, _ = load_refusal_pixels([shared / "not-brain-mri" / "chest-xray"], size)
+    spine, _ = load_refusal_pixels([shared / "not-brain-mri" / "spine-mri"], size)
+    dicom = [image for _, name, image in other_modalities() if name.startswith("pydicom/")]
+    made = [image for category, name, image in [*documents(), *synthetic()]
+            if name.startswith("synthetic/") or category in ("noise", "pattern")]
+    return {"head-ct": torch.cat([ct_png, ct_dicom]), "chest-xray": chest,
+            "spine-mri": spine, "other-dicom": image_pixels(dicom, size),
+            "synthetic": image_pixels(made, size)}
+
+
+def refused(guard: OODGuard, features: np.ndarray) -> float:
+    """Share of ``features`` the guard refuses."""
+    return float((guard.score(features) > guard.threshold).mean())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("model", type=Path)
+    parser.add_argument("data_dirs", type=Path, nargs="+")
+    parser.add_argument("--shared", type=Path, required=True,
+                        help="folder with head-ct/ and not-brain-mri/")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+
+    model, card, extras = load_model(args.model)
+    spec = PreprocessSpec.from_card(card)
+    rows = read_split_under(card.split_path(args.model), args.data_dirs)
+    roots = source_roots(args.data_dirs)
+    train_rows = [r for r in rows if r.split == "train"]
+    val_rows = [r for r in rows if r.split == "val"]
+    train_pixels, train_labels = load_pixels(roots, train_rows, card.image_size, card.class_names)
+    val_pixels, _ = load_pixels(roots, val_rows, card.image_size)
+    _, train_features = predict_outputs(model, train_pixels, spec)
+    _, val_features = predict_outputs(model, val_pixels, spec)
+    kinds = {name: predict_outputs(model, pixels, spec)[1]
+             for name, pixels in kinds_of_negatives(args.shared, card.image_size).items()}
+    check = image_pixels([image for _, _, image in photos()]
+                         + [image for _, name, image in documents() if name.startswith("skimage/")],
+                         card.image_size)
+    _, check_features = predict_outputs(model, check, spec)
+
+    sources = np.array([r.source for r in val_rows])
+    groups = sources if card.training.per_source_fit else None
+    rate = card.training.reject_rate or DEFAULT_REJECT_RATE
+    labels = train_labels.numpy()
+    distance = fit_guard(train_features, labels, val_features, len(card.class_names),
+                         reject_rate=rate, heldout_groups=groups)
+    shipped = OODGuard.from_tensors(extras, card.ood_threshold)
+    assert shipped is not None
+    result: dict = {"model": str(args.model), "counts": {k: len(v) for k, v in kinds.items()},
+                    "check_images": len(check_features), "reject_rate": rate, "kinds": {}}
+    for name, features in kinds.items():
+        others = np.concatenate([f for other, f in kinds.items() if other != name])
+        left_out = fit_refusal(copy.deepcopy(distance), train_features, others, val_features,
+                               reject_rate=rate, heldout_groups=groups)
+        result["kinds"][name] = {
+            "shipped_guard": refused(shipped, features),
+            "distance_only": refused(distance, features),
+            "left_out_of_the_fit": refused(left_out, features),
+            "check_refused_without_it": refused(left_out, check_features),
+        }
+    every = fit_refusal(copy.deepcopy(distance), train_features,
+                        np.concatenate(list(kinds.values())), val_features, reject_rate=rate,
+                        heldout_groups=groups)
+    everything = np.concatenate(list(kinds.values()))
+    result["check_refused"] = {"shipped_guard": refused(shipped, check_features),
+                               "distance_only": refused(distance, check_features),
+                               "fitted_on_every_kind": refused(every, check_features)}
+    result["mri_refused_out_of_fold"] = {
+        "shipped_kinds (head-ct)": out_of_fold_refusals(
+            train_features, labels, val_features, sources, kinds["head-ct"],
+            len(card.class_names), per_source=groups is not None, reject_rate=rate),
+        "every_kind": out_of_fold_refusals(
+            train_features, labels, val_features, sources, everything,
+            len(card.class_names), per_source=groups is not None, reject_rate=rate)}
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
