@@ -62,6 +62,22 @@ def out_of_fold_refusals(train_features: np.ndarray, train_labels: np.ndarray,
             for s in sorted(set(sources))}
 
 
+def split_features(model_dir: Path, data_dirs: list[Path]):
+    """The model, its card and extra tensors, and the pooled features of the training rows of
+    its split (with their labels) and of its validation rows (with the rows)."""
+    model, card, extras = load_model(model_dir)
+    spec = PreprocessSpec.from_card(card)
+    rows = read_split_under(card.split_path(model_dir), data_dirs)
+    roots = source_roots(data_dirs)
+    train_rows = [r for r in rows if r.split == "train"]
+    val_rows = [r for r in rows if r.split == "val"]
+    train_pixels, train_labels = load_pixels(roots, train_rows, card.image_size, card.class_names)
+    val_pixels, _ = load_pixels(roots, val_rows, card.image_size)
+    _, train_features = predict_outputs(model, train_pixels, spec)
+    _, val_features = predict_outputs(model, val_pixels, spec)
+    return model, card, extras, train_features, train_labels.numpy(), val_features, val_rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model", type=Path)
@@ -73,16 +89,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
 
-    model, card, _ = load_model(args.model)
+    model, card, _, train_features, train_labels, val_features, val_rows = split_features(
+        args.model, args.data_dirs)
     spec = PreprocessSpec.from_card(card)
-    rows = read_split_under(card.split_path(args.model), args.data_dirs)
-    roots = source_roots(args.data_dirs)
-    train_rows = [r for r in rows if r.split == "train"]
-    val_rows = [r for r in rows if r.split == "val"]
-    train_pixels, train_labels = load_pixels(roots, train_rows, card.image_size, card.class_names)
-    val_pixels, _ = load_pixels(roots, val_rows, card.image_size)
-    _, train_features = predict_outputs(model, train_pixels, spec)
-    _, val_features = predict_outputs(model, val_pixels, spec)
     png_pixels, _ = load_refusal_pixels([args.ct / "png"], card.image_size)
     dicom_pixels, _ = load_refusal_pixels([args.ct / "dicom-series"], card.image_size)
     _, png_features = predict_outputs(model, png_pixels, spec)
@@ -102,7 +111,7 @@ def main() -> None:
     sources = np.array([r.source for r in val_rows])
     fit_groups = sources if card.training.per_source_fit else None
     reject_rate = card.training.reject_rate or DEFAULT_REJECT_RATE
-    guard = fit_guard(train_features, train_labels.numpy(), val_features, len(card.class_names),
+    guard = fit_guard(train_features, train_labels, val_features, len(card.class_names),
                       reject_rate=reject_rate, heldout_groups=fit_groups)
     result: dict = {"model": str(args.model), "per_source_fit": fit_groups is not None,
                     "reject_rate": reject_rate,
@@ -137,7 +146,7 @@ def main() -> None:
             refused_mri_all[sources == s].mean()) for s in sorted(set(sources))},
     }
     result["mri_refused_out_of_fold"] = out_of_fold_refusals(
-        train_features, train_labels.numpy(), val_features, sources,
+        train_features, train_labels, val_features, sources,
         np.concatenate([png_features, dicom_features, other_features]), len(card.class_names),
         per_source=fit_groups is not None, reject_rate=reject_rate)
     if len(other_features):

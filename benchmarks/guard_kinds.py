@@ -35,13 +35,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from ct_refusal import out_of_fold_refusals
+from ct_refusal import out_of_fold_refusals, split_features
 from non_mri import documents, other_modalities, photos, synthetic
 
 from mri_tumor.data.preprocess import PreprocessSpec, to_model_pixels
 from mri_tumor.data.reading import to_grayscale
-from mri_tumor.data.rows import load_pixels, load_refusal_pixels, read_split_under, source_roots
-from mri_tumor.models import load_model
+from mri_tumor.data.rows import load_refusal_pixels
 from mri_tumor.models.ood import DEFAULT_REJECT_RATE, OODGuard, fit_guard, fit_refusal
 from mri_tumor.training import predict_outputs
 
@@ -80,16 +79,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
 
-    model, card, extras = load_model(args.model)
+    model, card, extras, train_features, labels, val_features, val_rows = split_features(
+        args.model, args.data_dirs)
     spec = PreprocessSpec.from_card(card)
-    rows = read_split_under(card.split_path(args.model), args.data_dirs)
-    roots = source_roots(args.data_dirs)
-    train_rows = [r for r in rows if r.split == "train"]
-    val_rows = [r for r in rows if r.split == "val"]
-    train_pixels, train_labels = load_pixels(roots, train_rows, card.image_size, card.class_names)
-    val_pixels, _ = load_pixels(roots, val_rows, card.image_size)
-    _, train_features = predict_outputs(model, train_pixels, spec)
-    _, val_features = predict_outputs(model, val_pixels, spec)
     kinds = {name: predict_outputs(model, pixels, spec)[1]
              for name, pixels in kinds_of_negatives(args.shared, card.image_size).items()}
     check = image_pixels([image for _, _, image in photos()]
@@ -100,7 +92,6 @@ def main() -> None:
     sources = np.array([r.source for r in val_rows])
     groups = sources if card.training.per_source_fit else None
     rate = card.training.reject_rate or DEFAULT_REJECT_RATE
-    labels = train_labels.numpy()
     distance = fit_guard(train_features, labels, val_features, len(card.class_names),
                          reject_rate=rate, heldout_groups=groups)
     shipped = OODGuard.from_tensors(extras, card.ood_threshold)

@@ -68,6 +68,12 @@ def onnx_predictor() -> Predictor:
     return Predictor.load(backend="onnx", threads=2)
 
 
+@pytest.fixture(scope="session")
+def types_predictor() -> Predictor:
+    """The shipped types model (15 tumour types and the MR sequence) on the ONNX backend."""
+    return Predictor.load("types", backend="onnx", threads=2)
+
+
 def png_header(width: int, height: int) -> bytes:
     """A PNG that declares its size but carries no pixels: enough for a size check."""
     def chunk(kind: bytes, body: bytes) -> bytes:

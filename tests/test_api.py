@@ -61,12 +61,6 @@ def wait_ready(client: TestClient, timeout: float = 60.0) -> None:
 
 
 @pytest.fixture(scope="module")
-def types_predictor() -> Predictor:
-    """The shipped types model (15 tumour types and the MR sequence) on the ONNX backend."""
-    return Predictor.load("types", backend="onnx", threads=2)
-
-
-@pytest.fixture(scope="module")
 def client(predictor: Predictor, types_predictor: Predictor) -> Iterator[TestClient]:
     """The default model as the server's model, and the types model already loaded."""
     app = create_app(Settings(), predictor=predictor, models={"types": types_predictor})

@@ -24,12 +24,6 @@ from mri_tumor.inference import RESULT_KEYS, Predictor
 
 
 @pytest.fixture(scope="module")
-def types_predictor() -> Predictor:
-    """The shipped types model on the ONNX backend (Grad-CAM loads its torch network)."""
-    return Predictor.load("types", backend="onnx", threads=2)
-
-
-@pytest.fixture(scope="module")
 def client(predictor: Predictor, types_predictor: Predictor) -> Iterator[TestClient]:
     app = create_app(Settings(), predictor=predictor, models={"types": types_predictor})
     with serving(app) as test_client:

@@ -52,11 +52,6 @@ class SlowLoader:
         return self.result
 
 
-@pytest.fixture(scope="module")
-def types_predictor() -> Predictor:
-    return Predictor.load("types", backend="onnx", threads=1)
-
-
 def test_every_model_loads_at_start_up_and_readiness_waits_for_all(
         predictor: Predictor, types_predictor: Predictor) -> None:
     types = SlowLoader(types_predictor)

@@ -276,3 +276,15 @@ def test_app_command_stops_its_server_on_a_signal(
     assert not any(_alive(pid) for pid in servers), "the streamlit server is still running"
     assert not _answers(port)
     assert "Traceback" not in log.read_text()
+
+
+def test_the_table_gives_a_series_refused_by_its_header_one_row() -> None:
+    refusal = "DICOM Modality is CT (computed tomography), not MR"
+    results = [Prediction(f"ct/{i}.dcm", "rejected", message=f"ct/{i}.dcm: {refusal}",
+                          series="abc", by_header=True) for i in range(3)]
+    results.insert(1, Prediction("mr/1.jpg", "error", message="mr/1.jpg: holds no image"))
+    table = format_results(results).splitlines()
+    rows = [line for line in table if line.startswith(("ct/", "mr/"))]
+    assert [row.split()[0] for row in rows] == ["ct/0.dcm", "mr/1.jpg"]
+    assert rows[0].endswith(f"{refusal} (and 2 more files of this series, refused alike)")
+    assert format_results(results, "json").count('"rejected"') == 3  # JSON: a line per file

@@ -168,7 +168,7 @@ def test_the_predictor_does_not_branch_on_backend_names() -> None:
 
 def test_shared_test_fixtures_are_defined_once() -> None:
     defined = [path.name for path in (REPO / "tests").glob("test_*.py")
-               if re.search(r"^def (predictor|onnx_predictor|fixture_paths)\(",
+               if re.search(r"^def (predictor|onnx_predictor|types_predictor|fixture_paths)\(",
                             path.read_text(), re.M)]
     assert defined == []
     assert not [path.name for path in (REPO / "tests").glob("test_*.py")

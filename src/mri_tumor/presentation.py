@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mri_tumor.card import ModelCard
-from mri_tumor.inference.results import format_probability
+from mri_tumor.inference.results import REJECTED, format_probability
 
 if TYPE_CHECKING:  # torch is imported only when a model is needed (fast `mri-tumor app` start)
     from mri_tumor.inference import Prediction
@@ -117,8 +117,11 @@ def format_results(results: Sequence[Prediction], mode: str = "table",
     header = ("FILE", "STATUS", "PREDICTION", "CONFIDENCE",
               *(("SEQUENCE",) if with_sequence else ()))
     rows: list[tuple[tuple[str, ...], str]] = [(header, "NOTE")]
-    for r in results:
+    for r, more in _header_refusals_grouped(results):
         note = r.message.removeprefix(f"{r.path}: ")  # the FILE column already names it
+        if more:
+            files = "file" if more == 1 else "files"
+            note += f" (and {more} more {files} of this series, refused alike)"
         cells = (r.path, r.status, r.display_label or "-",
                  format_probability(r.confidence) or "-",
                  *((format_sequence(r) or "-",) if with_sequence else ()))
@@ -129,6 +132,24 @@ def format_results(results: Sequence[Prediction], mode: str = "table",
     out.extend(scan_line(s, card) for s in summaries)
     out.extend(f"study {study['source']}: {study['message']}" for study in studies)
     return "\n".join(out) + "\n"
+
+
+def _header_refusals_grouped(results: Sequence[Prediction]) -> list[tuple[Prediction, int]]:
+    """The results for the table, each with how many later files of its series its row
+    stands for: the files of one series that the DICOM header refused (a CT series, say)
+    get one row, not one per file. JSON and CSV keep a line per file."""
+    rows: list[tuple[Prediction, int]] = []
+    row_of_series: dict[str, int] = {}
+    for r in results:
+        grouped = r.by_header and r.status == REJECTED and r.series
+        if grouped and r.series in row_of_series:
+            first, more = rows[row_of_series[r.series]]
+            rows[row_of_series[r.series]] = (first, more + 1)
+            continue
+        if grouped:
+            row_of_series[r.series] = len(rows)
+        rows.append((r, 0))
+    return rows
 
 
 def scan_line(summary: dict, card: ModelCard | None) -> str:
