@@ -23,6 +23,10 @@ ONNX_FILE = "model.onnx"  # optional: an export the ONNX backend uses instead of
 # Bump when the exported graph's inputs or outputs change: cached exports are keyed by it.
 ONNX_GRAPH_VERSION = 4
 
+# Measured on the shipped model (docs/ood-guard.md, "Borderline"): 1.3% of its validation
+# MRIs and 21% of held-out spine MRIs lie within 10% of the threshold.
+BORDERLINE_BAND = 0.1
+
 DISCLAIMER = ("Research tool, not a diagnosis. Results must be reviewed by a qualified "
               "clinician and must not be used for clinical decisions.")
 
@@ -190,6 +194,15 @@ class ModelCard:
     # map, threshold, what it was fitted on); None (left out of card.json): the unfitted
     # default rule.
     scan_rule: dict[str, Any] | None = None
+    # Guard scores within this fraction of ``ood_threshold`` (either side) are borderline:
+    # the verdict stands, and its message says that it is close (a resized or re-saved copy
+    # may fall on the other side). None (left out of card.json): BORDERLINE_BAND.
+    ood_borderline: float | None = None
+
+    @property
+    def borderline_band(self) -> float:
+        """The guard's borderline band, as a fraction of its threshold."""
+        return BORDERLINE_BAND if self.ood_borderline is None else self.ood_borderline
 
     def display_name(self, class_name: str) -> str:
         """How ``class_name`` is shown to people."""
@@ -200,7 +213,7 @@ class ModelCard:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["training"] = _plain(self.training)
         out["metrics"] = self.metrics.to_dict()
-        for optional in ("lineage", "scan_rule"):
+        for optional in ("lineage", "scan_rule", "ood_borderline"):
             if out[optional] is None:
                 del out[optional]
         return json.loads(json.dumps(out, default=_jsonable))  # deep copy, JSON types only

@@ -141,13 +141,13 @@ def _header_refusals_grouped(results: Sequence[Prediction]) -> list[tuple[Predic
     rows: list[tuple[Prediction, int]] = []
     row_of_series: dict[str, int] = {}
     for r in results:
-        grouped = r.by_header and r.status == REJECTED and r.series
-        if grouped and r.series in row_of_series:
-            first, more = rows[row_of_series[r.series]]
-            rows[row_of_series[r.series]] = (first, more + 1)
+        series = r.series if r.by_header and r.status == REJECTED else None
+        if series and series in row_of_series:
+            first, more = rows[row_of_series[series]]
+            rows[row_of_series[series]] = (first, more + 1)
             continue
-        if grouped:
-            row_of_series[r.series] = len(rows)
+        if series:
+            row_of_series[series] = len(rows)
         rows.append((r, 0))
     return rows
 

@@ -18,6 +18,7 @@ from mri_tumor.app.analysis import AnalysedImage, class_heatmap, image_digest
 from mri_tumor.app.wording import NOT_MRI_TEXT, plain
 from mri_tumor.card import DISCLAIMER, ModelCard
 from mri_tumor.data.site import store_confirmed_case
+from mri_tumor.inference.results import BORDERLINE_REFUSED
 from mri_tumor.presentation import format_probability, format_sequence
 
 if TYPE_CHECKING:
@@ -72,6 +73,8 @@ def render_result(item: AnalysedImage, card: ModelCard, show_heatmap: bool, opac
             if p.status == "rejected":
                 st.warning(f"**{NOT_MRI_TEXT}** No tumour class is given; upload a brain MRI "
                            "slice (axial, coronal or sagittal).", icon=":material/image_search:")
+                if BORDERLINE_REFUSED in p.message:
+                    st.caption(plain(BORDERLINE_REFUSED))
             else:
                 render_prediction(p, card)
             st.caption(f":material/warning: {DISCLAIMER}")

@@ -21,6 +21,8 @@ from mri_tumor.inference.decode import assemble_scans, decode, default_name
 from mri_tumor.inference.model_folder import resolve_model
 from mri_tumor.inference.results import (
     BLANK_MESSAGE,
+    BORDERLINE_ACCEPTED,
+    BORDERLINE_REFUSED,
     NOT_MRI_MESSAGE,
     OK,
     REJECTED,
@@ -155,19 +157,28 @@ class Predictor:
             "slice_index": frame.slice_index, "scan": frame.scan, "note": frame.note}
         if blank:
             return Prediction(status=REJECTED, message=BLANK_MESSAGE, **common)
+        borderline = self._borderline(score)
         if self.ood_threshold is not None and score > self.ood_threshold:
-            return Prediction(status=REJECTED, message=NOT_MRI_MESSAGE, **common)
+            message = f"{NOT_MRI_MESSAGE} {BORDERLINE_REFUSED}" if borderline else NOT_MRI_MESSAGE
+            return Prediction(status=REJECTED, message=message, **common)
         index = int(np.argmax(probs))
         confidence = float(probs[index])
-        message = ""
+        notes = [BORDERLINE_ACCEPTED] if borderline else []
         if confidence < self.card.low_confidence_threshold:
-            message = unsure_message(confidence, self.card)
+            notes.insert(0, unsure_message(confidence, self.card))
+        message = " ".join(notes)
         return Prediction(
             status=OK, label=self.class_names[index], confidence=round(confidence, 4),
             display_label=self.card.display_name(self.class_names[index]),
             probabilities={n: round(float(p), 4) for n, p in zip(self.class_names, probs,
                                                                   strict=True)},
             message=message, **common, **self._sequence(sequence_probs))
+
+    def _borderline(self, score: float) -> bool:
+        """Whether a guard score lies within the card's borderline band of the threshold."""
+        if self.ood_threshold is None or np.isnan(score):
+            return False
+        return abs(score - self.ood_threshold) <= self.card.borderline_band * self.ood_threshold
 
     def _sequence(self, probs: np.ndarray | None) -> dict[str, Any]:
         """The ``sequence`` fields of a result (none for a model without a sequence head)."""

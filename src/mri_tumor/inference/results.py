@@ -28,6 +28,11 @@ SEQUENCE_KEYS = ("sequence", "sequence_probabilities")
 
 
 NOT_MRI_MESSAGE = "This does not look like a brain MRI slice; no tumour class is given."
+# Added to a verdict whose guard score lies in the card's borderline band.
+BORDERLINE_REFUSED = ("Borderline: the guard's score is just above its threshold, so a resized "
+                      "or re-saved copy of this image may be accepted.")
+BORDERLINE_ACCEPTED = ("Borderline: the guard's score is just below its threshold for \"not a "
+                       "brain MRI\"; check that this is a brain MRI slice.")
 
 
 BLANK_MESSAGE = ("This image is blank (almost one grey level), so it does not look like a brain "
