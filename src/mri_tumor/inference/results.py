@@ -27,7 +27,8 @@ RESULT_KEYS = ("path", "status", "label", "confidence", "probabilities", "ood_sc
 SEQUENCE_KEYS = ("sequence", "sequence_probabilities")
 
 
-NOT_MRI_MESSAGE = "This does not look like a brain MRI slice; no tumour class is given."
+NOT_MRI_MESSAGE = ("This does not look like a brain MRI slice (judged by its pixels: the "
+                   "out-of-distribution guard); no tumour class is given.")
 # Added to a verdict whose guard score lies in the card's borderline band.
 BORDERLINE_REFUSED = ("Borderline: the guard's score is just above its threshold, so a resized "
                       "or re-saved copy of this image may be accepted.")
