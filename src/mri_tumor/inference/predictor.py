@@ -199,9 +199,7 @@ def unsure_message(confidence: float, card: ModelCard) -> str:
     so that the note never reads as "94% is below 94%"."""
     threshold = card.low_confidence_threshold
     level_value = round(threshold * 100, 6)
-    # The level with the fewest decimals that write it exactly: 94%, 93.75%.
-    level = next((f"{level_value:.{places}f}%" for places in range(5)
-                  if round(level_value, places) == level_value), f"{level_value:.4f}%")
+    level = f"{level_value:g}%"  # with the decimals it has: 94%, 93.75%
     said = format_probability(round(confidence, 4))  # as the result stores and shows it
     figure = f"{said} confidence"
     if float(said.strip("<> %")) >= level_value:  # the shown figure rounds up to the level
