@@ -276,3 +276,62 @@ def _jsonable(value: Any) -> Any:
     if hasattr(value, "__dataclass_fields__"):
         return asdict(value)
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+SEGMENTATION_ARCHITECTURE = "efficient_unet"
+
+
+@dataclass
+class SegmentationCard:
+    """The segmentation model's card (``card.json`` beside its weights): what it outlines,
+    how pixels are prepared, the post-processing, the data it saw and what was measured."""
+
+    image_size: int
+    mean: list[float]
+    std: list[float]
+    architecture: str = SEGMENTATION_ARCHITECTURE
+    task: str = "segmentation"
+    # What a mask pixel means: the abnormality the reference masks outline.
+    target: str = "FLAIR abnormality (tumour and surrounding signal change)"
+    sequence: str = "FLAIR"
+    input_channels: int = 3
+    intensity: str = "equalize"
+    threshold: float = 0.5
+    min_component_share: float = 0.1
+    fill_holes: bool = True
+    loss: str = "soft Dice (over the batch) + binary cross-entropy"
+    version: str = ""
+    created: str = ""
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    notes: str = DISCLAIMER
+
+    def to_dict(self) -> dict[str, Any]:
+        """The card as its JSON object."""
+        return json.loads(json.dumps(asdict(self), default=_jsonable))
+
+    def save(self, directory: Path) -> Path:
+        """Write ``card.json`` into ``directory`` and return its path."""
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / CARD_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, directory: Path) -> SegmentationCard:
+        """Read a segmentation model's ``card.json``; ValueError if it is not one."""
+        path = Path(directory) / CARD_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"no model card at {path}")
+        try:
+            raw = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"{path}: not a valid model card ({error})") from None
+        if not isinstance(raw, dict) or raw.get("task") != "segmentation":
+            raise ValueError(f"{path}: not a segmentation model's card (a classifier's? "
+                             "segmentation needs the 'segment' model)")
+        known = {f.name for f in fields(cls)}
+        try:
+            return cls(**{k: v for k, v in raw.items() if k in known})
+        except TypeError as error:
+            raise ValueError(f"{path}: not a valid segmentation card ({error})") from None

@@ -43,10 +43,21 @@ def augment_batch(pixels: torch.Tensor, config: AugmentConfig) -> torch.Tensor:
 
     Each image is transformed with ``config.probability`` and otherwise returned as it is.
     """
+    return augment_with_masks(pixels, None, config)[0]
+
+
+def augment_with_masks(pixels: torch.Tensor, masks: torch.Tensor | None,
+                       config: AugmentConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``augment_batch``, and the same geometric transform applied to (B, 1, H, W) float
+    ``masks`` (bilinear, thresholded at one half); intensity changes touch the images only."""
     n = pixels.shape[0]
     theta = random_affine_matrices(n, config, pixels.device).to(pixels.dtype)
     grid = F.affine_grid(theta, list(pixels.shape), align_corners=False)
     out = F.grid_sample(pixels, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    moved = None
+    if masks is not None:
+        moved = (F.grid_sample(masks, grid, mode="bilinear", padding_mode="zeros",
+                               align_corners=False) >= 0.5).to(masks.dtype)
     if config.contrast > 0:
         mean = out.mean(dim=(1, 2, 3), keepdim=True)
         factor = 1 + _uniform(n, config.contrast, pixels.device).view(n, 1, 1, 1)
@@ -58,7 +69,9 @@ def augment_batch(pixels: torch.Tensor, config: AugmentConfig) -> torch.Tensor:
     if config.probability < 1:
         untouched = torch.rand(n, 1, 1, 1, device=pixels.device) >= config.probability
         out = torch.where(untouched, pixels, out)
-    return out
+        if masks is not None and moved is not None:
+            moved = torch.where(untouched, masks, moved)
+    return out, moved
 
 
 def lower_resolution(pixels: torch.Tensor, resolution: float) -> torch.Tensor:

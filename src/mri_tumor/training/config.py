@@ -91,3 +91,37 @@ class TrainConfig:
     # How the folders are labelled (data.folders.LABEL_SCHEMES); "types" also trains a second
     # head that names the MR sequence.
     label_scheme: str = "classes"
+
+
+def _segment_augment() -> AugmentConfig:
+    # Milder geometry than the classifier's: an outline must stay on the anatomy it traces,
+    # and the slices of a scan are upright.
+    return AugmentConfig(rotation=15.0, shift=0.1, shear=0.1, zoom=0.15)
+
+
+@dataclass
+class SegmentConfig:
+    """One training run of the segmentation model (``mri-tumor train-segmenter``)."""
+
+    data_dir: Path  # the whole-scan layout of data.patients (slices with masks)
+    out: Path = Path("runs/segment")
+    sequence: str = "FLAIR"  # the sequence the masks were drawn on
+    image_size: int = 192  # a multiple of 32; the 256 px slices are resampled to it
+    held_out: float = 0.2  # share of each institution's patients kept for the final test
+    epochs: int = 30
+    batch_size: int = 16
+    lr: float = 5e-4
+    weight_decay: float = 1e-4
+    seed: int = 0
+    # Slices without tumour drawn per tumour slice in each epoch (all tumour slices are
+    # drawn every epoch): most slices of a stack show no tumour.
+    clear_per_tumour: float = 1.0
+    augment: AugmentConfig = field(default_factory=_segment_augment)
+    intensity: str = "equalize"
+    # Post-processing, stated in the card: a pixel is tumour at this probability; 3-D
+    # components smaller than this share of the largest are removed; holes are filled.
+    threshold: float = 0.5
+    min_component_share: float = 0.1
+    max_train_batches: int | float = 1.0  # for smoke tests
+    max_minutes: float | None = None
+    pretrained: bool = True

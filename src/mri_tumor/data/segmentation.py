@@ -1,0 +1,91 @@
+"""Slices and masks for the segmentation model, and its split by patient.
+
+Reads the whole-scan layout of ``data.patients`` (``root/<patient>/<NNN>_FLAIR.jpg`` with
+``<NNN>_mask.png``, the manual outline of the FLAIR abnormality). Every slice of a patient
+goes to the same side; the held-out patients are drawn per institution, so that each
+hospital is represented on both sides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from mri_tumor.data.patients import SLICE_FILE
+
+
+@dataclass(frozen=True)
+class MaskedSlice:
+    """One slice image with its tumour mask."""
+
+    image: Path
+    mask: Path
+    patient: str
+    number: int  # 1 = the first slice of the stack
+
+
+def institution(patient: str) -> str:
+    """``TCGA_CS_4941_19960909`` -> ``CS``; other names are their own institution."""
+    parts = patient.split("_")
+    return parts[1] if len(parts) > 2 else patient
+
+
+def masked_slices(root: Path, sequence: str = "FLAIR") -> list[MaskedSlice]:
+    """Every slice of ``sequence`` that has a mask, by patient and slice number."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder")
+    rows = []
+    for patient_dir in sorted(p for p in root.iterdir() if p.is_dir()
+                              and not p.name.startswith(".")):
+        for path in sorted(patient_dir.iterdir()):
+            match = SLICE_FILE.match(path.name)
+            if match is None or match["sequence"].upper() != sequence.upper():
+                continue
+            mask = path.with_name(f"{match['slice']}_mask.png")
+            if mask.is_file():
+                rows.append(MaskedSlice(path, mask, patient_dir.name, int(match["slice"])))
+    if not rows:
+        raise ValueError(f"{root}: no <NNN>_{sequence}.jpg slices with <NNN>_mask.png masks "
+                         "in patient folders")
+    return rows
+
+
+def split_patients(patients: list[str], held_out: float, seed: int = 0) -> dict[str, str]:
+    """Patient -> ``"train"`` or ``"test"``: about ``held_out`` of each institution's patients
+    are held out, chosen by a seeded hash of the name (the same names give the same split)."""
+    by_site: dict[str, list[str]] = {}
+    for patient in sorted(set(patients)):
+        by_site.setdefault(institution(patient), []).append(patient)
+    sides = {}
+    for site_patients in by_site.values():
+        ranked = sorted(site_patients, key=lambda p: hashlib.sha256(f"{seed}:{p}".encode())
+                        .hexdigest())
+        count = round(held_out * len(ranked))
+        for i, patient in enumerate(ranked):
+            sides[patient] = "test" if i < count else "train"
+    return sides
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """A mask image -> bool array (white = tumour)."""
+    with Image.open(path) as mask:
+        return np.asarray(mask.convert("L")) > 127
+
+
+def load_pairs(rows: list[MaskedSlice], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images as uint8 (N, size, size) and masks as bool (N, size, size), resized
+    (bilinear; the mask's resampled share thresholded at one half)."""
+    images = np.empty((len(rows), size, size), dtype=np.uint8)
+    masks = np.empty((len(rows), size, size), dtype=bool)
+    for i, row in enumerate(rows):
+        with Image.open(row.image) as image:
+            grey = image.convert("L")
+            images[i] = np.asarray(grey.resize((size, size), Image.Resampling.BILINEAR)
+                                   if grey.size != (size, size) else grey)
+        mask = Image.fromarray(read_mask(row.mask).astype(np.float32))
+        masks[i] = np.asarray(mask.resize((size, size), Image.Resampling.BILINEAR)) >= 0.5
+    return images, masks
