@@ -294,6 +294,9 @@ class SegmentationCard:
     # What a mask pixel means: the abnormality the reference masks outline.
     target: str = "FLAIR abnormality (tumour and surrounding signal change)"
     sequence: str = "FLAIR"
+    # The classifier's classes whose lesions the training masks outline: an outline of
+    # another class is said to be less reliable.
+    classes_seen: list[str] = field(default_factory=lambda: ["glioma"])
     input_channels: int = 3
     intensity: str = "equalize"
     threshold: float = 0.5

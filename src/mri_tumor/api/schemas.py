@@ -99,6 +99,43 @@ class ScansOut(BaseModel):
     disclaimer: str = DISCLAIMER
 
 
+class OutlineOut(BaseModel):
+    """The outline on one slice: polygons over the slice's display image."""
+
+    slice_index: int | None = Field(description="the axial slice (as in /v1/scans' "
+                                                "slice_index); null for a 2-D image")
+    width: int = Field(description="width of the image the polygons are drawn on (px)")
+    height: int = Field(description="its height (px)")
+    polygons: list[list[list[float]]] = Field(description=(
+        "closed polygons of [x, y] pixel coordinates (x right, y down) on the axial image "
+        "as /v1/scans reads it (anterior up, the patient's right on the left)"))
+
+
+class SegmentationOut(BaseModel):
+    """One scan's or image's outline and measurements."""
+
+    source: str
+    scan: str
+    status: str = Field(description="ok (tumour outlined), empty (none found), "
+                                    "not_segmented (the reason in message), error")
+    volume_ml: float | None = Field(description="outlined volume from the voxel size; "
+                                                "null for an image without one")
+    slices: list[int] = Field(description="axial slices the outline spans")
+    voxels: int
+    largest_axial_diameter_mm: float | None
+    classifier: dict[str, Any] | None = Field(description="the classifier's answer that "
+                                                          "decided whether to outline")
+    message: str
+    outlines: list[OutlineOut]
+
+
+class SegmentOut(BaseModel):
+    """Outlines per uploaded scan or image."""
+
+    segmentations: list[SegmentationOut]
+    disclaimer: str = DISCLAIMER
+
+
 class ModelCardOut(BaseModel):
     """The model card (every field of ``card.json``) plus the disclaimer."""
 

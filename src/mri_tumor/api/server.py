@@ -16,7 +16,7 @@ from mri_tumor import __version__
 from mri_tumor.api.docs import install_docs
 from mri_tumor.api.errors import install_error_handling
 from mri_tumor.api.protocol import PROTOCOL_PATH
-from mri_tumor.api.routers import feedback, health, model, predict, scans
+from mri_tumor.api.routers import feedback, health, model, predict, scans, segment
 from mri_tumor.api.schemas import APP_DESCRIPTION
 from mri_tumor.api.security import require_api_key
 from mri_tumor.api.service import Service, model_loader, server_model
@@ -73,7 +73,8 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
                   redoc_url=None)
     app.state.service = service
     app.include_router(health.router)
-    for router in (predict.router, scans.router, model.router, feedback.router):
+    for router in (predict.router, scans.router, segment.router, model.router,
+                   feedback.router):
         app.include_router(router, prefix="/v1", dependencies=[Security(require_api_key)])
     install_docs(app)
     install_error_handling(app)

@@ -252,6 +252,18 @@ def _analyse_scans_cached(_predictor: Predictor, model_key: str,
     return items, summaries
 
 
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _outlines_cached(_predictor: Predictor, model_key: str,
+                     uploads: list[tuple[str, bytes]]) -> dict[str, Any]:
+    """Scan name -> its outline (``SegmentationResult``), for the scan uploads."""
+    from mri_tumor.inference.outlining import Outliner
+    from mri_tumor.inference.segmentation import Segmenter
+
+    results = Outliner(Segmenter.load(), _predictor, out=None).run_inputs(
+        [(name, data, name) for name, data in uploads])
+    return {result.name: result for result in results}
+
+
 def main() -> None:
     """The page, top to bottom."""
     st.set_page_config(page_title="Brain MRI tumour classifier", page_icon="🧠",
@@ -294,10 +306,14 @@ def main() -> None:
             scan_items, scans = _analyse_scans_cached(predictor, model_key, scan_inputs)
         stacks = [s for s in scans if s["slices"] + s["refused"] >= MIN_VOLUME_SLICES]
         slice_keys = iter(range(len(scan_items)))
+
+        def outline(summary: dict[str, Any]) -> Any:
+            return _outlines_cached(predictor, model_key, scan_inputs).get(summary["source"])
+
         for scan in stacks:
             render_scan(scan, scan_items, card, lambda item: render_result(
                 item, card, True, 0.45, key=f"scan-{predictor.name}-{next(slice_keys)}",
-                predictor=predictor, model_key=model_key), plain)
+                predictor=predictor, model_key=model_key), plain, outline)
         in_stack = {s["series"] for s in stacks}
         items += [_with_upload(i, dict(scan_inputs)) for i in scan_items
                   if i.prediction.series not in in_stack]

@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import streamlit as st
+from PIL import Image
 
 from mri_tumor.card import DISCLAIMER, ModelCard
 from mri_tumor.data.reading import looks_like_dicom_bytes
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
     from mri_tumor.inference import Prediction, Predictor
 
 KEY_SLICES_SHOWN = 3
+OUTLINE_COLOUR = (255, 214, 0)
 
 
 def is_scan_upload(name: str, data: bytes) -> bool:
@@ -49,10 +52,50 @@ def analyse_scans(predictor: Predictor, uploads: Sequence[tuple[str, bytes]],
             for p, f in pairs], summaries
 
 
+def outline_picture(image: Image.Image, mask: np.ndarray) -> Image.Image:
+    """The slice with the outline's edge drawn in yellow."""
+    from skimage.segmentation import find_boundaries
+
+    picture = np.asarray(image.convert("RGB")).copy()
+    edge = find_boundaries(mask, mode="inner")
+    if edge.shape == picture.shape[:2]:
+        picture[edge] = OUTLINE_COLOUR
+    return Image.fromarray(picture)
+
+
+def render_outline(summary: dict[str, Any], keyed: Sequence[Any], outline: Any,
+                   plain: Any) -> dict[int, Image.Image]:
+    """The "Outline the tumour" switch of a scan the classifier calls a tumour, and what the
+    outline measured: slice index -> the key slice with its outline (empty when off)."""
+    if outline is None or not st.toggle("Outline the tumour (FLAIR model)",
+                                        key=f"outline-{summary['series']}",
+                                        help="The segmentation model outlines the FLAIR "
+                                             "abnormality and measures it. Unverified."):
+        return {}
+    with st.spinner("Outlining…"):
+        result = outline(summary)
+    if result is None:
+        st.warning("This scan could not be outlined.", icon=":material/block:")
+        return {}
+    st.markdown(f":material/straighten: {plain(result.message[:1].upper() + result.message[1:])}")
+    if result.volume_mask is None:
+        return {}
+    shown = {}
+    for item in keyed:
+        index = item.prediction.slice_index
+        if index is not None and item.image is not None:
+            mask = result.volume_mask.display_mask(index)
+            if mask.shape != (item.image.height, item.image.width):
+                mask = np.asarray(Image.fromarray(mask).resize(item.image.size))
+            shown[index] = outline_picture(item.image, mask)
+    return shown
+
+
 def render_scan(summary: dict[str, Any], items: Sequence[Any], card: ModelCard,
-                render_item: Any, plain: Any) -> None:
+                render_item: Any, plain: Any, outline: Any = None) -> None:
     """One scan's card: answer, tumour probability along the stack, key slices with their
-    Grad-CAM (``items``: the app's analysed images), and every slice folded away;
+    Grad-CAM (``items``: the app's analysed images), the tumour's outline on request
+    (``outline``: summary -> its ``SegmentationResult``), and every slice folded away;
     ``render_item`` draws one slice's card, ``plain`` escapes text for markdown."""
     from mri_tumor.explain.gradcam import overlay
 
@@ -81,13 +124,17 @@ def render_scan(summary: dict[str, Any], items: Sequence[Any], card: ModelCard,
                        "the stack (inferior to superior)")
             st.line_chart({"tumour probability": [p for _, p in curve]}, height=180)
         keyed = [i for i in members if i.heatmap is not None][:KEY_SLICES_SHOWN]
+        outlined = (render_outline(summary, keyed, outline, plain)
+                    if summary["label"] != card.normal_class else {})
         if keyed:
             columns = st.columns(len(keyed))
             for column, item in zip(columns, keyed, strict=True):
                 with column:
                     assert item.image is not None and item.heatmap is not None
-                    st.image(item.image, width="stretch",
-                             caption=f"slice {item.prediction.slice_index}")
+                    index = item.prediction.slice_index
+                    st.image(outlined.get(index, item.image), width="stretch",
+                             caption=f"slice {index}" + (", outlined (unverified)"
+                                                         if index in outlined else ""))
                     st.image(overlay(item.image, item.heatmap, 0.45), width="stretch",
                              caption=f"Grad-CAM for {item.prediction.display_label}")
         with st.expander(f"All {len(members)} slices"):

@@ -29,6 +29,14 @@ from mri_tumor.cli.reading import (
     run_export,
     run_predict,
 )
+from mri_tumor.cli.segmenting import (
+    add_evaluate_segmenter,
+    add_segment,
+    add_train_segmenter,
+    run_evaluate_segmenter,
+    run_segment,
+    run_train_segmenter,
+)
 from mri_tumor.cli.serving import add_app, add_pacs, add_serve, run_app, run_pacs, run_serve
 
 
@@ -39,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (add_train, add_calibrate, add_evaluate, add_compare, add_predict,
-                add_export, add_app, add_serve, add_adapt, add_models, add_pacs):
+                add_export, add_segment, add_train_segmenter, add_evaluate_segmenter,
+                add_app, add_serve, add_adapt, add_models, add_pacs):
         add(sub)
     for command in sub.choices.values():
         command.formatter_class = HelpFormatter
@@ -49,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {"train": run_train, "calibrate": run_calibrate, "evaluate": run_evaluate,
             "compare": run_compare, "predict": run_predict, "export": run_export,
             "app": run_app, "serve": run_serve, "adapt": run_adapt, "models": run_models,
-            "pacs": run_pacs}
+            "pacs": run_pacs, "segment": run_segment,
+            "train-segmenter": run_train_segmenter,
+            "evaluate-segmenter": run_evaluate_segmenter}
 
 
 def main(argv: list[str] | None = None) -> int:

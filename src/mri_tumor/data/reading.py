@@ -118,29 +118,42 @@ def zip_frames(data: bytes, name: str) -> list[Frame]:
     return frames
 
 
-def stack_series(items: Sequence[Any]) -> list[Any]:
-    """Decoded inputs with each DICOM series of three or more single-slice frames that share
-    a geometry replaced by its axial stack (``data.volume``): sorted along the slice normal,
-    windowed once per series, reformatted when acquired in another plane, at the place of
-    the series' first file. Everything else (other frames, and items that are not frames,
-    such as the results of inputs that failed) stays as it is, in its order."""
-    from mri_tumor.data.volume import axial_slices, dicom_series_volume
+def series_volumes(items: Sequence[Any]) -> dict[str, Any]:
+    """Series key -> its ``data.volume.Volume``, for each DICOM series among the decoded
+    inputs whose single-slice frames (three or more, one geometry) stack into one; named by
+    the series' common folder."""
+    from mri_tumor.data.volume import dicom_series_volume
 
     by_series: dict[str, list[Frame]] = {}
     for item in items:
         if isinstance(item, Frame) and item.series and item.values is not None \
                 and item.geometry is not None:
             by_series.setdefault(item.series, []).append(item)
-    stacked: dict[str, list[Frame]] = {}
+    volumes = {}
     for series, members in by_series.items():
         scan = _common_folder([f.name for f in members])
         volume = dicom_series_volume([(f.values, f.geometry, f.name) for f in members
                                       if f.values is not None and f.geometry is not None],
                                      scan, series)
         if volume is not None:
-            stacked[series] = [
-                Frame(native or f"{scan}#{index}", image, series, None, index, scan, volume.note)
-                for index, image, native in axial_slices(volume)]
+            volumes[series] = volume
+    return volumes
+
+
+def stack_series(items: Sequence[Any]) -> list[Any]:
+    """Decoded inputs with each DICOM series of three or more single-slice frames that share
+    a geometry replaced by its axial stack (``data.volume``): sorted along the slice normal,
+    windowed once per series, reformatted when acquired in another plane, at the place of
+    the series' first file. Everything else (other frames, and items that are not frames,
+    such as the results of inputs that failed) stays as it is, in its order."""
+    from mri_tumor.data.volume import axial_slices
+
+    stacked: dict[str, list[Frame]] = {}
+    for series, volume in series_volumes(items).items():
+        stacked[series] = [
+            Frame(native or f"{volume.name}#{index}", image, series, None, index, volume.name,
+                  volume.note)
+            for index, image, native in axial_slices(volume)]
     out: list[Any] = []
     placed: set[str] = set()
     for item in items:

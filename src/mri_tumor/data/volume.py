@@ -149,6 +149,78 @@ def _head_box(windowed: np.ndarray) -> tuple[slice, slice]:
     return boxes[0], boxes[1]
 
 
+@dataclass
+class AxialStack:
+    """A volume reoriented to RAS+ and cut into the square axial images the models read,
+    with what it takes to map a picture of a slice back onto the volume's own voxels."""
+
+    windowed: np.ndarray  # uint8, RAS+ voxels cropped to the head's box
+    canonical_shape: tuple[int, int, int]
+    canonical_affine: np.ndarray  # RAS+ voxel -> mm
+    affine: np.ndarray  # the input's own voxel -> mm
+    box: tuple[slice, slice]  # the head's (x, y) box in the RAS+ voxels
+    zooms: tuple[float, float, float]  # RAS+ voxel size, mm
+    size: tuple[int, int]  # (width, height) of a slice in square pixels before padding
+    side: int  # the square images' side
+    inside: np.ndarray  # bool per axial index: the slice cuts the head
+
+    def picture(self, plane: np.ndarray) -> Image.Image:
+        """One axial plane (x, y) of the cropped RAS+ voxels -> its square display image:
+        anterior at the top, the patient's right on the left, square pixels, padded."""
+        rows = np.ascontiguousarray(plane[::-1, ::-1].T)
+        picture = Image.fromarray(rows)
+        if self.size != picture.size:
+            picture = picture.resize(self.size, Image.Resampling.BILINEAR)
+        square = Image.new(picture.mode, (self.side, self.side), 0)
+        square.paste(picture, self.offset)
+        return square
+
+    @property
+    def offset(self) -> tuple[int, int]:
+        """Where the slice sits in its square image (x, y)."""
+        return (self.side - self.size[0]) // 2, (self.side - self.size[1]) // 2
+
+    def plane(self, picture: np.ndarray) -> np.ndarray:
+        """``picture``'s inverse: a float (side, side) map over a display image -> the
+        (x, y) plane of the cropped RAS+ voxels (bilinear)."""
+        (left, top), (width, height) = self.offset, self.size
+        inner = np.asarray(picture, dtype=np.float32)[top:top + height, left:left + width]
+        nx, ny = self.windowed.shape[:2]
+        resized = np.asarray(Image.fromarray(inner).resize((nx, ny), Image.Resampling.BILINEAR))
+        return resized.T[::-1, ::-1]
+
+    def to_input_voxels(self, canonical: np.ndarray) -> np.ndarray:
+        """An array on the RAS+ voxel grid (full, uncropped) -> the input's own voxel order,
+        so that it lies on the input with the input's affine."""
+        import nibabel as nib
+
+        original = nib.orientations.io_orientation(self.affine)
+        back = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"), original)
+        return np.asarray(nib.orientations.apply_orientation(canonical, back))
+
+
+def axial_stack(volume: Volume) -> AxialStack:
+    """The volume reoriented to RAS+, windowed once (``window_volume``) and cropped to the
+    head's box, with the geometry of its axial display images."""
+    import nibabel as nib
+
+    image = nib.Nifti1Image(volume.data, volume.affine)
+    canonical = nib.as_closest_canonical(image)
+    voxels = np.asarray(canonical.dataobj, dtype=np.float32)
+    zx, zy, zz = (float(z) or 1.0 for z in canonical.header.get_zooms()[:3])
+    windowed = window_volume(voxels)
+    box_x, box_y = _head_box(windowed)
+    windowed = windowed[box_x, box_y]
+    nx, ny = windowed.shape[:2]
+    step = min(zx, zy)
+    width, height = max(1, round(nx * zx / step)), max(1, round(ny * zy / step))
+    area = (windowed > 0.08 * 255).sum(axis=(0, 1))
+    inside = area >= MIN_HEAD_SHARE * max(1, int(area.max()))
+    return AxialStack(windowed, tuple(int(n) for n in voxels.shape[:3]),  # type: ignore[arg-type]
+                      canonical.affine, volume.affine, (box_x, box_y), (zx, zy, zz),
+                      (width, height), max(width, height), inside)
+
+
 def axial_slices(volume: Volume) -> list[tuple[int, Image.Image, str | None]]:
     """The volume as axial slices, inferior to superior: ``(index, 8-bit grey image, native
     slice name or None)``; a native name is given when the volume was acquired axially and
@@ -156,38 +228,19 @@ def axial_slices(volume: Volume) -> list[tuple[int, Image.Image, str | None]]:
     head (``MIN_HEAD_SHARE``) are left out; ``index`` stays the position in the stack."""
     import nibabel as nib
 
-    image = nib.Nifti1Image(volume.data, volume.affine)
-    canonical = nib.as_closest_canonical(image)
-    voxels = np.asarray(canonical.dataobj, dtype=np.float32)
-    zooms = [float(z) or 1.0 for z in canonical.header.get_zooms()[:3]]
-    windowed = window_volume(voxels)
-    box_x, box_y = _head_box(windowed)
-    windowed = windowed[box_x, box_y]
+    stack = axial_stack(volume)
     # Which input axis became the axial (z) axis, and whether it was flipped.
     order = nib.orientations.io_orientation(volume.affine)
     native_axis, flipped = int(order[2, 0]), order[2, 1] < 0
     names = volume.slice_names if native_axis == 2 else None
-    nx, ny = windowed.shape[:2]
-    step = min(zooms[0], zooms[1])
-    width, height = max(1, round(nx * zooms[0] / step)), max(1, round(ny * zooms[1] / step))
-    side = max(width, height)
-    area = (windowed > 0.08 * 255).sum(axis=(0, 1))
-    inside = area >= MIN_HEAD_SHARE * max(1, int(area.max()))
     slices = []
-    for k in range(windowed.shape[2]):
-        if not inside[k]:
+    for k in range(stack.windowed.shape[2]):
+        if not stack.inside[k]:
             continue
-        # (x, y) in RAS -> rows anterior first, columns patient's right first.
-        plane = np.ascontiguousarray(windowed[::-1, ::-1, k].T)
-        picture = Image.fromarray(plane)
-        if (width, height) != (nx, ny):
-            picture = picture.resize((width, height), Image.Resampling.BILINEAR)
-        square = Image.new("L", (side, side), 0)
-        square.paste(picture, ((side - width) // 2, (side - height) // 2))
         native = None
         if names is not None:
             native = names[len(names) - 1 - k] if flipped else names[k]
-        slices.append((k, square, native))
+        slices.append((k, stack.picture(stack.windowed[:, :, k]), native))
     return slices
 
 

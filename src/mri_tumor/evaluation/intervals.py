@@ -130,3 +130,17 @@ def small_group_warning(small: Sequence[dict[str, Any]], limit: int = SMALL_GROU
     more = f" and {len(small) - shown} more" if len(small) > shown else ""
     return (f"Warning: {len(small)} group(s) have fewer than {limit} images, so their "
             f"numbers are uncertain: {named}{more}.")
+
+
+def mean_interval(values: Sequence[float], resamples: int = RESAMPLES,
+                  confidence: float = CONFIDENCE, seed: int = SEED) -> list[float] | None:
+    """Percentile bootstrap interval ``[low, high]`` of the mean of per-case values (per
+    patient, say); None for fewer than two."""
+    data = np.asarray(values, dtype=float)
+    if len(data) < 2:
+        return None
+    means = np.concatenate([data[rows].mean(axis=1)
+                            for rows in _resamples(len(data), resamples, seed)])
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return [round(float(low), 4), round(float(high), 4)]

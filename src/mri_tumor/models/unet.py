@@ -45,6 +45,12 @@ def _skip_blocks(stages: tuple[tuple[int, int, int, int, int, int], ...]) -> lis
     return [i for i in range(len(strides)) if i + 1 == len(strides) or strides[i + 1] == 2]
 
 
+def _out_channels(block: nn.Module) -> int:
+    conv = block.get_submodule("_project_conv")
+    assert isinstance(conv, nn.Conv2d)
+    return conv.out_channels
+
+
 class EfficientUNet(nn.Module):
     """U-Net with an EfficientNet-Lite0 encoder: (B, 3, H, W) -> (B, 1, H, W) logits; H and
     W must be multiples of 32."""
@@ -54,9 +60,8 @@ class EfficientUNet(nn.Module):
         self.stem = nn.Sequential(backbone._conv_stem, backbone._bn0, nn.ReLU6(inplace=True))
         self.blocks = backbone._blocks
         self.skip_at = _skip_blocks(LITE0_STAGES)
-        widths = [LITE0_STAGES[0][5]]
-        widths += [block._project_conv.out_channels for block in
-                   (self.blocks[i] for i in self.skip_at)][1:]
+        widths: list[int] = [LITE0_STAGES[0][5]]
+        widths += [_out_channels(self.blocks[i]) for i in self.skip_at][1:]
         # widths: channels at 1/2, 1/4, 1/8, 1/16, 1/32
         skips = widths[-2::-1]  # joined at 1/16, 1/8, 1/4, 1/2
         steps, c_in = [], widths[-1]

@@ -13,7 +13,7 @@ import json
 import logging
 import time
 import warnings
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import lightning as L
@@ -106,7 +106,7 @@ def train_segmenter(config: SegmentConfig) -> Path:
     n_tumour, n_clear = int(tumour.sum()), int((~tumour).sum())
     # Each epoch: every tumour slice once, and clear_per_tumour as many clear slices.
     clear_weight = (config.clear_per_tumour * n_tumour / n_clear) if n_clear else 0.0
-    weights = torch.tensor(np.where(tumour, 1.0, min(1.0, clear_weight)), dtype=torch.double)
+    weights = np.where(tumour, 1.0, min(1.0, clear_weight)).tolist()
     per_epoch = max(1, n_tumour + min(n_clear, round(config.clear_per_tumour * n_tumour)))
     sampler = WeightedRandomSampler(weights, per_epoch, replacement=False)
     loader = DataLoader(TensorDataset(torch.from_numpy(pixels), torch.from_numpy(masks)),
@@ -120,7 +120,7 @@ def train_segmenter(config: SegmentConfig) -> Path:
         max_epochs=config.epochs, accelerator="auto", devices=1, logger=False,
         enable_checkpointing=False, enable_progress_bar=False,
         limit_train_batches=config.max_train_batches, limit_val_batches=0,
-        max_time={"minutes": config.max_minutes} if config.max_minutes else None,
+        max_time=timedelta(minutes=config.max_minutes) if config.max_minutes else None,
         deterministic=False)
     started = time.time()
     trainer.fit(module, loader)

@@ -1,0 +1,168 @@
+"""``segment``, ``train-segmenter`` and ``evaluate-segmenter``: outline tumours, train the
+outline model, score it on held-out patients."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mri_tumor.cli.common import (
+    UsageError,
+    add_backend,
+    add_model,
+    nothing_found,
+    skipped_note,
+    subfolders,
+    unread_note,
+)
+
+
+def _add_segmenter(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--segmenter", metavar="DIR", type=Path,
+                   help="a segmentation model folder (default: the shipped one)")
+
+
+def add_segment(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "segment", help="outline the tumour (FLAIR abnormality) and measure it",
+        description="Outline the tumour in NIfTI volumes, DICOM series and slice images and "
+                    "measure it (volume in mL, slices, largest axial diameter). The "
+                    "classifier answers first: a scan it refuses or calls no tumour gets an "
+                    "empty mask and the reason. Research tool, not a diagnosis.")
+    p.add_argument("paths", nargs="+", type=Path, help="files or folders")
+    p.add_argument("--out", type=Path, required=True,
+                   help="folder for the masks (<name>.mask.nii.gz, <name>.mask.png)")
+    p.add_argument("--json", action="store_true", help="one JSON object per input line")
+    p.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders")
+    p.add_argument("--no-classifier", action="store_true",
+                   help="outline every input, whatever the classifier would answer")
+    _add_segmenter(p)
+    add_model(p)
+    add_backend(p)
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    from mri_tumor.card import DISCLAIMER
+    from mri_tumor.data.inputs import expand_inputs
+    from mri_tumor.inference.outlining import ERROR, Outliner
+    from mri_tumor.inference.segmentation import Segmenter
+
+    files, skipped = expand_inputs(args.paths, recursive=args.recursive)
+    if skipped:
+        print(f"note: {skipped_note(skipped)}", file=sys.stderr)
+    if not files:
+        print(f"mri-tumor segment: {nothing_found(args.paths, args.recursive)}", file=sys.stderr)
+        return 1
+    if not args.recursive and (unread := subfolders(args.paths)):
+        print(f"note: {unread_note(unread)}", file=sys.stderr)
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out} is a file, not a folder")
+    segmenter = Segmenter.load(args.segmenter)
+    predictor = None
+    if not args.no_classifier:
+        from mri_tumor.inference import Predictor
+
+        predictor = Predictor.load(args.model, backend=args.backend)
+    results = Outliner(segmenter, predictor, args.out).run(files, args.paths)
+    for result in results:
+        if args.json:
+            print(json.dumps(result.to_dict()))
+        else:
+            where = f" -> {result.mask}" if result.mask else ""
+            print(f"{result.name}: {result.message}{where}")
+    print(("" if args.json else "\n") + DISCLAIMER, file=sys.stderr if args.json else sys.stdout)
+    return 1 if any(r.status == ERROR for r in results) else 0
+
+
+def add_train_segmenter(sub: argparse._SubParsersAction) -> None:
+    from mri_tumor.training.config import SegmentConfig
+
+    default = SegmentConfig(data_dir=Path("."))
+    p = sub.add_parser(
+        "train-segmenter", help="train the tumour outline model on slices with masks",
+        description="Train the segmentation model on a whole-scan folder (patient folders "
+                    "of <NNN>_FLAIR.jpg slices with <NNN>_mask.png masks), holding out a "
+                    "share of each institution's patients, then score it on them.")
+    p.add_argument("data_dir", type=Path, help="the whole-scan folder (e.g. lgg-tcga)")
+    p.add_argument("--out", type=Path, default=default.out, help="run folder")
+    p.add_argument("--epochs", type=int, default=default.epochs)
+    p.add_argument("--batch-size", type=int, default=default.batch_size)
+    p.add_argument("--lr", type=float, default=default.lr)
+    p.add_argument("--image-size", type=int, default=default.image_size,
+                   help="model input side, a multiple of 32")
+    p.add_argument("--held-out", type=float, default=default.held_out,
+                   help="share of each institution's patients held out")
+    p.add_argument("--seed", type=int, default=default.seed)
+    p.add_argument("--max-minutes", type=float, help="stop after this wall time")
+    p.add_argument("--max-train-batches", type=float, default=default.max_train_batches,
+                   help="share (<= 1) or number of batches per epoch, for smoke tests")
+
+
+def run_train_segmenter(args: argparse.Namespace) -> int:
+    from mri_tumor.training.config import SegmentConfig
+
+    if not 0 < args.held_out < 1:
+        raise UsageError("--held-out must lie between 0 and 1")
+    if args.epochs < 1 or args.batch_size < 1:
+        raise UsageError("--epochs and --batch-size must be at least 1")
+    limit = args.max_train_batches
+    config = SegmentConfig(
+        data_dir=args.data_dir, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr, image_size=args.image_size, held_out=args.held_out, seed=args.seed,
+        max_minutes=args.max_minutes, max_train_batches=int(limit) if limit > 1 else limit)
+    from mri_tumor.training.segmentation import train_segmenter
+
+    out = train_segmenter(config)
+    print(f"segmentation model written to {out}")
+    return _evaluate(out, args.data_dir, "test", as_json=False, write_card=True)
+
+
+def add_evaluate_segmenter(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate-segmenter", help="score the outline model on patients with masks",
+        description="Dice per patient (3-D, over each patient's stack) and outlined volume "
+                    "against the manual masks, with a bootstrap interval over patients.")
+    p.add_argument("data_dir", type=Path, help="the whole-scan folder (e.g. lgg-tcga)")
+    _add_segmenter(p)
+    p.add_argument("--patients", choices=("test", "train", "all"), default="test",
+                   help="which patients of the model's split.csv (all: every patient found)")
+    p.add_argument("--json", action="store_true", help="the metrics as one JSON object")
+
+
+def run_evaluate_segmenter(args: argparse.Namespace) -> int:
+    from mri_tumor.inference.segmentation import SHIPPED_SEGMENTER
+
+    return _evaluate(args.segmenter or SHIPPED_SEGMENTER, args.data_dir, args.patients,
+                     as_json=args.json, write_card=False)
+
+
+def _evaluate(model_dir: Path, data_dir: Path, side: str, as_json: bool,
+              write_card: bool) -> int:
+    from mri_tumor.card import SegmentationCard
+    from mri_tumor.evaluation.segmentation import (
+        evaluate_segmentation,
+        format_segmentation_metrics,
+        split_of,
+    )
+    from mri_tumor.inference.segmentation import Segmenter
+
+    segmenter = Segmenter.load(model_dir)
+    patients = None
+    if side != "all":
+        patients = [p for p, s in split_of(model_dir).items() if s == side]
+        if not patients:
+            raise UsageError(f"{model_dir}: its split has no {side} patients")
+    metrics = evaluate_segmentation(segmenter, data_dir, patients)
+    if write_card:
+        card = SegmentationCard.load(model_dir)
+        card.metrics = {"held_out": {k: v for k, v in metrics.items() if k != "per_patient"},
+                        "held_out_per_patient": metrics["per_patient"]}
+        card.save(model_dir)
+    if as_json:
+        print(json.dumps(metrics))
+    else:
+        print(f"{side} patients of {Path(model_dir)} on {data_dir}:")
+        sys.stdout.write(format_segmentation_metrics(metrics))
+    return 0

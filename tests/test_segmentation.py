@@ -1,0 +1,361 @@
+"""The tumour outline: split by patient, post-processing, measurements, masks on the input's
+own geometry, the classifier's gate, the CLI's JSON contract, training and evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+from tests.conftest import run_cli
+from tests.test_scans import phantom, save_nifti, write_series
+
+from mri_tumor.card import SegmentationCard
+from mri_tumor.data.segmentation import masked_slices, split_patients
+from mri_tumor.data.volume import Volume, axial_stack, read_nifti
+from mri_tumor.evaluation.intervals import mean_interval
+from mri_tumor.evaluation.segmentation import dice
+from mri_tumor.inference.outlining import Outliner
+from mri_tumor.inference.segmentation import (
+    Segmenter,
+    largest_diameter,
+    measure,
+    outline_polygons,
+    postprocess,
+)
+
+
+def disc(shape: tuple[int, int], centre: tuple[float, float], radius: float) -> np.ndarray:
+    rows, cols = np.mgrid[: shape[0], : shape[1]]
+    return (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= radius**2
+
+
+def write_patients(root: Path, patients: list[str], slices: int = 6, size: int = 64) -> Path:
+    """A whole-scan folder: per patient ``NNN_FLAIR.jpg`` slices with a bright disc (the
+    "tumour") on the middle slices and ``NNN_mask.png`` masks of it."""
+    rng = np.random.default_rng(0)
+    for p, patient in enumerate(patients):
+        folder = root / patient
+        folder.mkdir(parents=True)
+        for n in range(1, slices + 1):
+            head = disc((size, size), (size / 2, size / 2), size * 0.42)
+            image = np.where(head, 90.0, 0.0) + rng.normal(0, 6, (size, size))
+            mask = disc((size, size), (24 + p, 30), 7) if 2 <= n <= slices - 2 else \
+                np.zeros((size, size), bool)
+            image[mask] = 230
+            Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(
+                folder / f"{n:03d}_FLAIR.jpg")
+            Image.fromarray(mask.astype(np.uint8) * 255).save(folder / f"{n:03d}_mask.png")
+    return root
+
+
+PATIENTS = [f"TCGA_{site}_{i:04d}_20000101" for site in ("AA", "BB") for i in range(4)]
+
+
+@pytest.fixture(scope="module")
+def lgg_like(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_patients(tmp_path_factory.mktemp("lgg"), PATIENTS)
+
+
+@pytest.fixture(scope="module")
+def segmenter_dir(lgg_like: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A segmentation model trained for a few steps through the CLI (held-out scored)."""
+    out = tmp_path_factory.mktemp("segmenter") / "run"
+    status, stdout, stderr = run_cli("train-segmenter", str(lgg_like), "--out", str(out),
+                                     "--epochs", "1", "--batch-size", "4", "--image-size",
+                                     "64", "--max-train-batches", "2", "--held-out", "0.25")
+    assert status == 0, stderr
+    assert "mean Dice per patient" in stdout
+    return out
+
+
+# -- data and split ---------------------------------------------------------------------
+def test_the_split_holds_out_patients_of_every_institution_and_never_splits_one(
+        lgg_like: Path) -> None:
+    rows = masked_slices(lgg_like)
+    sides = split_patients([r.patient for r in rows], held_out=0.25, seed=0)
+    assert set(sides) == set(PATIENTS)
+    for site in ("AA", "BB"):
+        held = [p for p, s in sides.items() if f"_{site}_" in p and s == "test"]
+        assert len(held) == 1
+    assert split_patients([r.patient for r in rows], 0.25, 0) == sides  # deterministic
+    assert split_patients([r.patient for r in rows], 0.25, 1) != sides
+    # A patient's slices all carry the patient: one side each by construction.
+    assert {r.patient for r in rows} == set(PATIENTS)
+
+
+def test_a_folder_without_masks_is_refused_with_the_layout_it_needs(tmp_path: Path) -> None:
+    (tmp_path / "patient").mkdir()
+    Image.new("L", (8, 8)).save(tmp_path / "patient" / "001_FLAIR.jpg")
+    with pytest.raises(ValueError, match=r"_mask\.png"):
+        masked_slices(tmp_path)
+
+
+# -- post-processing and measurements ------------------------------------------------------
+def test_postprocessing_drops_specks_and_fills_holes() -> None:
+    probabilities = np.zeros((40, 40, 5), np.float32)
+    big = disc((40, 40), (20, 20), 8)
+    for k in range(1, 4):
+        probabilities[:, :, k][big] = 0.9
+    probabilities[18:22, 18:22, 2] = 0.1  # a hole in the middle of the lesion
+    probabilities[2, 2, 0] = 0.95  # a speck far from it
+    mask = postprocess(probabilities, threshold=0.5, min_component_share=0.1)
+    assert not mask[2, 2, 0]
+    assert mask[20, 20, 2]
+    assert mask.sum() == 3 * big.sum()
+
+
+def test_volume_in_ml_of_a_sphere_of_known_size() -> None:
+    zooms = (0.5, 0.5, 1.0)  # mm
+    x, y, z = np.meshgrid(*(np.arange(n) * s for n, s in zip((80, 80, 40), zooms,
+                                                              strict=True)), indexing="ij")
+    radius = 15.0  # mm: 14.14 mL
+    sphere = (x - 20) ** 2 + (y - 20) ** 2 + (z - 20) ** 2 <= radius**2
+    measured = measure(sphere, zooms)
+    assert measured.volume_ml == pytest.approx(4 / 3 * np.pi * radius**3 / 1000, rel=0.02)
+    assert measured.largest_axial_diameter_mm == pytest.approx(2 * radius, abs=1.0)
+    assert measured.slices == list(range(5, 36))
+    assert measure(sphere, None).volume_ml is None
+
+
+def test_largest_diameter_of_a_bar_and_a_single_pixel() -> None:
+    bar = np.zeros((10, 30), bool)
+    bar[4, 5:25] = True  # 20 collinear pixels of 0.5 mm
+    assert largest_diameter(bar, (0.5, 0.5)) == pytest.approx(10.0)
+    single = np.zeros((5, 5), bool)
+    single[2, 2] = True
+    assert largest_diameter(single, (0.8, 0.8)) == pytest.approx(0.8)
+
+
+def test_dice_and_its_interval_over_patients() -> None:
+    a = np.zeros((10, 10), bool)
+    a[:5] = True
+    b = np.zeros((10, 10), bool)
+    b[:5, :5] = True
+    assert dice(a, b) == pytest.approx(2 * 25 / 75)
+    assert dice(np.zeros(3, bool), np.zeros(3, bool)) == 1.0
+    low, high = mean_interval([0.6, 0.7, 0.8, 0.9, 0.75])
+    assert low < 0.75 < high
+    assert mean_interval([0.5]) is None
+
+
+def test_outline_polygons_trace_the_mask() -> None:
+    square = np.zeros((20, 20), bool)
+    square[5:15, 8:12] = True
+    (polygon,) = outline_polygons(square)
+    xs, ys = [p[0] for p in polygon], [p[1] for p in polygon]
+    assert polygon[0] == polygon[-1]
+    assert 7 <= min(xs) < 8 and 11 < max(xs) <= 12
+    assert 4 <= min(ys) < 5 and 14 < max(ys) <= 15
+
+
+# -- geometry ------------------------------------------------------------------------------
+def sagittal_copy(volume: np.ndarray, spacing: tuple[float, float, float]
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """The RAS volume stored sagittally (array axes y reversed, z, x), with its affine."""
+    stored = np.ascontiguousarray(np.transpose(volume, (1, 2, 0))[::-1])
+    affine = np.zeros((4, 4))
+    affine[1, 0] = -spacing[1]
+    affine[2, 1] = spacing[2]
+    affine[0, 2] = spacing[0]
+    affine[1, 3] = (volume.shape[1] - 1) * spacing[1]
+    affine[3, 3] = 1
+    return stored, affine
+
+
+def test_a_display_slice_maps_back_onto_the_input_voxels() -> None:
+    stored, affine = sagittal_copy(phantom(), (0.9, 0.9, 4.0))
+    stack = axial_stack(Volume(stored, affine, "head", "key"))
+    canonical = np.asarray(nib.as_closest_canonical(nib.Nifti1Image(stored, affine)).dataobj)
+    assert np.array_equal(stack.to_input_voxels(canonical), stored)
+    k = int(np.flatnonzero(stack.inside)[len(np.flatnonzero(stack.inside)) // 2])
+    plane = stack.windowed[:, :, k].astype(np.float32)
+    back = stack.plane(np.asarray(stack.picture(stack.windowed[:, :, k]), np.float32))
+    assert back.shape == plane.shape
+    assert np.abs(back - plane).mean() < 6  # two bilinear resamplings of a 0-255 image
+
+
+def test_segment_writes_the_mask_on_the_input_grid_with_the_json_contract(
+        segmenter_dir: Path, tmp_path: Path) -> None:
+    stored, affine = sagittal_copy(phantom(), (0.9, 0.9, 4.0))
+    path = save_nifti(stored, affine, tmp_path / "sagittal.nii.gz")
+    out = tmp_path / "masks"
+    status, stdout, stderr = run_cli("segment", str(path), "--out", str(out), "--json",
+                                     "--segmenter", str(segmenter_dir), "--no-classifier")
+    assert status == 0, stderr
+    (line,) = [json.loads(x) for x in stdout.splitlines()]
+    result = line["segmentation"]
+    assert result["source"] == str(path)
+    assert result["mask"] == str(out / "sagittal.mask.nii.gz")
+    assert {"volume_ml", "slices", "status", "message"} <= result.keys()
+    written = nib.load(result["mask"])
+    assert written.shape == stored.shape
+    assert np.allclose(written.affine, affine)
+    voxels = int(np.asarray(written.dataobj).sum())
+    assert voxels == result["voxels"]
+    assert result["volume_ml"] == pytest.approx(voxels * 0.9 * 0.9 * 4.0 / 1000, abs=1e-3)
+    assert "not a diagnosis" in stderr
+
+
+def test_a_shuffled_dicom_series_gets_its_mask_in_the_series_geometry(
+        segmenter_dir: Path, tmp_path: Path) -> None:
+    volume = phantom()
+    series = tmp_path / "series"
+    write_series(volume, series, order=list(np.random.default_rng(1).permutation(
+        volume.shape[2])))
+    out = tmp_path / "masks"
+    status, stdout, stderr = run_cli("segment", str(series), "--out", str(out), "--json",
+                                     "--segmenter", str(segmenter_dir), "--no-classifier")
+    assert status == 0, stderr
+    (line,) = [json.loads(x)["segmentation"] for x in stdout.splitlines()]
+    assert line["source"] == str(series)
+    written = nib.load(line["mask"])
+    assert written.shape == volume.shape  # rows/columns/slices of the series
+    # Voxel (column i, row j, slice k) lies where the series' headers put it: the first
+    # file's ImagePositionPatient (LPS) is (-(nx-1) 0.9, -(ny-1) 0.9, 0), columns run along
+    # +x (LPS), rows along +y, slices 4 mm apart along +z, whatever the files' order.
+    nx, ny, _ = volume.shape
+    assert np.allclose(written.affine @ [0, 0, 0, 1], [(nx - 1) * 0.9, (ny - 1) * 0.9, 0, 1])
+    assert np.allclose(written.affine[:3, :3], np.diag([-0.9, -0.9, 4.0]), atol=1e-6)
+
+
+def test_a_ct_series_is_not_segmented_and_gets_an_empty_mask(
+        segmenter_dir: Path, tmp_path: Path) -> None:
+    series = tmp_path / "ct"
+    write_series(phantom(), series, modality="CT")
+    status, stdout, stderr = run_cli("segment", str(series), "--out", str(tmp_path / "m"),
+                                     "--json", "--segmenter", str(segmenter_dir))
+    assert status == 0, stderr
+    (line,) = [json.loads(x)["segmentation"] for x in stdout.splitlines()]
+    assert line["status"] == "not_segmented"
+    assert "Modality" in line["message"] and "CT" in line["message"]
+    assert line["volume_ml"] == 0.0 and line["slices"] == []
+    assert not np.asarray(nib.load(line["mask"]).dataobj).any()
+
+
+def test_the_classifier_s_normal_answer_means_no_outline(segmenter_dir: Path,
+                                                         predictor, tmp_path: Path) -> None:
+    outliner = Outliner(Segmenter.load(segmenter_dir), predictor, tmp_path)
+    normal = predictor.card.normal_class
+    reason = outliner.skip_reason({"status": "ok", "label": normal, "probability": 0.9,
+                             "message": "scan answer"})
+    assert reason is not None and predictor.card.display_name(normal) in reason
+    tumour = next(c for c in predictor.card.class_names if c != normal)
+    assert outliner.skip_reason({"status": "ok", "label": tumour, "probability": 0.9,
+                           "message": ""}) is None
+    assert "could not assess" in str(outliner.skip_reason({"status": "not_assessable",
+                                                     "label": None, "message": "few"}))
+
+
+def test_a_slice_image_gets_a_png_mask_of_its_size(segmenter_dir: Path, lgg_like: Path,
+                                                   tmp_path: Path) -> None:
+    image = lgg_like / PATIENTS[0] / "003_FLAIR.jpg"
+    status, stdout, stderr = run_cli("segment", str(image), "--out", str(tmp_path), "--json",
+                                     "--segmenter", str(segmenter_dir), "--no-classifier")
+    assert status == 0, stderr
+    line = json.loads(stdout)["segmentation"]
+    assert line["mask"].endswith("003_FLAIR.mask.png")
+    with Image.open(line["mask"]) as mask:
+        assert mask.size == (64, 64)
+    assert line["volume_ml"] is None  # a JPEG has no pixel size
+
+
+def test_an_unreadable_input_is_an_error_and_exits_non_zero(segmenter_dir: Path,
+                                                            tmp_path: Path) -> None:
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"\x1f\x8b not really")
+    status, stdout, _ = run_cli("segment", str(broken), "--out", str(tmp_path / "m"),
+                                "--json", "--segmenter", str(segmenter_dir))
+    assert status == 1
+    assert json.loads(stdout)["segmentation"]["status"] == "error"
+
+
+# -- training and evaluation ---------------------------------------------------------------
+def test_training_writes_a_card_with_the_held_out_scores(segmenter_dir: Path) -> None:
+    card = SegmentationCard.load(segmenter_dir)
+    held = card.metrics["held_out"]
+    assert held["patients"] == 2  # one of four per institution
+    assert 0.0 <= held["mean_dice"] <= 1.0
+    assert card.training["patients"] == {"train": 6, "test": 2}
+    split = (segmenter_dir / "split.csv").read_text().splitlines()
+    assert split[0] == "patient,split" and len(split) == 1 + len(PATIENTS)
+
+
+def test_evaluate_segmenter_scores_each_held_out_patient(segmenter_dir: Path,
+                                                         lgg_like: Path) -> None:
+    status, stdout, stderr = run_cli("evaluate-segmenter", str(lgg_like), "--segmenter",
+                                     str(segmenter_dir), "--json")
+    assert status == 0, stderr
+    metrics = json.loads(stdout)
+    held = {p for p, s in (line.split(",") for line in
+                           (segmenter_dir / "split.csv").read_text().splitlines()[1:])
+            if s == "test"}
+    assert {s["patient"] for s in metrics["per_patient"]} == held
+    assert all(s["tumour_slices"] == 3 for s in metrics["per_patient"])
+    status, stdout, _ = run_cli("evaluate-segmenter", str(lgg_like), "--segmenter",
+                                str(segmenter_dir), "--patients", "all", "--json")
+    assert len(json.loads(stdout)["per_patient"]) == len(PATIENTS)
+
+
+def test_a_classifier_folder_is_not_taken_for_a_segmenter(tmp_path: Path) -> None:
+    from mri_tumor.inference.model_folder import SHIPPED_MODELS
+
+    with pytest.raises(ValueError, match="not a segmentation model"):
+        SegmentationCard.load(SHIPPED_MODELS["default"])
+    image = tmp_path / "slice.png"
+    Image.new("L", (32, 32), 90).save(image)
+    status, _, stderr = run_cli("segment", str(image), "--out", str(tmp_path / "m"),
+                                "--segmenter", str(SHIPPED_MODELS["default"]))
+    assert status == 2 and "not a segmentation model" in stderr
+
+
+def test_read_nifti_volume_round_trip_keeps_the_affine(tmp_path: Path) -> None:
+    stored, affine = sagittal_copy(phantom(), (1.0, 1.0, 1.2))
+    path = save_nifti(stored, affine, tmp_path / "v.nii")
+    volume = read_nifti(path.read_bytes(), "v.nii")
+    assert np.allclose(volume.affine, affine) and volume.data.shape == stored.shape
+
+
+# -- the API -------------------------------------------------------------------------------
+def test_the_api_returns_outlines_and_the_volume(segmenter_dir: Path, predictor,
+                                                 tmp_path: Path, monkeypatch) -> None:
+    from fastapi.testclient import TestClient
+
+    from mri_tumor.api import DISCLAIMER_HEADER, Settings, create_app
+    from mri_tumor.api.routers import segment
+
+    # The router's model: the one trained above (the shipped one is tested by its numbers).
+    monkeypatch.setitem(segment._loaded, "shipped", Segmenter.load(segmenter_dir))
+    # Every pixel above the threshold: an outline to read back, whatever the tiny model says.
+    monkeypatch.setattr(segment._loaded["shipped"].card, "threshold", 0.0)
+    volume = phantom()
+    path = save_nifti(volume, np.diag([0.9, 0.9, 4.0, 1.0]), tmp_path / "head.nii.gz")
+    with TestClient(create_app(Settings(), predictor=predictor)) as client:
+        reply = client.post("/v1/segment?filename=head.nii.gz&outline_all=true",
+                            content=path.read_bytes(),
+                            headers={"Content-Type": "application/octet-stream"})
+        assert reply.status_code == 200, reply.text
+        assert "not a diagnosis" in reply.headers[DISCLAIMER_HEADER]
+        (result,) = reply.json()["segmentations"]
+        assert result["status"] == "ok" and result["classifier"] is None
+        assert result["volume_ml"] == pytest.approx(result["voxels"] * 0.9 * 0.9 * 4.0 / 1000,
+                                                    abs=1e-3)
+        assert [o["slice_index"] for o in result["outlines"]] == result["slices"]
+        first = result["outlines"][0]
+        assert first["polygons"] and first["width"] == first["height"]
+        xs = [x for polygon in first["polygons"] for x, _ in polygon]
+        assert min(xs) >= 0 and max(xs) <= first["width"]
+        # Without outline_all the classifier answers first, and its answer is given.
+        reply = client.post("/v1/segment?filename=head.nii.gz", content=path.read_bytes(),
+                            headers={"Content-Type": "application/octet-stream"})
+        (result,) = reply.json()["segmentations"]
+        assert result["classifier"]["status"] in ("ok", "not_assessable")
+        assert (result["status"] == "not_segmented") == (
+            result["classifier"]["status"] != "ok"
+            or result["classifier"]["label"] == predictor.card.normal_class)
+        bad = client.post("/v1/segment?filename=x.nii.gz", content=b"\x1f\x8bbroken",
+                          headers={"Content-Type": "application/octet-stream"})
+        assert bad.status_code == 422 and "not a readable NIfTI" in bad.json()["detail"]
