@@ -24,7 +24,7 @@ def _subcommands() -> dict[str, argparse.ArgumentParser]:
 def test_every_command_that_runs_a_model_defaults_to_the_same_backend() -> None:
     defaults = {name: command.get_default("backend") for name, command in _subcommands().items()
                 if any(a.dest == "backend" for a in command._actions)}
-    assert set(defaults) == {"predict", "evaluate"}
+    assert set(defaults) == {"predict", "evaluate", "segment"}
     assert set(defaults.values()) == {DEFAULT_BACKEND}
 
 

@@ -377,7 +377,7 @@ def test_report_of_the_types_model_names_type_and_sequence_per_image() -> None:
     files = make_mr_study(sorted(FIXTURE_IMAGES.glob("*/*.jpg"))[:3])
     datasets = [pydicom.dcmread(io.BytesIO(data)) for data in files]
     types = Predictor.load("types")
-    analysed, objects = results_for(types, datasets, scope=datasets[0].StudyInstanceUID)
+    analysed, objects, _ = results_for(types, datasets, scope=datasets[0].StudyInstanceUID)
     report = pydicom.dcmread(io.BytesIO(part10_bytes(objects[0])))  # as a PACS would hold it
     assert findings(report) == {item.source.SOPInstanceUID: item.result.label
                                 for item in analysed}
@@ -409,7 +409,7 @@ def test_results_are_built_for_images_without_patient_and_study_attributes(tmp_p
         for keyword in ("PatientName", "PatientID", "PatientBirthDate"):
             delattr(bare, keyword)
         datasets.append(bare)
-    _, objects = results_for(Predictor.load(), datasets, scope="1.2.3")
+    _, objects, _ = results_for(Predictor.load(), datasets, scope="1.2.3")
     assert [o.Modality for o in objects] == ["SR", "OT", "OT"]
     assert not objects[0].PatientName and "PatientName" in objects[0] and "PatientSex" in objects[1]
     if shutil.which("dciodvfy"):

@@ -66,7 +66,7 @@ def test_probabilities_are_percent_with_two_decimals_and_the_score_has_four(
 def test_every_number_of_a_real_study_is_written_as_it_is_meant(shipped: Predictor) -> None:
     files = make_mr_study(sorted(FIXTURE_IMAGES.glob("*/*.jpg"))[:4])  # one series
     datasets = [pydicom.dcmread(io.BytesIO(data)) for data in files]
-    analysed, objects = results_for(shipped, datasets, scope=datasets[0].StudyInstanceUID)
+    analysed, objects, _ = results_for(shipped, datasets, scope=datasets[0].StudyInstanceUID)
     report = pydicom.dcmread(io.BytesIO(part10_bytes(objects[0])))
     found = numbers(report)
     expected = []

@@ -296,7 +296,7 @@ class SegmentationCard:
     sequence: str = "FLAIR"
     # The classifier's classes whose lesions the training masks outline: an outline of
     # another class is said to be less reliable.
-    classes_seen: list[str] = field(default_factory=lambda: ["glioma"])
+    classes_seen: list[str] = field(default_factory=list)  # the classifier's, of its data
     input_channels: int = 3
     intensity: str = "equalize"
     threshold: float = 0.5

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from mri_tumor.cli.common import (
+    HelpFormatter,
     UsageError,
     add_backend,
     add_model,
@@ -81,20 +82,22 @@ def add_train_segmenter(sub: argparse._SubParsersAction) -> None:
 
     default = SegmentConfig(data_dir=Path("."))
     p = sub.add_parser(
-        "train-segmenter", help="train the tumour outline model on slices with masks",
+        "train-segmenter", formatter_class=HelpFormatter,
+        help="train the tumour outline model on slices with masks",
         description="Train the segmentation model on a whole-scan folder (patient folders "
                     "of <NNN>_FLAIR.jpg slices with <NNN>_mask.png masks), holding out a "
                     "share of each institution's patients, then score it on them.")
     p.add_argument("data_dir", type=Path, help="the whole-scan folder (e.g. lgg-tcga)")
     p.add_argument("--out", type=Path, default=default.out, help="run folder")
-    p.add_argument("--epochs", type=int, default=default.epochs)
-    p.add_argument("--batch-size", type=int, default=default.batch_size)
-    p.add_argument("--lr", type=float, default=default.lr)
+    p.add_argument("--epochs", type=int, default=default.epochs, help="passes (cosine schedule)")
+    p.add_argument("--batch-size", type=int, default=default.batch_size, help="slices per step")
+    p.add_argument("--lr", type=float, default=default.lr, help="peak learning rate (AdamW)")
     p.add_argument("--image-size", type=int, default=default.image_size,
                    help="model input side, a multiple of 32")
     p.add_argument("--held-out", type=float, default=default.held_out,
                    help="share of each institution's patients held out")
-    p.add_argument("--seed", type=int, default=default.seed)
+    p.add_argument("--seed", type=int, default=default.seed,
+                   help="seed of the split and of training")
     p.add_argument("--max-minutes", type=float, help="stop after this wall time")
     p.add_argument("--max-train-batches", type=float, default=default.max_train_batches,
                    help="share (<= 1) or number of batches per epoch, for smoke tests")

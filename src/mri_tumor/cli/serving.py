@@ -136,6 +136,13 @@ def add_pacs(sub: argparse._SubParsersAction) -> None:
                         help="seconds without new images after which a series is complete")
     for action in (run, watch, listen):
         add_model(action)
+        action.add_argument("--segment", action="store_true",
+                            help="also outline the tumour on each FLAIR series the classifier "
+                                 "calls a tumour: a DICOM Segmentation into the study and its "
+                                 "volume in the report")
+        action.add_argument("--segmenter", type=Path, metavar="DIR",
+                            help="with --segment: a segmentation model folder (default: the "
+                                 "shipped one)")
 
 
 def _pacs_server(args: argparse.Namespace):
@@ -167,18 +174,28 @@ def run_pacs(args: argparse.Namespace) -> int:
     from mri_tumor.pacs.client import PacsError
 
     predictor = Predictor.load(args.model)
+    if args.segmenter is not None and not args.segment:
+        raise UsageError("--segmenter needs --segment")
+    outlining = None
+    if args.segment:
+        from mri_tumor.pacs.study import Outlining
+
+        try:
+            outlining = Outlining.load(args.segmenter)
+        except (FileNotFoundError, ValueError) as error:
+            raise UsageError(f"--segmenter: {error}") from None
     try:
         if args.action == "run":
-            return _pacs_run(args, predictor)
+            return _pacs_run(args, predictor, outlining)
         if args.action == "watch":
-            return _pacs_watch(args, predictor)
-        return _pacs_listen(args, predictor)
+            return _pacs_watch(args, predictor, outlining)
+        return _pacs_listen(args, predictor, outlining)
     except PacsError as error:
         print(f"mri-tumor pacs {args.action}: error: {error}", file=sys.stderr)
         return 1
 
 
-def _pacs_run(args: argparse.Namespace, predictor) -> int:
+def _pacs_run(args: argparse.Namespace, predictor, outlining) -> int:
     from mri_tumor.pacs.client import PacsError
     from mri_tumor.pacs.study import describe, process_study
 
@@ -189,7 +206,8 @@ def _pacs_run(args: argparse.Namespace, predictor) -> int:
     failed = 0
     for study_uid in studies:
         try:
-            outcome = process_study(server, predictor, study_uid, dry_run=args.dry_run)
+            outcome = process_study(server, predictor, study_uid, dry_run=args.dry_run,
+                                    outlining=outlining)
         except PacsError as error:
             print(f"mri-tumor pacs run: error: {error}", file=sys.stderr)
             failed += 1
@@ -201,7 +219,7 @@ def _pacs_run(args: argparse.Namespace, predictor) -> int:
     return 1 if failed else 0
 
 
-def _pacs_watch(args: argparse.Namespace, predictor) -> int:
+def _pacs_watch(args: argparse.Namespace, predictor, outlining) -> int:
     import hashlib
 
     from mri_tumor.inference import registry
@@ -222,12 +240,13 @@ def _pacs_watch(args: argparse.Namespace, predictor) -> int:
         for line in describe(outcome, predictor):
             print(line, flush=True)
 
-    watch(server, predictor, state, interval=args.interval, stop=stop, on_outcome=show)
+    watch(server, predictor, state, interval=args.interval, stop=stop, on_outcome=show,
+          outlining=outlining)
     print("stopped; progress saved", flush=True)
     return 0
 
 
-def _pacs_listen(args: argparse.Namespace, predictor) -> int:
+def _pacs_listen(args: argparse.Namespace, predictor, outlining) -> int:
     from mri_tumor.pacs.listen import listen
 
     callers = _listen_callers(args)
@@ -238,7 +257,7 @@ def _pacs_listen(args: argparse.Namespace, predictor) -> int:
           f"{callers.describe()}; results go to {args.send_to}. {DISCLAIMER}", flush=True)
     listen(predictor, args.port, args.ae_title, destination, stop=stop,
            quiet_seconds=args.quiet, bind_address=args.host, callers=callers,
-           on_line=lambda line: print(line, flush=True))
+           on_line=lambda line: print(line, flush=True), outlining=outlining)
     print("stopped", flush=True)
     return 0
 

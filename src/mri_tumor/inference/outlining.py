@@ -120,7 +120,7 @@ class Outliner:
             try:
                 data = given.read_bytes() if isinstance(given, Path) else given
                 if is_nifti_name(name) or looks_like_nifti_bytes(data):
-                    results.append(self._volume(read_nifti(data, name), source))
+                    results.append(self.outline_volume(read_nifti(data, name), source))
                     continue
                 try:
                     read = read_frames(data, name)
@@ -144,7 +144,8 @@ class Outliner:
             if series in volumes:
                 if series not in done:
                     done.add(series)
-                    results.append(self._volume(volumes[series], source, refused.get(series)))
+                    results.append(self.outline_volume(volumes[series], source,
+                                                       refused.get(series)))
             elif (frame.series or frame.name) in refused:
                 results.append(SegmentationResult(
                     source, frame.name, NOT_SEGMENTED,
@@ -156,8 +157,10 @@ class Outliner:
     def _target(self, name: str, suffix: str) -> Path | None:
         return self.out / _mask_name(name, suffix, self._taken) if self.out else None
 
-    def _volume(self, volume: Volume, source: str, refusal: str | None = None
-                ) -> SegmentationResult:
+    def outline_volume(self, volume: Volume, source: str, refusal: str | None = None
+                       ) -> SegmentationResult:
+        """One volume: ask the classifier (on the volume's axial stack), outline what it
+        calls a tumour, write the mask (an empty one, with the reason, otherwise)."""
         import nibabel as nib
 
         stack = axial_stack(volume)

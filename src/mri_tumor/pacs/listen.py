@@ -28,7 +28,7 @@ from pynetdicom.status import code_to_category
 
 from mri_tumor.inference import OK, Predictor
 from mri_tumor.pacs.client import PacsError, study_key
-from mri_tumor.pacs.study import results_for, skip_reason
+from mri_tumor.pacs.study import Outlining, results_for, skip_reason
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def series_label(datasets: list[Dataset]) -> str:
 
 
 def process_series(predictor: Predictor, datasets: list[Dataset], destination: Destination,
-                   calling_ae: str) -> str:
+                   calling_ae: str, outlining: Outlining | None = None) -> str:
     """Classify one received series and C-STORE its report and overlays to ``destination``
     (one association, as ``calling_ae``); returns a one-line summary. A series that is not MR
     is skipped. Raises ``PacsError`` when the destination cannot be reached or refuses any
@@ -121,15 +121,19 @@ def process_series(predictor: Predictor, datasets: list[Dataset], destination: D
     reason = skip_reason(str(datasets[0].get("Modality", "")).upper())
     if reason:
         return f"{label}: skipped {reason}; nothing stored"
-    analysed, objects = results_for(predictor, datasets,
-                                    scope=str(datasets[0].SeriesInstanceUID))
+    analysed, objects, outlines = results_for(predictor, datasets,
+                                              scope=str(datasets[0].SeriesInstanceUID),
+                                              outlining=outlining)
     classified = sum(item.result.status == OK for item in analysed)
     head = f"{label}: {len(analysed)} MR image(s), {classified} classified"
+    outlined = "".join(f"; {outline.message}" for outline in outlines)
     if not objects:
-        return f"{head}; nothing to store"
+        return f"{head}{outlined}; nothing to store"
+    segmentations = sum(o.segmentation is not None for o in outlines)
     stored = store(objects, destination, calling_ae)
-    return (f"{head}; stored 1 structured report and {stored - 1} overlay image(s) at "
-            f"{destination}, marked unverified")
+    also = f" and {segmentations} segmentation(s)" if segmentations else ""
+    return (f"{head}{outlined}; stored 1 structured report and {stored - 1 - segmentations} "
+            f"overlay image(s){also} at {destination}, marked unverified")
 
 
 def store(objects: list[Dataset], destination: Destination, calling_ae: str) -> int:
@@ -210,7 +214,8 @@ NOT_AUTHORISED = 0x0124  # DIMSE status "Refused: Not authorized"
 
 def listen(predictor: Predictor, port: int, ae_title: str, destination: Destination, *,
            stop: threading.Event, quiet_seconds: float = 5.0, bind_address: str = "127.0.0.1",
-           callers: Callers | None = None, on_line: Callable[[str], None] | None = None) -> None:
+           callers: Callers | None = None, on_line: Callable[[str], None] | None = None,
+           outlining: Outlining | None = None) -> None:
     """Receive images by C-STORE (and answer C-ECHO) on ``bind_address:port`` as
     ``ae_title`` until ``stop`` is set, from ``callers`` only (default: anyone who can reach
     the address, which by default is this machine); classify each series ``quiet_seconds``
@@ -269,7 +274,7 @@ def listen(predictor: Predictor, port: int, ae_title: str, destination: Destinat
     def process(batches: list[list[Dataset]]) -> None:
         for datasets in batches:
             try:
-                emit(process_series(predictor, datasets, destination, ae_title))
+                emit(process_series(predictor, datasets, destination, ae_title, outlining))
             except PacsError as error:
                 logger.error("%s: %s", series_label(datasets), error)
             except Exception as error:  # one bad series must not stop the listener

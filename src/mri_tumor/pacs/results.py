@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -64,6 +65,7 @@ class AnalysedImage:
     frame: int | None  # 1-based frame number in a multi-frame instance, else None
     result: Prediction
     image: Image.Image | None = None  # the decoded grey frame (None when unreadable)
+    decoded: Frame | None = None  # with the raw values and geometry, for stacking a series
 
     @property
     def series_number(self) -> str:
@@ -122,7 +124,7 @@ def analyse(predictor: Predictor, datasets: Sequence[Dataset]) -> list[AnalysedI
         multi = len(decoded) > 1 or "NumberOfFrames" in dataset
         for index, frame in enumerate(decoded):
             analysed.append(AnalysedImage(dataset, index + 1 if multi else None,
-                                          Prediction(frame.name, OK), frame.image))
+                                          Prediction(frame.name, OK), frame.image, frame))
             items.append(frame)
     for item, result in zip(analysed, predictor.predict_items(items, CLASSIFY_BATCH),
                             strict=True):
@@ -208,9 +210,11 @@ def probability_code(card: ModelCard, class_name: str):
 
 
 def build_report(analysed: Sequence[AnalysedImage], predictor: Predictor,
-                 model: ModelIdentity, scope: str) -> Dataset:
+                 model: ModelIdentity, scope: str, volume_groups: Sequence[Any] = (),
+                 segmentations: Sequence[Dataset] = ()) -> Dataset:
     """The Comprehensive SR of ``analysed`` (one study or one series: ``scope`` is its UID),
-    unverified, with a group per image and per series of two or more classified slices."""
+    unverified, with a group per image and per series of two or more classified slices, then
+    ``volume_groups`` (TID 1411, ``pacs.segmentation``) referencing ``segmentations``."""
     import highdicom as hd
 
     codes, card = _codes(), predictor.card
@@ -280,7 +284,7 @@ def build_report(analysed: Sequence[AnalysedImage], predictor: Predictor,
             manufacturer_name=MANUFACTURER, model_name=model.name[:64])))
     content = hd.sr.MeasurementReport(observation_context=context,
                                       procedure_reported=codes.procedure,
-                                      imaging_measurements=groups)
+                                      imaging_measurements=[*groups, *volume_groups])
     # TID 1500's document-level "Qualitative Evaluations" container carries the disclaimer.
     disclaimer = hd.sr.ContainerContentItem(name=codes.qualitative,
                                             relationship_type="CONTAINS")
@@ -289,7 +293,7 @@ def build_report(analysed: Sequence[AnalysedImage], predictor: Predictor,
         relationship_type="CONTAINS")])
     content[0].ContentSequence.append(disclaimer)
 
-    evidence = _unique_instances(item.source for item in analysed)
+    evidence = _unique_instances([*(item.source for item in analysed), *segmentations])
     now = datetime.now()
     report = hd.sr.ComprehensiveSR(
         evidence=evidence, content=content[0],
@@ -301,7 +305,7 @@ def build_report(analysed: Sequence[AnalysedImage], predictor: Predictor,
         is_verified=False, series_description=REPORT_DESCRIPTION,
         content_date=now.date(), content_time=now.time(),
         manufacturer_model_name=model.name[:64], software_versions=__version__)
-    _date_series(report, now)
+    date_series(report, now)
     scheme = Dataset()  # declares the private coding scheme (PS3.3 C.12.1.1.3)
     scheme.CodingSchemeDesignator = SCHEME
     scheme.CodingSchemeName = "mri-tumor model card classes and verdicts"
@@ -310,7 +314,7 @@ def build_report(analysed: Sequence[AnalysedImage], predictor: Predictor,
     return report
 
 
-def _date_series(dataset: Dataset, now: datetime) -> None:
+def date_series(dataset: Dataset, now: datetime) -> None:
     """Series date and time (optional, but viewers group and sort series by them)."""
     dataset.SeriesDate = now.strftime("%Y%m%d")
     dataset.SeriesTime = now.strftime("%H%M%S")
@@ -349,7 +353,7 @@ def build_overlays(analysed: Sequence[AnalysedImage], predictor: Predictor,
             capture["PatientOrientation"].value = None
         # Type 2C in General Series: the source's laterality, or empty (a brain is unpaired).
         capture.Laterality = source.get("Laterality", None)
-        _date_series(capture, now)
+        date_series(capture, now)
         capture.SeriesDescription = OVERLAY_DESCRIPTION
         capture.BurnedInAnnotation = "YES"
         assert item.result.label is not None  # only classified images get an overlay

@@ -22,7 +22,9 @@ from pydicom.dataset import Dataset
 
 from mri_tumor.data.dicom import MODALITY_NAMES
 from mri_tumor.inference import ERROR, OK, Predictor
+from mri_tumor.inference.outlining import Outliner
 from mri_tumor.inference.scans import scan_summaries
+from mri_tumor.inference.segmentation import Segmenter
 from mri_tumor.pacs.client import PacsError, PacsServer, study_key
 from mri_tumor.pacs.results import (
     AnalysedImage,
@@ -32,6 +34,12 @@ from mri_tumor.pacs.results import (
     build_report,
     instance_label,
     report_series_uid,
+)
+from mri_tumor.pacs.segmentation import (
+    SeriesOutline,
+    outline_series,
+    segmenter_identity,
+    volume_group,
 )
 from mri_tumor.presentation import format_probability
 
@@ -46,7 +54,8 @@ class StudyOutcome:
     already_done: bool = False
     analysed: list[AnalysedImage] = field(default_factory=list)
     skipped_series: list[str] = field(default_factory=list)  # one reason per series
-    to_store: list[Dataset] = field(default_factory=list)  # the SR and the overlays
+    to_store: list[Dataset] = field(default_factory=list)  # SR, overlays, segmentations
+    outlines: list[SeriesOutline] = field(default_factory=list)  # with --segment
     stored: int = 0
 
     @property
@@ -55,17 +64,41 @@ class StudyOutcome:
         return [item for item in self.analysed if item.result.status == ERROR]
 
 
+@dataclass
+class Outlining:
+    """What ``--segment`` adds: the segmentation model and its identity."""
+
+    segmenter: Segmenter
+    identity: ModelIdentity
+
+    @classmethod
+    def load(cls, folder: Path | None = None) -> Outlining:
+        """The segmentation model in ``folder`` (default: the shipped one)."""
+        segmenter = Segmenter.load(folder)
+        return cls(segmenter, segmenter_identity(segmenter, folder))
+
+
 def results_for(predictor: Predictor, datasets: list[Dataset], scope: str,
-                model: ModelIdentity | None = None) -> tuple[list[AnalysedImage], list[Dataset]]:
+                model: ModelIdentity | None = None, outlining: Outlining | None = None
+                ) -> tuple[list[AnalysedImage], list[Dataset], list[SeriesOutline]]:
     """Classify ``datasets`` (the MR instances of one study or series: ``scope`` is its UID)
-    and build what goes back to the PACS: the report, then the overlays (none when no
-    instance could be analysed)."""
+    and build what goes back to the PACS: the report, the overlays and, with ``outlining``,
+    a Segmentation per outlined FLAIR series (nothing when no instance could be analysed)."""
     model = model or ModelIdentity.of(predictor)
     analysed = analyse(predictor, datasets)
     if all(item.result.status == ERROR for item in analysed):
-        return analysed, []
-    report = build_report(analysed, predictor, model, scope)
-    return analysed, [report, *build_overlays(analysed, predictor, model, scope)]
+        return analysed, [], []
+    outlines: list[SeriesOutline] = []
+    if outlining is not None:
+        outliner = Outliner(outlining.segmenter, predictor, out=None)
+        outlines = outline_series(outliner, analysed, outlining.identity, scope)
+    drawn = [o for o in outlines if o.segmentation is not None]
+    segmentations = [o.segmentation for o in drawn if o.segmentation is not None]
+    report = build_report(analysed, predictor, model, scope,
+                          [volume_group(o, outlining.identity, scope) for o in drawn
+                           if outlining is not None], segmentations)
+    return analysed, [report, *build_overlays(analysed, predictor, model, scope),
+                      *segmentations], outlines
 
 
 def skip_reason(modality: str) -> str | None:
@@ -78,7 +111,8 @@ def skip_reason(modality: str) -> str | None:
 
 
 def process_study(server: PacsServer, predictor: Predictor, study_uid: str, *,
-                  dry_run: bool = False, model: ModelIdentity | None = None) -> StudyOutcome:
+                  dry_run: bool = False, model: ModelIdentity | None = None,
+                  outlining: Outlining | None = None) -> StudyOutcome:
     """Classify a study's MR images and store the results into it (unless ``dry_run``).
 
     Raises ``PacsError`` (``StudyGoneError`` when the study disappears) for server failures;
@@ -100,7 +134,8 @@ def process_study(server: PacsServer, predictor: Predictor, study_uid: str, *,
         datasets += sorted(server.retrieve(study_uid, info),
                            key=lambda d: int(d.get("InstanceNumber", 0) or 0))
     try:
-        outcome.analysed, outcome.to_store = results_for(predictor, datasets, study_uid, model)
+        outcome.analysed, outcome.to_store, outcome.outlines = results_for(
+            predictor, datasets, study_uid, model, outlining)
     except (ValueError, TypeError, AttributeError, KeyError) as error:
         # highdicom refusing a source header it cannot copy; its text may quote header values.
         raise PacsError(f"study {outcome.key}: the DICOM results could not be built from its "
@@ -143,14 +178,19 @@ def describe(outcome: StudyOutcome, predictor: Predictor, every_image: bool = Fa
             continue
         lines.append(f"{head}: {stack}{refusals}): {card.display_name(summary['label'])} "
                      f"(scan-level probability {format_probability(summary['probability'])})")
+    for outline in outcome.outlines:
+        lines.append(f"{head}: series {outline.series_number}: {outline.message}")
+    segmentations = sum(o.segmentation is not None for o in outcome.outlines)
+    overlays = len(outcome.to_store) - 1 - segmentations
+    outlined = f", {segmentations} segmentation(s)" if segmentations else ""
     if not outcome.to_store:
         lines.append(f"{head}: nothing to store")
     elif outcome.stored:
         lines.append(f"{head}: stored {outcome.stored} object(s): 1 structured report, "
-                     f"{outcome.stored - 1} overlay image(s), marked unverified")
+                     f"{overlays} overlay image(s){outlined}, marked unverified")
     else:
-        lines.append(f"{head}: would store 1 structured report and {len(outcome.to_store) - 1}"
-                     " overlay image(s) (dry run: nothing stored)")
+        lines.append(f"{head}: would store 1 structured report and {overlays} overlay "
+                     f"image(s){outlined} (dry run: nothing stored)")
     return lines
 
 
@@ -204,7 +244,8 @@ class WatchState:
 
 def watch(server: PacsServer, predictor: Predictor, state: WatchState, *, interval: float,
           stop: threading.Event, retry_delay: float = 30.0, max_retry_delay: float = 3600.0,
-          on_outcome: Callable[[StudyOutcome], None] | None = None) -> None:
+          on_outcome: Callable[[StudyOutcome], None] | None = None,
+          outlining: Outlining | None = None) -> None:
     """Process every MR study not yet done by this model, each once, until ``stop`` is set;
     poll every ``interval`` seconds. A failing study is retried after ``retry_delay`` seconds,
     doubling up to ``max_retry_delay``; the state is saved after every study."""
@@ -223,7 +264,8 @@ def watch(server: PacsServer, predictor: Predictor, state: WatchState, *, interv
             if state.is_done(key, model) or not state.is_due(key, time.time()):
                 continue
             try:
-                outcome = process_study(server, predictor, study_uid, model=model)
+                outcome = process_study(server, predictor, study_uid, model=model,
+                                        outlining=outlining)
             except PacsError as error:
                 delay = state.mark_failed(key, time.time(), retry_delay, max_retry_delay)
                 logger.warning("%s; will retry in %g s", error, delay)

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
 from mri_tumor.card import HISTORY_FILE, SPLIT_FILE, SegmentationCard
 from mri_tumor.data.augment import augment_with_masks
+from mri_tumor.data.folders import PATIENT_TUMOUR_CLASS
 from mri_tumor.data.preprocess import PreprocessSpec, normalize
 from mri_tumor.data.segmentation import load_pairs, masked_slices, split_patients
 from mri_tumor.models.factory import ARCHITECTURES, channels_last, save_weights
@@ -135,7 +136,8 @@ def train_segmenter(config: SegmentConfig) -> Path:
     (out / HISTORY_FILE).write_text(json.dumps(module.history, indent=2) + "\n")
     card = SegmentationCard(
         image_size=config.image_size, mean=list(spec.mean), std=list(spec.std),
-        sequence=config.sequence, intensity=config.intensity, threshold=config.threshold,
+        sequence=config.sequence, classes_seen=[PATIENT_TUMOUR_CLASS],
+        intensity=config.intensity, threshold=config.threshold,
         min_component_share=config.min_component_share,
         version=datetime.now(UTC).strftime("%Y%m%d-%H%M%S"),
         created=datetime.now(UTC).isoformat(timespec="seconds"),

@@ -1,0 +1,127 @@
+"""``mri-tumor pacs run --segment`` against a real Orthanc: a FLAIR series of a real glioma
+patient (``tests/fixtures/flair``) gets a DICOM Segmentation in its study, valid by dciodvfy,
+referencing its images in their order, and the report gains the tumour volume as a TID 1411
+measurement referencing that segmentation."""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.uid import generate_uid
+from tests.dicom_factory import STUDY_IDENTIFIERS, _plane, _series, dicom_bytes
+from tests.test_pacs import SECRETS, dciodvfy_errors, instance_files, run_cli, series_by_modality
+
+from mri_tumor.cli import main
+from mri_tumor.pacs.segmentation import names_sequence
+
+FLAIR = Path(__file__).parent / "fixtures" / "flair"
+STUDY = {"StudyDate": "20240315", "StudyTime": "101500", "StudyID": "1",
+         "StudyDescription": "MRI BRAIN", "PatientSex": "F", **STUDY_IDENTIFIERS}
+
+
+def series_files(images: list[np.ndarray], number: int, description: str, study_uid: str
+                 ) -> list[bytes]:
+    """One axial MR series of ``images`` (8-bit grey), 6 mm apart, as Part 10 files."""
+    series, series_uid = {**STUDY, **_series(number, description, "MR")}, generate_uid()
+    return [dicom_bytes(pixels, bits=16, window=(128.0, 256.0), series_uid=series_uid,
+                        instance=n, study_uid=study_uid,
+                        attributes={**series, **_plane(*pixels.shape, n - 1)})
+            for n, pixels in enumerate(images, start=1)]
+
+
+def grey(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("L"))
+
+
+def test_the_header_decides_which_series_is_flair() -> None:
+    def header(**attributes: object) -> pydicom.Dataset:
+        dataset = pydicom.Dataset()
+        for keyword, value in attributes.items():
+            setattr(dataset, keyword, value)
+        return dataset
+
+    assert names_sequence(header(SeriesDescription="Ax T2 FLAIR"), "FLAIR")
+    assert names_sequence(header(ProtocolName="brain_flair_3d"), "FLAIR")
+    assert names_sequence(header(SeriesDescription="AX IR", InversionTime=2500.0), "FLAIR")
+    assert not names_sequence(header(SeriesDescription="STIR", InversionTime=150.0), "FLAIR")
+    assert not names_sequence(header(SeriesDescription="T1 axial"), "FLAIR")
+    assert not names_sequence(header(), "FLAIR")
+
+
+def test_pacs_run_segment_stores_a_valid_segmentation_and_the_volume(
+        orthanc, tmp_path: Path, capsys) -> None:
+    if not shutil.which("dciodvfy"):
+        pytest.fail("dciodvfy (Debian package dicom3tools) is needed to validate the SEG")
+    study_uid = generate_uid()
+    flair_paths = sorted(FLAIR.glob("*_FLAIR.jpg"))
+    flair = series_files([grey(p) for p in flair_paths], 4, "FLAIR axial", study_uid)
+    t1 = series_files([grey(p) for p in flair_paths[:3]], 1, "T1 axial", study_uid)
+    for data in [*t1, *flair]:
+        orthanc.upload(data)
+
+    assert run_cli(orthanc, "--segment") == 0
+    out = capsys.readouterr().out
+    assert "series 1: not outlined: the header does not name it FLAIR" in out
+    found = re.search(r"series 4: tumour outlined: ([\d.]+) mL over (\d+) slices", out)
+    assert found, out
+    assert "1 segmentation(s), marked unverified" in out
+    series = series_by_modality(orthanc, study_uid)
+    assert len(series["SEG"]) == 1 and len(series["SR"]) == 1
+
+    [seg_bytes] = instance_files(orthanc, series["SEG"][0])
+    assert dciodvfy_errors(seg_bytes, tmp_path) == []
+    seg = pydicom.dcmread(io.BytesIO(seg_bytes))
+    assert "NOT FOR DIAGNOSIS" in seg.SeriesDescription
+    assert "UNVERIFIED" in seg.ContentDescription
+    segment = seg.SegmentSequence[0]
+    assert segment.SegmentAlgorithmType == "AUTOMATIC"
+    assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == "108369006"  # neoplasm
+    # Each frame names the FLAIR image it lies on; on those images it matches the manual
+    # outline (a training patient: this checks the geometry, not the accuracy).
+    sources = {pydicom.dcmread(io.BytesIO(d)).SOPInstanceUID: i for i, d in enumerate(flair)}
+    outlined = np.zeros((len(flair), 256, 256), bool)
+    for k, group in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        uid = group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        outlined[sources[uid]] = seg.pixel_array.reshape(-1, 256, 256)[k] > 0
+    manual = np.stack([grey(p) > 127 for p in sorted(FLAIR.glob("*_mask.png"))])
+    dice = 2 * (outlined & manual).sum() / (outlined.sum() + manual.sum())
+    assert dice > 0.7
+    assert int(found[2]) == int(outlined.any(axis=(1, 2)).sum())
+
+    [report_bytes] = instance_files(orthanc, series["SR"][0])
+    assert dciodvfy_errors(report_bytes, tmp_path) == []
+    report = pydicom.dcmread(io.BytesIO(report_bytes))
+    assert report.VerificationFlag == "UNVERIFIED"
+    volumes = [item for item in _walk(report.ContentSequence) if item.ValueType == "NUM"
+               and item.ConceptNameCodeSequence[0].CodeValue == "118565006"]
+    assert len(volumes) == 1
+    value = volumes[0].MeasuredValueSequence[0]
+    assert value.MeasurementUnitsCodeSequence[0].CodeValue == "ml"
+    assert float(value.NumericValue) == pytest.approx(float(found[1]), abs=0.06)
+    references = [item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+                  for item in _walk(report.ContentSequence) if item.ValueType == "IMAGE"
+                  and "ReferencedSegmentNumber" in item.ReferencedSOPSequence[0]]
+    assert references == [seg.SOPInstanceUID]
+    for secret in SECRETS:
+        assert secret not in out
+
+
+def test_segmenter_without_segment_is_a_usage_error(capsys) -> None:
+    status = main(["pacs", "run", "--url", "http://localhost:1/dicom-web",
+                   "--segmenter", "somewhere"])
+    assert status == 2
+    assert "--segmenter needs --segment" in capsys.readouterr().err
+
+
+def _walk(items):
+    for item in items:
+        yield item
+        yield from _walk(getattr(item, "ContentSequence", []))
