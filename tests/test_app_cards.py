@@ -215,3 +215,34 @@ def test_the_slices_of_a_scan_keep_their_widgets_apart(app: AppTest) -> None:
     assert len({s.key for s in selectors}) == len(selectors)
     about = [m.value for m in app.main.markdown if m.value.startswith("**About")]
     assert 1 <= len(about) <= len({s.value for s in selectors}) + 1
+
+
+def test_a_tumour_scan_can_be_outlined_and_shows_its_volume(app: AppTest) -> None:
+    """A FLAIR series the classifier calls a tumour gets the "Outline the tumour" switch;
+    switched on, the scan card says what the outline measured, in millilitres, and draws
+    the outline (yellow) on its key slices."""
+    from pydicom.uid import generate_uid
+    from tests.dicom_factory import _plane, dicom_bytes
+
+    from mri_tumor.app.scans import OUTLINE_COLOUR, outline_picture
+
+    uid = generate_uid()
+    slices = sorted((Path(__file__).parent / "fixtures" / "flair").glob("*_FLAIR.jpg"))
+    files = [(f"flair{n:02d}.dcm", dicom_bytes(
+        np.asarray(Image.open(path).convert("L"), dtype=np.uint16), series_uid=uid,
+        instance=n, window=(128.0, 256.0), attributes=_plane(256, 256, n)))
+        for n, path in enumerate(slices, start=1)]
+    _upload(app, files)
+    [switch] = [t for t in app.toggle if t.label.startswith("Outline the tumour")]
+    switch.set_value(True)
+    app.run()
+    assert not app.exception
+    measured = [m.value for m in app.main.markdown if "Tumour outlined" in m.value]
+    assert measured and " mL over " in measured[0]
+
+    picture = Image.new("L", (8, 8), 40)
+    mask = np.zeros((8, 8), bool)
+    mask[2:6, 2:6] = True
+    drawn = np.asarray(outline_picture(picture, mask))
+    yellow = (drawn == OUTLINE_COLOUR).all(axis=2)
+    assert yellow[2, 2] and yellow[2, 5] and not yellow[3, 3] and not yellow[0, 0]
