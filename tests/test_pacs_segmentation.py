@@ -125,3 +125,32 @@ def _walk(items):
     for item in items:
         yield item
         yield from _walk(getattr(item, "ContentSequence", []))
+
+
+def test_a_series_is_read_as_one_stack_as_predict_reads_it(predictor, tmp_path: Path) -> None:
+    """PACS classifies a series' slices as ``predict`` does (stacked along the slice
+    normal, windowed once per volume), whatever order the instances arrive in, and each
+    slice's result stays with its own instance."""
+    from mri_tumor.inference.scans import scan_summaries
+    from mri_tumor.pacs.results import analyse
+
+    files = series_files([grey(p) for p in sorted(FLAIR.glob("*_FLAIR.jpg"))], 4,
+                         "FLAIR axial", generate_uid())
+    paths = []
+    for n, data in enumerate(files):
+        paths.append(tmp_path / f"{n:02d}.dcm")
+        paths[-1].write_bytes(data)
+    by_cli = predictor.predict(paths)
+    datasets = [pydicom.dcmread(io.BytesIO(data)) for data in files]
+    analysed = analyse(predictor, datasets[::-1])
+    assert len(analysed) == len(by_cli)
+    assert {a.result.slice_index for a in analysed} == {r.slice_index for r in by_cli}
+    uid_of_path = {str(path): ds.SOPInstanceUID for path, ds in zip(paths, datasets, strict=True)}
+    expected = {uid_of_path[r.path]: (r.label, r.confidence) for r in by_cli}
+    assert {a.source.SOPInstanceUID: (a.result.label, a.result.confidence)
+            for a in analysed} == expected
+    card = predictor.card
+    [from_pacs] = scan_summaries([a.result for a in analysed], card)
+    [from_cli] = scan_summaries(by_cli, card)
+    assert (from_pacs["label"], from_pacs["probability"]) == (from_cli["label"],
+                                                              from_cli["probability"])

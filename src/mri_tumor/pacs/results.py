@@ -35,6 +35,7 @@ from mri_tumor import __version__
 from mri_tumor.card import DISCLAIMER, ModelCard
 from mri_tumor.data.reading import Frame
 from mri_tumor.inference import OK, REJECTED, Prediction, Predictor, decode
+from mri_tumor.inference.decode import assemble_scans
 from mri_tumor.inference.identity import ModelIdentity
 from mri_tumor.inference.scans import scan_summaries
 from mri_tumor.presentation import format_probability
@@ -101,17 +102,21 @@ COPIED_TYPE_2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "
 
 
 def analyse(predictor: Predictor, datasets: Sequence[Dataset]) -> list[AnalysedImage]:
-    """Decode every instance the one way the product does (header check, guard, multi-frame)
-    and classify its frames; unreadable instances give ``error`` results, never raise.
-    Missing ``COPIED_TYPE_2`` attributes are added empty to the (retrieved, in-memory)
-    datasets."""
+    """Decode every instance the one way the product does (header check, guard, multi-frame,
+    the slices of a series stacked and windowed once as a volume: ``assemble_scans``) and
+    classify its frames; unreadable instances give ``error`` results, never raise. Missing
+    ``COPIED_TYPE_2`` attributes are added empty to the (retrieved, in-memory) datasets."""
     analysed: list[AnalysedImage] = []
     items: list[Prediction | Frame] = []  # one per analysed image, for the batching loop
+    taken: set[str] = set()
     for dataset in datasets:
         for keyword in COPIED_TYPE_2:
             if keyword not in dataset:
                 setattr(dataset, keyword, None)
         label = instance_label(dataset)
+        if label in taken:  # two instances with one number: names must tell them apart
+            label = f"{label} ({len(taken) + 1})"
+        taken.add(label)
         try:
             data = part10_bytes(dataset)
         except Exception:  # a damaged header that pydicom cannot even write back
@@ -126,10 +131,44 @@ def analyse(predictor: Predictor, datasets: Sequence[Dataset]) -> list[AnalysedI
             analysed.append(AnalysedImage(dataset, index + 1 if multi else None,
                                           Prediction(frame.name, OK), frame.image, frame))
             items.append(frame)
+    analysed, items = _stacked(analysed, items)
     for item, result in zip(analysed, predictor.predict_items(items, CLASSIFY_BATCH),
                             strict=True):
         item.result = result
     return analysed
+
+
+def _stacked(analysed: list[AnalysedImage], items: list[Prediction | Frame]
+             ) -> tuple[list[AnalysedImage], list[Prediction | Frame]]:
+    """The decoded instances with each series stacked as ``predict`` stacks it: a slice of
+    the stack is the windowed axial image of its instance. A series acquired in another plane
+    (its axial slices cut across instances) keeps its instances as decoded, so that each
+    result still refers to one source image; slices outside the head are left out."""
+    place = {id(item): k for k, item in enumerate(items)}
+    by_name = {a.decoded.name: a for a in analysed if a.decoded is not None}
+    stacked = assemble_scans(items)
+    reformatted = {f.series for f in stacked if isinstance(f, Frame) and id(f) not in place
+                   and f.name not in by_name}
+    out: list[AnalysedImage] = []
+    out_items: list[Prediction | Frame] = []
+    kept: set[str | None] = set()
+    for item in stacked:
+        if id(item) in place:  # not part of a stack: as decoded
+            out.append(analysed[place[id(item)]])
+            out_items.append(item)
+        elif isinstance(item, Frame) and item.series in reformatted:
+            if item.series not in kept:
+                kept.add(item.series)
+                for k, original in enumerate(items):
+                    if isinstance(original, Frame) and original.series == item.series:
+                        out.append(analysed[k])
+                        out_items.append(original)
+        elif isinstance(item, Frame):
+            source = by_name[item.name]
+            out.append(AnalysedImage(source.source, source.frame, Prediction(item.name, OK),
+                                     item.image, source.decoded))
+            out_items.append(item)
+    return out, out_items
 
 
 def overlay_image(predictor: Predictor, item: AnalysedImage) -> np.ndarray:
