@@ -294,6 +294,9 @@ class SegmentationCard:
     # What a mask pixel means: the abnormality the reference masks outline.
     target: str = "FLAIR abnormality (tumour and surrounding signal change)"
     sequence: str = "FLAIR"
+    # Further co-registered sequences it reads, one input channel each after ``sequence``;
+    # empty: ``sequence`` alone, its grey value in every channel.
+    companions: list[str] = field(default_factory=list)
     # The classifier's classes whose lesions the training masks outline: an outline of
     # another class is said to be less reliable.
     classes_seen: list[str] = field(default_factory=list)  # the classifier's, of its data

@@ -61,6 +61,10 @@ def run_segment(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out} is a file, not a folder")
     segmenter = Segmenter.load(args.segmenter)
+    try:
+        segmenter.check_single_sequence()
+    except ValueError as error:
+        raise UsageError(f"--segmenter {args.segmenter}: {error}") from None
     predictor = None
     if not args.no_classifier:
         from mri_tumor.inference import Predictor
@@ -92,6 +96,9 @@ def add_train_segmenter(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=default.epochs, help="passes (cosine schedule)")
     p.add_argument("--batch-size", type=int, default=default.batch_size, help="slices per step")
     p.add_argument("--lr", type=float, default=default.lr, help="peak learning rate (AdamW)")
+    p.add_argument("--companions", nargs="+", default=list(default.companions),
+                   metavar="SEQUENCE", help="co-registered sequences read as further input "
+                                            "channels, e.g. T1 T1C+ (default: FLAIR alone)")
     p.add_argument("--image-size", type=int, default=default.image_size,
                    help="model input side, a multiple of 32")
     p.add_argument("--held-out", type=float, default=default.held_out,
@@ -114,7 +121,8 @@ def run_train_segmenter(args: argparse.Namespace) -> int:
     config = SegmentConfig(
         data_dir=args.data_dir, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, image_size=args.image_size, held_out=args.held_out, seed=args.seed,
-        max_minutes=args.max_minutes, max_train_batches=int(limit) if limit > 1 else limit)
+        max_minutes=args.max_minutes, max_train_batches=int(limit) if limit > 1 else limit,
+        companions=tuple(args.companions))
     from mri_tumor.training.segmentation import train_segmenter
 
     out = train_segmenter(config)

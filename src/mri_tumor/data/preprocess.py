@@ -90,8 +90,15 @@ def equalize(pixels: torch.Tensor) -> torch.Tensor:
 
 def normalize_array(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """``normalize`` in numpy for uint8 (B, H, W) pixels: the same float32 operations in the
-    same order, so the result is bit-identical (a test checks it)."""
-    if spec.intensity == "equalize":
+    same order, so the result is bit-identical (a test checks it). (B, C, H, W) pixels are
+    several co-registered sequences, one per channel, each equalised on its own."""
+    if pixels.ndim == 4:  # one channel per sequence
+        b, c = pixels.shape[:2]
+        flat = normalize_array(pixels.reshape(b * c, *pixels.shape[2:]),
+                               PreprocessSpec(spec.image_size, (0.0,), (1.0,), 1,
+                                              spec.intensity))
+        grey = flat.reshape(b, c, *pixels.shape[2:])
+    elif spec.intensity == "equalize":
         grey = equalize_array(pixels)
     else:
         grey = pixels[:, None].astype(np.float32) / np.float32(255.0)
@@ -109,7 +116,14 @@ def normalize(pixels: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
     """
     import torch
 
-    if spec.intensity == "equalize":
+    if pixels.dim() == 4 and pixels.shape[1] > 1:  # one channel per sequence, each alone
+        b, c = pixels.shape[:2]
+        if pixels.dtype == torch.uint8:
+            pixels = pixels.float() / 255.0
+        flat = normalize(pixels.reshape(b * c, 1, *pixels.shape[2:]),
+                         PreprocessSpec(spec.image_size, (0.0,), (1.0,), 1, spec.intensity))
+        pixels = flat.reshape(b, c, *pixels.shape[2:])
+    elif spec.intensity == "equalize":
         pixels = equalize(pixels)
     elif pixels.dtype == torch.uint8:
         pixels = pixels.unsqueeze(1).float() / 255.0

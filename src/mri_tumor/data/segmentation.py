@@ -9,6 +9,7 @@ hospital is represented on both sides.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,14 @@ class MaskedSlice:
     mask: Path
     patient: str
     number: int  # 1 = the first slice of the stack
+    # Co-registered slices of other sequences (``masked_slices(companions=...)``), None
+    # where the patient lacks that sequence.
+    companions: tuple[Path | None, ...] = ()
+
+    def channels(self) -> list[Path]:
+        """The images of this slice's input channels: the slice, then each companion (the
+        slice itself in place of a missing one)."""
+        return [self.image, *(path or self.image for path in self.companions)]
 
 
 def institution(patient: str) -> str:
@@ -34,8 +43,10 @@ def institution(patient: str) -> str:
     return parts[1] if len(parts) > 2 else patient
 
 
-def masked_slices(root: Path, sequence: str = "FLAIR") -> list[MaskedSlice]:
-    """Every slice of ``sequence`` that has a mask, by patient and slice number."""
+def masked_slices(root: Path, sequence: str = "FLAIR", companions: Sequence[str] = ()
+                  ) -> list[MaskedSlice]:
+    """Every slice of ``sequence`` that has a mask, by patient and slice number, with the
+    same slice of each ``companions`` sequence (``<NNN>_<sequence>.jpg``) where it exists."""
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such folder")
     rows = []
@@ -47,11 +58,18 @@ def masked_slices(root: Path, sequence: str = "FLAIR") -> list[MaskedSlice]:
                 continue
             mask = path.with_name(f"{match['slice']}_mask.png")
             if mask.is_file():
-                rows.append(MaskedSlice(path, mask, patient_dir.name, int(match["slice"])))
+                others = tuple(_existing(path.with_name(f"{match['slice']}_{other}.jpg"))
+                               for other in companions)
+                rows.append(MaskedSlice(path, mask, patient_dir.name, int(match["slice"]),
+                                        others))
     if not rows:
         raise ValueError(f"{root}: no <NNN>_{sequence}.jpg slices with <NNN>_mask.png masks "
                          "in patient folders")
     return rows
+
+
+def _existing(path: Path) -> Path | None:
+    return path if path.is_file() else None
 
 
 def split_patients(patients: list[str], held_out: float, seed: int = 0) -> dict[str, str]:
@@ -77,15 +95,18 @@ def read_mask(path: Path) -> np.ndarray:
 
 
 def load_pairs(rows: list[MaskedSlice], size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Images as uint8 (N, size, size) and masks as bool (N, size, size), resized
-    (bilinear; the mask's resampled share thresholded at one half)."""
-    images = np.empty((len(rows), size, size), dtype=np.uint8)
+    """Images as uint8 (N, size, size), or (N, C, size, size) for slices with companions
+    (``MaskedSlice.channels``), and masks as bool (N, size, size), resized (bilinear; the
+    mask's resampled share thresholded at one half)."""
+    channels = 1 + (len(rows[0].companions) if rows else 0)
+    images = np.empty((len(rows), channels, size, size), dtype=np.uint8)
     masks = np.empty((len(rows), size, size), dtype=bool)
     for i, row in enumerate(rows):
-        with Image.open(row.image) as image:
-            grey = image.convert("L")
-            images[i] = np.asarray(grey.resize((size, size), Image.Resampling.BILINEAR)
-                                   if grey.size != (size, size) else grey)
+        for c, path in enumerate(row.channels()):
+            with Image.open(path) as image:
+                grey = image.convert("L")
+                images[i, c] = np.asarray(grey.resize((size, size), Image.Resampling.BILINEAR)
+                                          if grey.size != (size, size) else grey)
         mask = Image.fromarray(read_mask(row.mask).astype(np.float32))
         masks[i] = np.asarray(mask.resize((size, size), Image.Resampling.BILINEAR)) >= 0.5
-    return images, masks
+    return (images[:, 0] if channels == 1 else images), masks

@@ -49,10 +49,10 @@ def split_of(model_dir: Path) -> dict[str, str]:
 def score_patient(segmenter: Any, rows: Sequence[MaskedSlice]) -> dict[str, Any]:
     """One patient's Dice and volumes (rows: the patient's slices)."""
     ordered = sorted(rows, key=lambda r: r.number)
-    images = []
+    images: list[Any] = []
     for row in ordered:
-        with Image.open(row.image) as image:
-            images.append(image.convert("L"))
+        channels = [_grey(path) for path in row.channels()]
+        images.append(channels[0] if len(channels) == 1 else channels)
     predicted = segmenter.segment_stack(images)
     reference = np.stack([read_mask(r.mask) for r in ordered], axis=-1)
     raw = np.stack(segmenter.probabilities(images), axis=-1) >= segmenter.card.threshold
@@ -65,10 +65,15 @@ def score_patient(segmenter: Any, rows: Sequence[MaskedSlice]) -> dict[str, Any]
             "volume_ratio": round(pred_voxels / ref_voxels, 4) if ref_voxels else None}
 
 
+def _grey(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("L")
+
+
 def evaluate_segmentation(segmenter: Any, data_dir: Path, patients: Sequence[str] | None
                           ) -> dict[str, Any]:
     """Per-patient scores and their summary over ``patients`` (None: every patient)."""
-    rows = masked_slices(Path(data_dir), segmenter.card.sequence)
+    rows = masked_slices(Path(data_dir), segmenter.card.sequence, segmenter.card.companions)
     by_patient: dict[str, list[MaskedSlice]] = {}
     for row in rows:
         if patients is None or row.patient in patients:

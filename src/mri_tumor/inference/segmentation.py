@@ -148,28 +148,52 @@ class Segmenter:
         model.eval()
         return cls(card, channels_last(fuse_batch_norm(model)))
 
-    def probabilities(self, images: Sequence[Image.Image], batch_size: int = 32
-                      ) -> list[np.ndarray]:
-        """Tumour probability per pixel of each grey image, at the image's own size."""
+    def probabilities(self, images: Sequence[Image.Image | Sequence[Image.Image]],
+                      batch_size: int = 32) -> list[np.ndarray]:
+        """Tumour probability per pixel of each grey image, at the image's own size; for a
+        model with ``card.companions``, each item is the slice's images in the card's order
+        (``sequence``, then the companions), of one size."""
         import torch
 
         out: list[np.ndarray] = []
         size = self.card.image_size
+        channels = 1 + len(self.card.companions)
         for start in range(0, len(images), batch_size):
-            batch = images[start:start + batch_size]
-            pixels = np.stack([to_model_pixels(image, size) for image in batch])
-            inputs = torch.from_numpy(normalize_array(pixels, self.spec))
+            batch = [[item] if isinstance(item, Image.Image) else list(item)
+                     for item in images[start:start + batch_size]]
+            if any(len(item) != channels for item in batch):
+                raise ValueError(f"this segmentation model reads {channels} co-registered "
+                                 f"image(s) per slice ({', '.join(self.sequences)})")
+            pixels = np.stack([np.stack([to_model_pixels(image, size) for image in item])
+                               for item in batch])
+            inputs = torch.from_numpy(normalize_array(pixels[:, 0] if channels == 1
+                                                      else pixels, self.spec))
             with torch.inference_mode():
                 logits = self.model(inputs.contiguous(memory_format=torch.channels_last))
             maps = torch.sigmoid(logits[:, 0]).numpy()
-            for image, probability in zip(batch, maps, strict=True):
+            for item, probability in zip(batch, maps, strict=True):
+                image = item[0]
                 if image.size != (size, size):
                     probability = np.asarray(Image.fromarray(probability).resize(
                         image.size, Image.Resampling.BILINEAR))
                 out.append(probability)
         return out
 
-    def segment_stack(self, images: Sequence[Image.Image]) -> np.ndarray:
+    @property
+    def sequences(self) -> list[str]:
+        """The sequences it reads, in channel order."""
+        return [self.card.sequence, *self.card.companions]
+
+    def check_single_sequence(self) -> None:
+        """Raise ValueError for a model that needs companions: the front ends give it one
+        sequence."""
+        if self.card.companions:
+            raise ValueError(f"this segmentation model reads {', '.join(self.sequences)} "
+                             "together; segment, the app, the API and PACS read models of "
+                             f"{self.card.sequence} alone (evaluate-segmenter scores it)")
+
+    def segment_stack(self, images: Sequence[Image.Image | Sequence[Image.Image]]
+                      ) -> np.ndarray:
         """The slices of one stack (same size, in order) -> bool mask (H, W, N) after the
         card's post-processing: what the evaluation scores per patient."""
         maps = np.stack(self.probabilities(images), axis=-1)

@@ -106,6 +106,9 @@ class SegmentConfig:
     data_dir: Path  # the whole-scan layout of data.patients (slices with masks)
     out: Path = Path("runs/segment")
     sequence: str = "FLAIR"  # the sequence the masks were drawn on
+    # Co-registered sequences given as further input channels (e.g. ("T1", "T1C+")); a
+    # sequence a patient lacks is replaced by ``sequence``. Empty: ``sequence`` alone.
+    companions: tuple[str, ...] = ()
     image_size: int = 192  # a multiple of 32; the 256 px slices are resampled to it
     held_out: float = 0.2  # share of each institution's patients kept for the final test
     epochs: int = 30

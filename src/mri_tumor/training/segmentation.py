@@ -59,7 +59,8 @@ class TumorSegmenter(L.LightningModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         pixels, masks = batch
-        grey = pixels.unsqueeze(1).float() / 255.0
+        # (B, H, W): one sequence; (B, C, H, W): one channel per co-registered sequence.
+        grey = (pixels.unsqueeze(1) if pixels.dim() == 3 else pixels).float() / 255.0
         masks = masks.unsqueeze(1).float()
         if self.trainer.training:
             grey, moved = augment_with_masks(grey, masks, self.config.augment)
@@ -96,7 +97,7 @@ def train_segmenter(config: SegmentConfig) -> Path:
     L.seed_everything(config.seed, workers=True, verbose=False)
     arch = ARCHITECTURES["efficientnet_lite0"]
     spec = PreprocessSpec(config.image_size, arch.mean, arch.std, 3, config.intensity)
-    rows = masked_slices(Path(config.data_dir), config.sequence)
+    rows = masked_slices(Path(config.data_dir), config.sequence, config.companions)
     sides = split_patients([r.patient for r in rows], config.held_out, config.seed)
     train_rows = [r for r in rows if sides[r.patient] == "train"]
     if not train_rows:
@@ -136,7 +137,8 @@ def train_segmenter(config: SegmentConfig) -> Path:
     (out / HISTORY_FILE).write_text(json.dumps(module.history, indent=2) + "\n")
     card = SegmentationCard(
         image_size=config.image_size, mean=list(spec.mean), std=list(spec.std),
-        sequence=config.sequence, classes_seen=[PATIENT_TUMOUR_CLASS],
+        sequence=config.sequence, companions=list(config.companions),
+        classes_seen=[PATIENT_TUMOUR_CLASS],
         intensity=config.intensity, threshold=config.threshold,
         min_component_share=config.min_component_share,
         version=datetime.now(UTC).strftime("%Y%m%d-%H%M%S"),
