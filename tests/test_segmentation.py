@@ -4,6 +4,7 @@ own geometry, the classifier's gate, the CLI's JSON contract, training and evalu
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -359,3 +360,50 @@ def test_the_api_returns_outlines_and_the_volume(segmenter_dir: Path, predictor,
         bad = client.post("/v1/segment?filename=x.nii.gz", content=b"\x1f\x8bbroken",
                           headers={"Content-Type": "application/octet-stream"})
         assert bad.status_code == 422 and "not a readable NIfTI" in bad.json()["detail"]
+
+
+def test_a_model_with_companions_reads_each_sequence_as_a_channel(
+        lgg_like: Path, tmp_path: Path) -> None:
+    """``--companions T1``: the slices of T1 beside FLAIR are a second input channel (FLAIR
+    in its place where a patient has no T1), each equalised on its own; the card says so,
+    evaluate-segmenter reads both, and ``segment`` (one series per input) refuses it."""
+    from mri_tumor.data.preprocess import PreprocessSpec, normalize, normalize_array
+    from mri_tumor.data.segmentation import load_pairs, masked_slices
+
+    data = tmp_path / "lgg"
+    shutil.copytree(lgg_like, data)
+    with_t1 = PATIENTS[::2]
+    for patient in with_t1:
+        for flair in (data / patient).glob("*_FLAIR.jpg"):
+            t1 = 255 - np.asarray(Image.open(flair).convert("L"))  # unlike FLAIR, on purpose
+            Image.fromarray(t1).save(flair.with_name(flair.name.replace("FLAIR", "T1")))
+    rows = masked_slices(data, "FLAIR", ["T1"])
+    assert {r.patient for r in rows if r.companions[0] is not None} == set(with_t1)
+    pixels, masks = load_pairs(rows, 64)
+    assert pixels.shape == (len(rows), 2, 64, 64) and masks.shape == (len(rows), 64, 64)
+    without = [i for i, r in enumerate(rows) if r.companions[0] is None]
+    assert (pixels[without, 0] == pixels[without, 1]).all()
+    # One channel per sequence, each equalised alone: numpy and torch give the same values.
+    spec = PreprocessSpec(64, (0.5,) * 3, (0.5,) * 3, 3, "equalize")
+    import torch
+
+    by_numpy = normalize_array(pixels[:4], spec)
+    by_torch = normalize(torch.from_numpy(pixels[:4]).float() / 255.0, spec).numpy()
+    single = normalize_array(pixels[:4, 1], PreprocessSpec(64, (0.5,), (0.5,), 1, "equalize"))
+    assert np.allclose(by_numpy, by_torch, atol=1e-6)
+    assert np.allclose(by_numpy[:, 1], single[:, 0], atol=1e-6)
+    assert np.allclose(by_numpy[:, 2], by_numpy[:, 0])  # the third channel: FLAIR again
+
+    out = tmp_path / "multi"
+    status, stdout, stderr = run_cli("train-segmenter", str(data), "--out", str(out),
+                                     "--companions", "T1", "--epochs", "1", "--batch-size",
+                                     "4", "--image-size", "64", "--max-train-batches", "2",
+                                     "--held-out", "0.25")
+    assert status == 0, stderr
+    assert SegmentationCard.load(out).companions == ["T1"]
+    assert "mean Dice per patient" in stdout
+    image = tmp_path / "slice.png"
+    Image.new("L", (32, 32), 90).save(image)
+    status, _, stderr = run_cli("segment", str(image), "--out", str(tmp_path / "m"),
+                                "--segmenter", str(out))
+    assert status == 2 and "reads FLAIR, T1 together" in stderr

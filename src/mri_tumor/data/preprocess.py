@@ -102,6 +102,9 @@ def normalize_array(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
         grey = equalize_array(pixels)
     else:
         grey = pixels[:, None].astype(np.float32) / np.float32(255.0)
+    if 1 < grey.shape[1] < spec.input_channels:  # fewer sequences than channels
+        grey = np.concatenate([grey, np.repeat(grey[:, :1], spec.input_channels
+                                               - grey.shape[1], axis=1)], axis=1)
     mean = np.asarray(spec.mean, dtype=np.float32).reshape(1, -1, 1, 1)
     std = np.asarray(spec.std, dtype=np.float32).reshape(1, -1, 1, 1)
     grey = np.broadcast_to(grey, (grey.shape[0], spec.input_channels, *grey.shape[2:]))
@@ -127,6 +130,10 @@ def normalize(pixels: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
         pixels = equalize(pixels)
     elif pixels.dtype == torch.uint8:
         pixels = pixels.unsqueeze(1).float() / 255.0
+    if 1 < pixels.shape[1] < spec.input_channels:  # fewer sequences than channels: the
+        # first (the sequence the masks were drawn on) fills the rest
+        pixels = torch.cat([pixels, pixels[:, :1].expand(
+            -1, spec.input_channels - pixels.shape[1], -1, -1)], dim=1)
     mean = torch.tensor(spec.mean, dtype=pixels.dtype, device=pixels.device).view(1, -1, 1, 1)
     std = torch.tensor(spec.std, dtype=pixels.dtype, device=pixels.device).view(1, -1, 1, 1)
     grey = pixels.expand(-1, spec.input_channels, -1, -1)
