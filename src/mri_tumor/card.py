@@ -198,6 +198,10 @@ class ModelCard:
     # the verdict stands, and its message says that it is close (a resized or re-saved copy
     # may fall on the other side). None (left out of card.json): BORDERLINE_BAND.
     ood_borderline: float | None = None
+    # What a refused image looks like (``models.resemblance``): {"kinds": [...], "phrases":
+    # {kind: words}, "min_probability": p, "cross_validated": {...}}, with its numbers in
+    # resemblance.safetensors; None (left out of card.json): refusals do not say.
+    resemblance: dict[str, Any] | None = None
 
     @property
     def borderline_band(self) -> float:
@@ -213,7 +217,7 @@ class ModelCard:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["training"] = _plain(self.training)
         out["metrics"] = self.metrics.to_dict()
-        for optional in ("lineage", "scan_rule", "ood_borderline"):
+        for optional in ("lineage", "scan_rule", "ood_borderline", "resemblance"):
             if out[optional] is None:
                 del out[optional]
         return json.loads(json.dumps(out, default=_jsonable))  # deep copy, JSON types only

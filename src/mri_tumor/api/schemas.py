@@ -63,6 +63,10 @@ class PredictionOut(BaseModel):
     slice_index: int | None = Field(None, description="the slice's place in its scan's axial "
                                     "stack, inferior to superior (NIfTI volumes and DICOM "
                                     "series); absent for single images")
+    resembles: str | None = Field(None, description="in a result refused by its pixels, for "
+                                  "a model whose card has a `resemblance` section: the kind "
+                                  "of image it looks like most (a key of that section's "
+                                  "`phrases`, e.g. head-ct); absent otherwise")
     # Only with POST /v1/predict?gradcam=png, and only in "ok" results; absent otherwise.
     gradcam_png: str | None = Field(
         None, description="with `POST /v1/predict?gradcam=png` only, in results with status "

@@ -31,6 +31,7 @@ from mri_tumor.inference.results import (
 )
 from mri_tumor.models.calibration import softmax
 from mri_tumor.models.ood import OODGuard
+from mri_tumor.models.resemblance import Resemblance
 
 # Frames per network call: on 2 cores batches of 8 ran faster than 32 or 64 (better cache
 # use) and keep activation memory small; ``predict``'s batch_size only groups the decoding.
@@ -59,6 +60,8 @@ class Predictor:
         self.spec = PreprocessSpec.from_card(card)
         self.class_names = list(card.class_names)
         self.disclaimer = DISCLAIMER
+        self.resemblance = (Resemblance.load(model_dir, (card.resemblance or {}).get("kinds", []))
+                            if model_dir else None)
 
     @property
     def model(self) -> Any:
@@ -126,9 +129,30 @@ class Predictor:
         if sequences is not None:
             sequences = softmax(sequences, self.card.sequence_temperature)
         blank = pixels.reshape(len(pixels), -1).std(axis=1) < BLANK_MAX_STD
-        return [self._result(frame, probabilities[i], float(outputs["ood_score"][i]),
-                             bool(blank[i]), None if sequences is None else sequences[i])
-                for i, frame in enumerate(frames)]
+        results = [self._result(frame, probabilities[i], float(outputs["ood_score"][i]),
+                                bool(blank[i]), None if sequences is None else sequences[i])
+                   for i, frame in enumerate(frames)]
+        return self._say_what_it_resembles(results, outputs["features"], blank)
+
+    def _say_what_it_resembles(self, results: list[Prediction], features: np.ndarray,
+                               blank: np.ndarray) -> list[Prediction]:
+        """Content refusals with the kind of image they look like most (the card's
+        ``resemblance``), where the model has one and it is sure enough."""
+        settings = self.card.resemblance or {}
+        refused = [i for i, r in enumerate(results) if r.status == REJECTED and not blank[i]]
+        if self.resemblance is None or not refused:
+            return results
+        kinds = self.resemblance.nearest(features[refused],
+                                         float(settings.get("min_probability", 0.0)))
+        for i, kind in zip(refused, kinds, strict=True):
+            if kind is not None:
+                phrase = settings.get("phrases", {}).get(kind, kind)
+                results[i].resembles = kind
+                # Right after the refusal itself, before a borderline note.
+                results[i].message = results[i].message.replace(
+                    NOT_MRI_MESSAGE, f"{NOT_MRI_MESSAGE} Of the kinds of image the guard "
+                    f"knows, it looks most like {phrase}.", 1)
+        return results
 
     def forward(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """uint8 (B, H, W) pixels -> logits, pooled features and out-of-distribution scores

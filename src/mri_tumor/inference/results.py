@@ -61,6 +61,7 @@ class Prediction:
     scan: str | None = field(default=None, repr=False)  # the scan, as the user named it
     note: str = field(default="", repr=False)  # about the scan, for its summary
     by_header: bool = field(default=False, repr=False)  # refused by its DICOM header
+    resembles: str | None = None  # a content refusal: the kind of image it looks like most
 
     def to_dict(self) -> dict[str, Any]:
         """The public result: ``RESULT_KEYS``, plus ``SEQUENCE_KEYS`` when it names a
@@ -68,6 +69,8 @@ class Prediction:
         keys = RESULT_KEYS + (SEQUENCE_KEYS if self.sequence is not None else ())
         if self.slice_index is not None:
             keys += ("slice_index",)
+        if self.resembles is not None:
+            keys += ("resembles",)
         return {key: getattr(self, key) for key in keys}
 
 

@@ -222,6 +222,7 @@ def _codes() -> SimpleNamespace:
         guard_score=CodedConcept("OODSCORE", SCHEME, "Out-of-distribution score"),
         highest=CodedConcept("SCANTUMOURP", SCHEME, "Scan-level tumour probability"),
         sequence=CodedConcept("MRSEQUENCE", SCHEME, "MR sequence, as the model reads it"),
+        resembles=CodedConcept("RESEMBLES", SCHEME, "Looks most like (refused image)"),
         comment=CodedConcept("121106", "DCM", "Comment"),
         qualitative=CodedConcept("C0034375", "UMLS", "Qualitative Evaluations"),
         procedure=CodedConcept("24590-2", "LN", "MR Brain"),
@@ -282,6 +283,12 @@ def build_report(analysed: Sequence[AnalysedImage], predictor: Predictor,
         verdict = {OK: codes.accepted, REJECTED: codes.refused}.get(result.status,
                                                                      codes.unreadable)
         evaluations.append(hd.sr.QualitativeEvaluation(codes.check, verdict))
+        if result.resembles is not None:  # a refusal by content, with the card's words
+            phrase = (card.resemblance or {}).get("phrases", {}).get(result.resembles,
+                                                                      result.resembles)
+            evaluations.append(hd.sr.QualitativeEvaluation(
+                codes.resembles, hd.sr.CodedConcept(result.resembles[:16].upper(), SCHEME,
+                                                    phrase[:64])))
         if result.ood_score is not None and np.isfinite(result.ood_score):
             measurements.append(hd.sr.Measurement(
                 codes.guard_score, round(float(result.ood_score), SCORE_DECIMALS),
