@@ -68,3 +68,35 @@ def test_a_refusal_by_content_says_what_the_image_looks_like(tmp_path: Path) -> 
     assert refused.to_dict()["resembles"] == "drawing"
     assert accepted.status == "ok" and accepted.resembles is None
     assert "resembles" not in accepted.to_dict()
+
+
+def test_the_pacs_report_says_what_a_refused_image_looks_like(tmp_path: Path) -> None:
+    """The shipped model's card has a resemblance section: an MR instance that is a chart
+    gets, in the SR, the guard's REFUSED verdict and a "Looks most like" evaluation in the
+    card's words."""
+    import io
+
+    import pydicom
+    from tests.dicom_factory import make_mr_study
+
+    from mri_tumor.pacs.results import SCHEME
+    from mri_tumor.pacs.study import results_for
+
+    shipped = ModelCard.load(SHIPPED_MODEL_DIR)
+    assert shipped.resemblance is not None and "head-ct" in shipped.resemblance["kinds"]
+    picture = chart(tmp_path / "chart.png")
+    datasets = [pydicom.dcmread(io.BytesIO(data)) for data in make_mr_study([picture])]
+    analysed, objects, _ = results_for(Predictor.load(), datasets, scope="1.2.3")
+    [item] = analysed
+    assert item.result.status == "rejected" and item.result.resembles is not None
+    phrase = shipped.resemblance["phrases"][item.result.resembles]
+    assert phrase in item.result.message
+
+    def walk(items):
+        for entry in items:
+            yield entry
+            yield from walk(getattr(entry, "ContentSequence", []))
+
+    looks = [e.ConceptCodeSequence[0] for e in walk(objects[0].ContentSequence)
+             if e.ValueType == "CODE" and e.ConceptNameCodeSequence[0].CodeValue == "RESEMBLES"]
+    assert [(c.CodingSchemeDesignator, c.CodeMeaning) for c in looks] == [(SCHEME, phrase)]
