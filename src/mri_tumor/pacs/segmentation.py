@@ -111,8 +111,14 @@ def outline_series(outliner: Outliner, analysed: Sequence[AnalysedImage],
             # The mask lies on the volume's voxels (column, row, slice in stack order).
             frames = np.stack([result.volume_mask.mask[:, :, k].T
                                for k in range(len(sources))]).astype(np.uint8)
-            outline.segmentation = build_segmentation(sources, frames, outliner.segmenter,
-                                                      model, scope)
+            try:
+                outline.segmentation = build_segmentation(sources, frames, outliner.segmenter,
+                                                          model, scope)
+            except (ValueError, TypeError, AttributeError, KeyError) as error:
+                # highdicom refusing a source header; its text may quote header values.
+                outline.measurement = None
+                outline.message = (f"not outlined: the DICOM Segmentation could not be built "
+                                   f"from its headers ({type(error).__name__})")
         outlines.append(outline)
     return outlines
 
