@@ -407,3 +407,37 @@ def test_a_model_with_companions_reads_each_sequence_as_a_channel(
     status, _, stderr = run_cli("segment", str(image), "--out", str(tmp_path / "m"),
                                 "--segmenter", str(out))
     assert status == 2 and "reads FLAIR, T1 together" in stderr
+
+    # With the T1 volume on the FLAIR's grid (--with), it outlines the FLAIR volume.
+    affine = np.diag([0.9, 0.9, 4.0, 1.0])
+    flair = save_nifti(phantom(), affine, tmp_path / "flair.nii.gz")
+    t1 = save_nifti(phantom()[::-1].copy(), affine, tmp_path / "t1.nii.gz")
+    status, stdout, stderr = run_cli("segment", str(flair), "--with", f"T1={t1}", "--out",
+                                     str(tmp_path / "m"), "--json", "--segmenter", str(out),
+                                     "--no-classifier")
+    assert status == 0, stderr
+    (line,) = [json.loads(x)["segmentation"] for x in stdout.splitlines()]
+    assert line["status"] in ("ok", "empty") and "read with T1" in line["message"]
+    assert nib.load(line["mask"]).shape == phantom().shape
+    # A T1 on another grid is an error of that input; a sequence the model does not read,
+    # or --with beside several inputs, a usage error.
+    other = save_nifti(phantom()[:, :, :-1].copy(), affine, tmp_path / "t1-other.nii.gz")
+    status, stdout, _ = run_cli("segment", str(flair), "--with", f"T1={other}", "--out",
+                                str(tmp_path / "m"), "--json", "--segmenter", str(out),
+                                "--no-classifier")
+    assert status == 1 and "not on the voxel grid" in stdout
+    status, _, stderr = run_cli("segment", str(flair), "--with", f"T2={t1}", "--out",
+                                str(tmp_path / "m"), "--segmenter", str(out))
+    assert status == 2 and "no use for T2" in stderr
+    status, _, stderr = run_cli("segment", str(flair), str(t1), "--with", f"T1={t1}",
+                                "--out", str(tmp_path / "m"), "--segmenter", str(out))
+    assert status == 2 and "exactly one input" in stderr
+
+
+def test_the_shipped_three_sequence_model_reads_t1_and_t1c() -> None:
+    from mri_tumor.inference.segmentation import SHIPPED_MULTI_SEGMENTER, Segmenter
+
+    segmenter = Segmenter.load(SHIPPED_MULTI_SEGMENTER)
+    assert segmenter.sequences == ["FLAIR", "T1", "T1C+"]
+    held_out = segmenter.card.metrics["held_out"]
+    assert held_out["patients"] == 13 and held_out["mean_dice"] >= 0.8

@@ -39,6 +39,12 @@ def add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders")
     p.add_argument("--no-classifier", action="store_true",
                    help="outline every input, whatever the classifier would answer")
+    p.add_argument("--with", dest="companions", action="append", default=[],
+                   metavar="SEQUENCE=NIFTI",
+                   help="a co-registered volume of another sequence on the FLAIR's voxel "
+                        "grid (T1=t1.nii.gz, T1C+=t1c.nii.gz; repeat): the one input is then "
+                        "the FLAIR volume, outlined by the shipped FLAIR + T1 + T1C+ model "
+                        "(or --segmenter); a sequence not given is replaced by FLAIR")
     _add_segmenter(p)
     add_model(p)
     add_backend(p)
@@ -60,17 +66,24 @@ def run_segment(args: argparse.Namespace) -> int:
         print(f"note: {unread_note(unread)}", file=sys.stderr)
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out} is a file, not a folder")
-    segmenter = Segmenter.load(args.segmenter)
-    try:
-        segmenter.check_single_sequence()
-    except ValueError as error:
-        raise UsageError(f"--segmenter {args.segmenter}: {error}") from None
+    companions = _companion_volumes(args.companions, files)
+    if companions:
+        from mri_tumor.inference.segmentation import SHIPPED_MULTI_SEGMENTER
+
+        segmenter = Segmenter.load(args.segmenter or SHIPPED_MULTI_SEGMENTER)
+    else:
+        segmenter = Segmenter.load(args.segmenter)
     predictor = None
     if not args.no_classifier:
         from mri_tumor.inference import Predictor
 
         predictor = Predictor.load(args.model, backend=args.backend)
-    results = Outliner(segmenter, predictor, args.out).run(files, args.paths)
+    try:
+        outliner = Outliner(segmenter, predictor, args.out, companions)
+    except ValueError as error:
+        where = f"--segmenter {args.segmenter}" if args.segmenter else "--with"
+        raise UsageError(f"{where}: {error}") from None
+    results = outliner.run(files, args.paths)
     for result in results:
         if args.json:
             print(json.dumps(result.to_dict()))
@@ -79,6 +92,32 @@ def run_segment(args: argparse.Namespace) -> int:
             print(f"{result.name}: {result.message}{where}")
     print(("" if args.json else "\n") + DISCLAIMER, file=sys.stderr if args.json else sys.stdout)
     return 1 if any(r.status == ERROR for r in results) else 0
+
+
+def _companion_volumes(given: list[str], files: list[Path]) -> dict:
+    """``--with SEQUENCE=PATH`` -> sequence -> its volume; checks that there is one NIfTI
+    input to go with them."""
+    from mri_tumor.data.reading import ImageReadError
+    from mri_tumor.data.volume import is_nifti_name, read_nifti
+
+    if not given:
+        return {}
+    if len(files) != 1 or not is_nifti_name(files[0]):
+        raise UsageError("--with needs exactly one input, the FLAIR volume as NIfTI "
+                         f"(got {len(files)} file(s))")
+    volumes = {}
+    for item in given:
+        sequence, _, path = item.partition("=")
+        if not sequence or not path:
+            raise UsageError(f"--with {item!r}: write it SEQUENCE=PATH, e.g. T1=t1.nii.gz")
+        if sequence in volumes:
+            raise UsageError(f"--with: {sequence} given twice")
+        try:
+            volumes[sequence] = read_nifti(Path(path).read_bytes(), path)
+        except (OSError, ImageReadError, ValueError) as error:
+            message = str(error) if not isinstance(error, OSError) else "cannot read this file"
+            raise UsageError(f"--with {sequence}={path}: {message}") from None
+    return volumes
 
 
 def add_train_segmenter(sub: argparse._SubParsersAction) -> None:

@@ -199,9 +199,11 @@ class AxialStack:
         return np.asarray(nib.orientations.apply_orientation(canonical, back))
 
 
-def axial_stack(volume: Volume) -> AxialStack:
+def axial_stack(volume: Volume, like: AxialStack | None = None) -> AxialStack:
     """The volume reoriented to RAS+, windowed once (``window_volume``) and cropped to the
-    head's box, with the geometry of its axial display images."""
+    head's box, with the geometry of its axial display images. With ``like`` (the stack of a
+    co-registered volume on the same voxel grid), its head box and slices are used, so that
+    display images of the two correspond pixel for pixel."""
     import nibabel as nib
 
     image = nib.Nifti1Image(volume.data, volume.affine)
@@ -209,13 +211,17 @@ def axial_stack(volume: Volume) -> AxialStack:
     voxels = np.asarray(canonical.dataobj, dtype=np.float32)
     zx, zy, zz = (float(z) or 1.0 for z in canonical.header.get_zooms()[:3])
     windowed = window_volume(voxels)
-    box_x, box_y = _head_box(windowed)
+    if like is not None and windowed.shape[:3] != like.canonical_shape:
+        raise ValueError(f"{volume.name}: not on the voxel grid of the volume it goes with "
+                         f"({windowed.shape[:3]} voxels against {like.canonical_shape})")
+    box_x, box_y = like.box if like is not None else _head_box(windowed)
     windowed = windowed[box_x, box_y]
     nx, ny = windowed.shape[:2]
     step = min(zx, zy)
     width, height = max(1, round(nx * zx / step)), max(1, round(ny * zy / step))
     area = (windowed > 0.08 * 255).sum(axis=(0, 1))
-    inside = area >= MIN_HEAD_SHARE * max(1, int(area.max()))
+    inside = (like.inside if like is not None
+              else area >= MIN_HEAD_SHARE * max(1, int(area.max())))
     return AxialStack(windowed, tuple(int(n) for n in voxels.shape[:3]),  # type: ignore[arg-type]
                       canonical.affine, volume.affine, (box_x, box_y), (zx, zy, zz),
                       (width, height), max(width, height), inside)

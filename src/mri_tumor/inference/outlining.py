@@ -97,11 +97,21 @@ class Outliner:
     """Reads inputs, asks the classifier (``predictor``; None: outline everything) and the
     segmenter, and writes the masks into ``out``."""
 
-    def __init__(self, segmenter: Segmenter, predictor: Any | None, out: Path | None) -> None:
+    def __init__(self, segmenter: Segmenter, predictor: Any | None, out: Path | None,
+                 companions: dict[str, Volume] | None = None) -> None:
+        """``companions``: for a model that reads further sequences (``card.companions``),
+        their volumes by sequence name, on the grid of the (one) volume outlined."""
         self.segmenter = segmenter
         self.predictor = predictor
         self.out = Path(out) if out is not None else None  # None: masks kept in memory only
         self._taken: set[str] = set()
+        self.companions = dict(companions or {})
+        wanted = segmenter.card.companions
+        if not self.companions:
+            segmenter.check_single_sequence()
+        elif unknown := sorted(set(self.companions) - set(wanted)):
+            raise ValueError(f"this segmentation model reads {', '.join(segmenter.sequences)}"
+                             f"; it has no use for {', '.join(unknown)}")
 
     def run(self, files: Sequence[Path], given: Sequence[Path]) -> list[SegmentationResult]:
         """Outline every input file (folders already expanded); one result per volume,
@@ -164,6 +174,10 @@ class Outliner:
         import nibabel as nib
 
         stack = axial_stack(volume)
+        try:
+            companions = self._companion_stacks(volume, stack)
+        except ValueError as error:
+            return SegmentationResult(source, volume.name, ERROR, str(error))
         reason, answer = None, None
         if refusal:
             reason = f"not an MR series ({refusal})"
@@ -183,15 +197,35 @@ class Outliner:
             return SegmentationResult(source, volume.name, NOT_SEGMENTED,
                                       f"not segmented: {reason}; the mask is empty",
                                       _text(target), Measurement(0, 0.0), answer)
-        outlined = self.segmenter.segment_volume(stack)
+        outlined = self.segmenter.segment_volume(stack, companions)
         if target is not None:
             nib.save(nib.Nifti1Image(outlined.mask.astype(np.uint8), volume.affine), target)
         return self._outlined(source, volume.name, _text(target), outlined.measurement, answer,
                               volume_mask=outlined)
 
+    def _companion_stacks(self, volume: Volume, stack: Any) -> list[Any]:
+        """The companions' axial stacks in the card's order (None where not given), cut
+        like ``stack``; ValueError when one is not on the volume's voxel grid."""
+        stacks = []
+        for sequence in self.segmenter.card.companions:
+            other = self.companions.get(sequence)
+            if other is not None and (other.data.shape[:3] != volume.data.shape[:3]
+                                      or not np.allclose(other.affine, volume.affine,
+                                                         atol=1e-3)):
+                raise ValueError(f"{other.name}: the {sequence} volume is not on the voxel "
+                                 f"grid of {volume.name} (shape or affine differ); resample "
+                                 "it onto the FLAIR first")
+            stacks.append(axial_stack(other, like=stack) if other is not None else None)
+        return stacks
+
     def _image(self, frame: Frame, source: str) -> SegmentationResult:
         from PIL import Image
 
+        if self.segmenter.card.companions:
+            return SegmentationResult(source, frame.name, ERROR,
+                                      f"{frame.name}: this segmentation model reads "
+                                      f"{', '.join(self.segmenter.sequences)} volumes, not a "
+                                      "slice image")
         reason, answer = None, None
         if self.predictor is not None:
             result = self.predictor.predict_items([frame])[0]
@@ -238,6 +272,8 @@ class Outliner:
             message += (f"; the outline model saw {card.sequence} of "
                         f"{', '.join(card.classes_seen)} only: an outline of a "
                         f"{answer['label']} is less reliable")
+        if self.companions:
+            message += f" (read with {', '.join(sorted(self.companions))})"
         status = OK if measurement.voxels else EMPTY
         return SegmentationResult(source, name, status, message, target, measurement, answer,
                                   **drawn)

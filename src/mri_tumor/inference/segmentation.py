@@ -29,6 +29,8 @@ from mri_tumor.data.volume import AxialStack
 logger = logging.getLogger(__name__)
 
 SHIPPED_SEGMENTER = Path(__file__).parents[1] / "weights" / "segment"
+# The shipped model that reads co-registered T1 and T1C+ beside FLAIR.
+SHIPPED_MULTI_SEGMENTER = Path(__file__).parents[1] / "weights" / "segment_flair_t1_t1c"
 
 
 @dataclass
@@ -204,11 +206,20 @@ class Segmenter:
         probability = self.probabilities([image])[0]
         return postprocess(probability, self.card.threshold, self.card.min_component_share)
 
-    def segment_volume(self, stack: AxialStack) -> VolumeMask:
+    def segment_volume(self, stack: AxialStack,
+                       companions: Sequence[AxialStack | None] = ()) -> VolumeMask:
         """A volume's axial stack -> its mask and measurements; slices outside the head
-        (``stack.inside``) are not segmented."""
+        (``stack.inside``) are not segmented. For a model with ``card.companions``, their
+        stacks in the card's order (``axial_stack(..., like=stack)``; None: the sequence is
+        missing and ``stack`` takes its place, as in training)."""
         indices = [int(k) for k in np.flatnonzero(stack.inside)]
-        pictures = [stack.picture(stack.windowed[:, :, k]) for k in indices]
+        if self.card.companions:
+            given = list(companions) + [None] * (len(self.card.companions) - len(companions))
+            layers = [stack, *(other or stack for other in given)]
+            pictures: list[Any] = [[layer.picture(layer.windowed[:, :, k]) for layer in layers]
+                                   for k in indices]
+        else:
+            pictures = [stack.picture(stack.windowed[:, :, k]) for k in indices]
         canonical = np.zeros(stack.canonical_shape, dtype=np.float32)
         box_x, box_y = stack.box
         for k, probability in zip(indices, self.probabilities(pictures), strict=True):
