@@ -89,7 +89,8 @@ def _text(path: Path | None) -> str | None:
     return str(path) if path is not None else None
 
 
-def _classifier_answer(summary: dict[str, Any]) -> dict[str, Any]:
+def classifier_answer(summary: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a scan summary (``scans.scan_summaries``) an outline rests on."""
     return {key: summary.get(key) for key in ("status", "label", "probability", "message")}
 
 
@@ -167,10 +168,11 @@ class Outliner:
     def _target(self, name: str, suffix: str) -> Path | None:
         return self.out / _mask_name(name, suffix, self._taken) if self.out else None
 
-    def outline_volume(self, volume: Volume, source: str, refusal: str | None = None
-                       ) -> SegmentationResult:
-        """One volume: ask the classifier (on the volume's axial stack), outline what it
-        calls a tumour, write the mask (an empty one, with the reason, otherwise)."""
+    def outline_volume(self, volume: Volume, source: str, refusal: str | None = None,
+                       answer: dict[str, Any] | None = None) -> SegmentationResult:
+        """One volume: ask the classifier (on the volume's axial stack) unless its
+        ``answer`` (``classifier_answer``) is known already, outline what it calls a tumour,
+        write the mask (an empty one, with the reason, otherwise)."""
         import nibabel as nib
 
         stack = axial_stack(volume)
@@ -178,16 +180,18 @@ class Outliner:
             companions = self._companion_stacks(volume, stack)
         except ValueError as error:
             return SegmentationResult(source, volume.name, ERROR, str(error))
-        reason, answer = None, None
+        reason = None
         if refusal:
             reason = f"not an MR series ({refusal})"
+        elif answer is not None:
+            reason = self.skip_reason(answer)
         elif self.predictor is not None:
             frames = [Frame(f"{volume.name}#{k}", stack.picture(stack.windowed[:, :, k]),
                             volume.series, None, int(k), volume.name, volume.note)
                       for k in np.flatnonzero(stack.inside)]
             summaries = scan_summaries(self.predictor.predict_items(frames), self.predictor.card)
             if summaries:
-                answer = _classifier_answer(summaries[0])
+                answer = classifier_answer(summaries[0])
                 reason = self.skip_reason(answer)
         target = self._target(volume.name, ".mask.nii.gz")
         if reason:

@@ -27,7 +27,8 @@ from mri_tumor.card import DISCLAIMER, ModelCard
 from mri_tumor.data.volume import dicom_series_volume
 from mri_tumor.inference.identity import ModelIdentity
 from mri_tumor.inference.outlining import OK as OUTLINED
-from mri_tumor.inference.outlining import Outliner
+from mri_tumor.inference.outlining import Outliner, classifier_answer
+from mri_tumor.inference.scans import scan_summaries
 from mri_tumor.inference.segmentation import Measurement, Segmenter
 from mri_tumor.pacs.results import MANUFACTURER, AnalysedImage, date_series, result_uid
 
@@ -80,6 +81,10 @@ def outline_series(outliner: Outliner, analysed: Sequence[AnalysedImage],
     """Outline every MR series of ``analysed`` that is of the segmenter's sequence; one
     ``SeriesOutline`` per single-frame series, in the order met."""
     sequence = outliner.segmenter.card.sequence
+    # The classifier's scan answers, as the report gives them: the gate of each outline.
+    answers = {summary["series"]: classifier_answer(summary) for summary in scan_summaries(
+        [item.result for item in analysed], outliner.predictor.card)} \
+        if outliner.predictor is not None else {}
     by_series: dict[str, list[AnalysedImage]] = {}
     for item in analysed:
         if item.frame is None and item.decoded is not None:
@@ -102,7 +107,8 @@ def outline_series(outliner: Outliner, analysed: Sequence[AnalysedImage],
                                           "not stack into one volume (three or more slices of "
                                           "one geometry)"))
             continue
-        result = outliner.outline_volume(volume, f"series {number}")
+        result = outliner.outline_volume(volume, f"series {number}",
+                                         answer=answers.get(members[0].result.series))
         outline = SeriesOutline(number, series_uid, result.message, result.measurement)
         if result.status == OUTLINED and result.volume_mask is not None:
             by_uid = {str(item.source.SOPInstanceUID): item.source for item in members}
