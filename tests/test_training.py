@@ -364,3 +364,43 @@ def test_calibrate_names_a_missing_split_or_missing_images(dataset: Path, tmp_pa
     assert main(["calibrate", str(model), str(dataset)]) == 2
     assert f"are not under {dataset}" in capsys.readouterr().err
     assert (model / "card.json").read_text() == before  # nothing rewritten
+
+
+def test_distillation_keeps_a_fine_tune_on_the_base_models_sources(dataset: Path,
+                                                                   tmp_path: Path) -> None:
+    from mri_tumor.data.preprocess import PreprocessSpec
+    from mri_tumor.training.config import TrainConfig
+    from mri_tumor.training.module import TumorClassifier
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(["train", str(dataset), "--out", str(first), *TINY]) == 0
+    assert main(["train", str(dataset), "--out", str(second), "--from-model", str(first),
+                 "--distill", "1", *TINY]) == 0
+    record = ModelCard.load(second).training
+    assert (record.distill, record.distill_temperature) == (1.0, 2.0)
+    epochs = json.loads((second / "history.json").read_text())["epochs"]
+    assert epochs[0]["train_distill"] >= 0  # logged: the one folder is the base's source
+
+    card = ModelCard.load(first)
+    config = TrainConfig(data_dirs=[dataset], from_model=first, distill=1.0)
+    module = TumorClassifier(config, PreprocessSpec(96, card.mean, card.std, 3, card.intensity),
+                             card.class_names)
+    module.train()
+    assert not module.teacher.training  # its batch-norm statistics never move
+    assert not any(p.requires_grad for p in module.teacher.parameters())
+    inputs = torch.randn(4, 3, 96, 96)
+    known = torch.tensor([True, True, False, False])
+    module.eval()
+    same = module.distillation_loss(module(inputs)[0], inputs, known)
+    assert float(same) == pytest.approx(0.0, abs=1e-5)  # the network still is the base model
+    shifted = module.distillation_loss(module(inputs)[0] + torch.tensor([3.0, 0, 0, 0]),
+                                       inputs, known)
+    assert float(shifted) > 0.1
+    assert float(module.distillation_loss(module(inputs)[0] + 3.0, inputs,
+                                          torch.zeros(4, dtype=torch.bool))) == 0.0
+
+
+def test_distillation_needs_a_base_model(dataset: Path, tmp_path: Path, capsys) -> None:
+    assert main(["train", str(dataset), "--out", str(tmp_path / "run"), "--distill", "1",
+                 *TINY]) == 2
+    assert "--distill" in capsys.readouterr().err and not (tmp_path / "run").exists()

@@ -71,6 +71,10 @@ class TrainingRecord:
     pretrained: bool | None = None
     init_weights: str | None = None
     from_model: str | None = None
+    # Weight and temperature of the distillation to ``from_model`` on its own sources
+    # (``train --distill``); None: not distilled.
+    distill: float | None = None
+    distill_temperature: float | None = None
     weights_dtype: str | None = None  # "float16" or "float32"
     image_size: int | None = None  # the size it was trained at, when served at another
     refuse_dirs: list[str] | None = None  # folders of non-MRI examples the guard refuses

@@ -71,6 +71,12 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ema-decay", type=float, default=TRAIN.ema_decay,
                    help="validate and export an exponential moving average of the weights "
                         "with this decay per step (e.g. 0.998; 0: off)")
+    p.add_argument("--distill", type=float, default=TRAIN.distill,
+                   help="with --from-model: weight of a term that keeps the network's "
+                        "predictions on that model's own sources close to that model's "
+                        "(learning without forgetting; 0: off, 1: as much as the labels)")
+    p.add_argument("--distill-temperature", type=float, default=TRAIN.distill_temperature,
+                   help="temperature that softens both predictions in the --distill term")
     p.add_argument("--labels", choices=("classes", "types"), default=TRAIN.label_scheme,
                    help="classes: glioma, meningioma, no tumour, pituitary (folders of either "
                         "layout); types: the tumour type of each '<Type> <Sequence>' folder, "
@@ -117,6 +123,11 @@ def run_train(args: argparse.Namespace) -> int:
                          "--max-minutes must be positive")
     if not 0 <= args.augment_probability <= 1:
         raise UsageError("--augment-probability must be between 0 and 1")
+    if args.distill < 0 or args.distill_temperature <= 0:
+        raise UsageError("--distill must not be negative and --distill-temperature must be "
+                         "positive")
+    if args.distill > 0 and args.from_model is None:
+        raise UsageError("--distill keeps what a base model knew: it needs --from-model")
     if not 0 <= args.ema_decay < 1:
         raise UsageError("--ema-decay must be at least 0 and below 1 (e.g. 0.998)")
     if min(args.gamma, args.bias_field, args.noise, args.resolution, args.source_balance) < 0:
@@ -176,7 +187,8 @@ def train_config(args: argparse.Namespace, out: Path, intensity: str) -> TrainCo
         early_stop_patience=args.early_stop_patience, max_minutes=args.max_minutes,
         max_train_batches=int(max_batches) if max_batches > 1 else max_batches,
         half_precision_weights=not args.fp32_weights, label_scheme=args.labels,
-        ema_decay=args.ema_decay,
+        ema_decay=args.ema_decay, distill=args.distill,
+        distill_temperature=args.distill_temperature,
     )
 
 

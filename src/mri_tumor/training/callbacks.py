@@ -86,7 +86,7 @@ class History(Callback):
     metrics only then, after that epoch's validation has run.
     """
 
-    TRAIN_KEYS = ("train_loss_epoch", "train_acc")
+    TRAIN_KEYS = ("train_loss_epoch", "train_acc", "train_distill")
     VAL_KEYS = ("val_loss", "val_acc", "val_macro_f1", "val_sequence_acc")
 
     def __init__(self) -> None:

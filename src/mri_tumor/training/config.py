@@ -82,6 +82,12 @@ class TrainConfig:
     # Decay of an exponential moving average of the weights (0: none). With it, validation,
     # the chosen epoch and the exported weights are the average's (``AveragedWeights``).
     ema_decay: float = 0.0
+    # Weight of a distillation term (learning without forgetting, Li & Hoiem 2016): on the
+    # images of the sources the ``from_model`` was trained on, the KL divergence of the
+    # network's predictions from that model's, both softened by ``distill_temperature``.
+    # It keeps what the base model knew of its sources while new sources are learnt (0: off).
+    distill: float = 0.0
+    distill_temperature: float = 2.0
     max_train_batches: int | float = 1.0  # for smoke tests: a few steps, not a full epoch
     max_minutes: float | None = None  # stop after this wall time (then export as usual)
     # Folders of images that are not brain MRI (head CT, say): the guard learns to refuse

@@ -119,8 +119,20 @@ def train(config: TrainConfig) -> Path | None:
     repeats = source_repeats(train_rows, config.source_balance)
     epoch_indices = torch.tensor([i for i, row in enumerate(train_rows)
                                   for _ in range(repeats[row.source])])
+    # Images of the sources the base model was trained on: the distillation's (all False
+    # without --distill).
+    known_sources = ({source["name"] for source in base.training.sources}
+                     if base is not None and config.distill > 0 else set())
+    # A run on one folder records its rows' source as "", the card names the folder.
+    names = [row.source or source_name(config.data_dirs[0]) for row in train_rows]
+    if config.distill > 0 and not known_sources & set(names):
+        raise ValueError(f"distillation: none of the training sources is one that "
+                         f"{config.from_model} was trained on "
+                         f"({', '.join(sorted(known_sources)) or 'none recorded'})")
+    known = torch.tensor([name in known_sources for name in names])
     train_loader = DataLoader(TensorDataset(train_pixels[epoch_indices],
-                                            train_labels[epoch_indices]),
+                                            train_labels[epoch_indices],
+                                            known[epoch_indices]),
                               batch_size=config.batch_size, shuffle=True, drop_last=False)
     val_loader = DataLoader(TensorDataset(val_pixels, val_labels), batch_size=64)
 
@@ -204,6 +216,8 @@ def train(config: TrainConfig) -> Path | None:
                            if config.pretrained is None else config.pretrained),
             init_weights=str(config.init_weights) if config.init_weights else None,
             from_model=str(config.from_model) if config.from_model else None,
+            distill=config.distill or None,
+            distill_temperature=config.distill_temperature if config.distill else None,
         ),
     )
     if config.refuse_dirs:
