@@ -154,3 +154,83 @@ def test_a_series_is_read_as_one_stack_as_predict_reads_it(predictor, tmp_path: 
     [from_cli] = scan_summaries(by_cli, card)
     assert (from_pacs["label"], from_pacs["probability"]) == (from_cli["label"],
                                                               from_cli["probability"])
+
+
+def sagittal_series_files(volume: np.ndarray, number: int, description: str,
+                          every: int = 4) -> list[bytes]:
+    """A sagittal MR series cut from an axial stack ``volume`` (slices, rows, columns; 6 mm
+    apart, rows anterior to posterior, columns right to left): every ``every``-th column
+    becomes an image whose rows run superior to inferior and whose columns run anterior to
+    posterior (ImageOrientationPatient 0\\1\\0\\0\\0\\-1)."""
+    slices, rows, columns = volume.shape
+    axial, next_axial = _plane(rows, columns, 0), _plane(rows, columns, 1)
+    spacing = float(axial["PixelSpacing"][0])  # type: ignore[index]
+    x0, y0 = (float(v) for v in axial["ImagePositionPatient"][:2])  # type: ignore[index]
+    step = float(next_axial["SliceLocation"]) - float(axial["SliceLocation"])  # type: ignore[arg-type]
+    series, series_uid, study_uid = {**STUDY, **_series(number, description, "MR")}, \
+        generate_uid(), generate_uid()
+    files = []
+    for n, column in enumerate(range(0, columns, every), start=1):
+        image = volume[::-1, :, column]  # superior first, anterior first
+        plane = {"PixelSpacing": [step, spacing], "ImageOrientationPatient": [0, 1, 0, 0, 0, -1],
+                 "ImagePositionPatient": [x0 + column * spacing, y0, (slices - 1) * step],
+                 "SliceThickness": spacing * every}
+        files.append(dicom_bytes(image, bits=16, window=(128.0, 256.0), series_uid=series_uid,
+                                 instance=n, study_uid=study_uid,
+                                 attributes={**series, **plane}))
+    return files
+
+
+def test_a_sagittal_series_is_read_on_axial_slices_as_predict_reads_it(predictor,
+                                                                       tmp_path: Path) -> None:
+    """A series acquired in another plane is answered, as ``predict`` answers it, on the
+    axial slices reformatted from it; the report refers the series' answer to all its
+    instances and gives no reformatted slice a group or an overlay of its own."""
+    from mri_tumor.inference.scans import scan_summaries
+    from mri_tumor.pacs.study import Outlining, results_for
+
+    volume = np.stack([grey(p) for p in sorted(FLAIR.glob("*_FLAIR.jpg"))])
+    files = sagittal_series_files(volume, 5, "FLAIR sagittal")
+    paths = []
+    for n, data in enumerate(files):
+        paths.append(tmp_path / f"{n:02d}.dcm")
+        paths[-1].write_bytes(data)
+    by_cli = predictor.predict(paths)
+    datasets = [pydicom.dcmread(io.BytesIO(data)) for data in files]
+    analysed, objects, outlines = results_for(predictor, datasets[::-1], "1.2.3",
+                                              outlining=Outlining.load())
+    assert len(analysed) == len(by_cli) == len(volume)  # the axial slices, not 64 sagittal
+    assert all(len(a.cut_from) == len(files) and "reformatted" in a.where for a in analysed)
+    assert ({a.result.slice_index: (a.result.label, a.result.confidence) for a in analysed}
+            == {r.slice_index: (r.label, r.confidence) for r in by_cli})
+    card = predictor.card
+    [from_pacs], [from_cli] = (scan_summaries([a.result for a in analysed], card),
+                               scan_summaries(by_cli, card))
+    assert (from_pacs["label"], from_pacs["probability"]) == (from_cli["label"],
+                                                              from_cli["probability"])
+    report, *others = objects
+    overlays = [o for o in others if o.Modality != "SEG"]
+    assert overlays == []  # no reformatted slice is one source image's
+    referenced = {element.value for item in report.ContentSequence
+                  for element in item.iterall()
+                  if element.keyword == "ReferencedSOPInstanceUID"}
+    assert referenced >= {ds.SOPInstanceUID for ds in datasets}
+    groups = [item for item in _walk(report.ContentSequence)
+              if item.get("ConceptNameCodeSequence")
+              and item.ConceptNameCodeSequence[0].CodeMeaning == "Tracking Identifier"]
+    assert [g.TextValue for g in groups if "summary" in g.TextValue] == ["series 5 summary"]
+    assert not [g for g in groups if "image" in g.TextValue]  # no per-instance groups
+    # The outline is still drawn on the sagittal instances themselves, and measures what the
+    # same slices measure as an axial series.
+    [outline] = outlines
+    assert outline.segmentation is not None and outline.measurement is not None
+    frames = outline.segmentation.PerFrameFunctionalGroupsSequence
+    sources = {f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+               for f in frames}
+    assert sources <= {ds.SOPInstanceUID for ds in datasets}
+    axial = [pydicom.dcmread(io.BytesIO(data)) for data in series_files(
+        list(volume), 6, "FLAIR axial", generate_uid())]
+    [axial_outline] = results_for(predictor, axial, "1.2.4", outlining=Outlining.load())[2]
+    assert axial_outline.measurement is not None
+    assert outline.measurement.volume_ml == pytest.approx(axial_outline.measurement.volume_ml,
+                                                          rel=0.2)

@@ -419,13 +419,25 @@ def test_a_model_with_companions_reads_each_sequence_as_a_channel(
     (line,) = [json.loads(x)["segmentation"] for x in stdout.splitlines()]
     assert line["status"] in ("ok", "empty") and "read with T1" in line["message"]
     assert nib.load(line["mask"]).shape == phantom().shape
-    # A T1 on another grid is an error of that input; a sequence the model does not read,
-    # or --with beside several inputs, a usage error.
-    other = save_nifti(phantom()[:, :, :-1].copy(), affine, tmp_path / "t1-other.nii.gz")
+    # A T1 on another grid of the same head is resampled onto the FLAIR's; one placed
+    # elsewhere is an error of that input; a sequence the model does not read, or --with
+    # beside several inputs, a usage error.
+    upper = affine.copy()
+    upper[2, 3] += 2 * 4.0  # the same head without its two lowest slices: another grid
+    other = save_nifti(phantom()[:, :, 2:].copy(), upper, tmp_path / "t1-other.nii.gz")
     status, stdout, _ = run_cli("segment", str(flair), "--with", f"T1={other}", "--out",
                                 str(tmp_path / "m"), "--json", "--segmenter", str(out),
                                 "--no-classifier")
-    assert status == 1 and "not on the voxel grid" in stdout
+    (line,) = [json.loads(x)["segmentation"] for x in stdout.splitlines()]
+    assert status == 0 and "T1 resampled onto its grid" in line["message"]
+    assert nib.load(line["mask"]).shape == phantom().shape
+    elsewhere = affine.copy()
+    elsewhere[0, 3] += 500.0  # half a metre to the side: not this head
+    away = save_nifti(phantom(), elsewhere, tmp_path / "t1-away.nii")
+    status, stdout, _ = run_cli("segment", str(flair), "--with", f"T1={away}", "--out",
+                                str(tmp_path / "m"), "--json", "--segmenter", str(out),
+                                "--no-classifier")
+    assert status == 1 and "covers 0% of the head" in stdout
     status, _, stderr = run_cli("segment", str(flair), "--with", f"T2={t1}", "--out",
                                 str(tmp_path / "m"), "--segmenter", str(out))
     assert status == 2 and "no use for T2" in stderr
@@ -441,3 +453,27 @@ def test_the_shipped_three_sequence_model_reads_t1_and_t1c() -> None:
     assert segmenter.sequences == ["FLAIR", "T1", "T1C+"]
     held_out = segmenter.card.metrics["held_out"]
     assert held_out["patients"] == 13 and held_out["mean_dice"] >= 0.8
+
+
+def test_a_volume_is_resampled_onto_another_grid_by_its_coordinates() -> None:
+    from mri_tumor.data.volume import MIN_COVERAGE, Volume, on_same_grid, resample_onto
+
+    def ramp(shape, affine):  # a linear function of the RAS+ position: trilinear is exact
+        ijk = np.stack(np.meshgrid(*(np.arange(n) for n in shape), indexing="ij"), -1)
+        xyz = ijk @ affine[:3, :3].T + affine[:3, 3]
+        return (100 + 2 * xyz[..., 0] - xyz[..., 1] + 3 * xyz[..., 2]).astype(np.float32)
+
+    target_affine = np.diag([1.0, 1.0, 5.0, 1.0])
+    target = Volume(ramp((40, 40, 10), target_affine) + 200, target_affine, "flair", "f")
+    # Finer, shifted, larger: covers the target's grid with room to spare.
+    source_affine = np.diag([0.5, 0.5, 2.0, 1.0])
+    source_affine[:3, 3] = [-4.0, -4.0, -6.0]
+    source = Volume(ramp((100, 100, 35), source_affine) + 200, source_affine, "t1", "t")
+    assert not on_same_grid(source, target)
+    moved = resample_onto(source, target)
+    assert on_same_grid(moved, target) and moved.name == "t1"
+    assert np.allclose(moved.data, target.data, atol=1e-3)
+    half = Volume(source.data[:, :, :8], source_affine, "t1-part", "t")  # 8 of 35 slices
+    with pytest.raises(ValueError, match="covers"):
+        resample_onto(half, target)
+    assert MIN_COVERAGE > 0.5

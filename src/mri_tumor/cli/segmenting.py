@@ -41,10 +41,11 @@ def add_segment(sub: argparse._SubParsersAction) -> None:
                    help="outline every input, whatever the classifier would answer")
     p.add_argument("--with", dest="companions", action="append", default=[],
                    metavar="SEQUENCE=NIFTI",
-                   help="a co-registered volume of another sequence on the FLAIR's voxel "
-                        "grid (T1=t1.nii.gz, T1C+=t1c.nii.gz; repeat): the one input is then "
-                        "the FLAIR volume, outlined by the shipped FLAIR + T1 + T1C+ model "
-                        "(or --segmenter); a sequence not given is replaced by FLAIR")
+                   help="a volume of another sequence of the same session (T1=t1.nii.gz, "
+                        "T1C+=t1c.nii.gz; repeat), resampled onto the FLAIR's voxel grid by "
+                        "the files' coordinates when on another: the one input is then the "
+                        "FLAIR volume, outlined by the shipped FLAIR + T1 + T1C+ model (or "
+                        "--segmenter); a sequence not given is replaced by FLAIR")
     _add_segmenter(p)
     add_model(p)
     add_backend(p)

@@ -199,6 +199,41 @@ class AxialStack:
         return np.asarray(nib.orientations.apply_orientation(canonical, back))
 
 
+# A companion sequence must cover at least this share of the target's head to be resampled
+# onto it; less means another field of view or frame of reference, not the same head.
+MIN_COVERAGE = 0.8
+
+
+def on_same_grid(volume: Volume, target: Volume) -> bool:
+    """True when ``volume`` has ``target``'s voxel grid (shape and affine)."""
+    return (volume.data.shape[:3] == target.data.shape[:3]
+            and bool(np.allclose(volume.affine, target.affine, atol=1e-3)))
+
+
+def resample_onto(volume: Volume, target: Volume) -> Volume:
+    """``volume`` resampled (trilinear) onto ``target``'s voxel grid through both affines,
+    i.e. by scanner coordinates: right for the series of one session in one frame of
+    reference, which is what co-registered means here (no registration is done). Raises
+    ValueError when ``volume`` covers less than ``MIN_COVERAGE`` of ``target``'s head."""
+    import nibabel as nib
+    from nibabel.processing import resample_from_to
+
+    grid = (target.data.shape[:3], target.affine)
+    moved = resample_from_to(nib.Nifti1Image(np.asarray(volume.data, np.float32),
+                                             volume.affine), grid, order=1, cval=0.0)
+    inside = resample_from_to(nib.Nifti1Image(np.ones(volume.data.shape[:3], np.float32),
+                                              volume.affine), grid, order=0, cval=0.0)
+    head = np.asarray(target.data) > 0
+    coverage = float(np.asarray(inside.dataobj)[head].mean()) if head.any() else 0.0
+    if coverage < MIN_COVERAGE:
+        raise ValueError(f"{volume.name}: covers {coverage:.0%} of the head in "
+                         f"{target.name} once placed by the two files' coordinates; they "
+                         "are not of one position of one head (another session, or another "
+                         "frame of reference)")
+    return Volume(np.asarray(moved.dataobj, np.float32), target.affine.copy(), volume.name,
+                  volume.series, note=volume.note)
+
+
 def axial_stack(volume: Volume, like: AxialStack | None = None) -> AxialStack:
     """The volume reoriented to RAS+, windowed once (``window_volume``) and cropped to the
     head's box, with the geometry of its axial display images. With ``like`` (the stack of a

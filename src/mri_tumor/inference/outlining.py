@@ -25,7 +25,9 @@ from mri_tumor.data.volume import (
     axial_stack,
     is_nifti_name,
     looks_like_nifti_bytes,
+    on_same_grid,
     read_nifti,
+    resample_onto,
 )
 from mri_tumor.inference.results import format_probability
 from mri_tumor.inference.scans import scan_summaries
@@ -101,12 +103,14 @@ class Outliner:
     def __init__(self, segmenter: Segmenter, predictor: Any | None, out: Path | None,
                  companions: dict[str, Volume] | None = None) -> None:
         """``companions``: for a model that reads further sequences (``card.companions``),
-        their volumes by sequence name, on the grid of the (one) volume outlined."""
+        their volumes by sequence name, of the same session as the (one) volume outlined
+        (resampled onto its grid when on another)."""
         self.segmenter = segmenter
         self.predictor = predictor
         self.out = Path(out) if out is not None else None  # None: masks kept in memory only
         self._taken: set[str] = set()
         self.companions = dict(companions or {})
+        self.resampled: list[str] = []  # the companions of the last volume moved onto its grid
         wanted = segmenter.card.companions
         if not self.companions:
             segmenter.check_single_sequence()
@@ -209,16 +213,15 @@ class Outliner:
 
     def _companion_stacks(self, volume: Volume, stack: Any) -> list[Any]:
         """The companions' axial stacks in the card's order (None where not given), cut
-        like ``stack``; ValueError when one is not on the volume's voxel grid."""
+        like ``stack``; one on another voxel grid is first resampled onto the volume's
+        (``resample_onto``: ValueError when it does not cover the same head)."""
         stacks = []
+        self.resampled = []
         for sequence in self.segmenter.card.companions:
             other = self.companions.get(sequence)
-            if other is not None and (other.data.shape[:3] != volume.data.shape[:3]
-                                      or not np.allclose(other.affine, volume.affine,
-                                                         atol=1e-3)):
-                raise ValueError(f"{other.name}: the {sequence} volume is not on the voxel "
-                                 f"grid of {volume.name} (shape or affine differ); resample "
-                                 "it onto the FLAIR first")
+            if other is not None and not on_same_grid(other, volume):
+                other = resample_onto(other, volume)
+                self.resampled.append(sequence)
             stacks.append(axial_stack(other, like=stack) if other is not None else None)
         return stacks
 
@@ -277,7 +280,9 @@ class Outliner:
                         f"{', '.join(card.classes_seen)} only: an outline of a "
                         f"{answer['label']} is less reliable")
         if self.companions:
-            message += f" (read with {', '.join(sorted(self.companions))})"
+            moved = (f"; {', '.join(self.resampled)} resampled onto its grid"
+                     if self.resampled else "")
+            message += f" (read with {', '.join(sorted(self.companions))}{moved})"
         status = OK if measurement.voxels else EMPTY
         return SegmentationResult(source, name, status, message, target, measurement, answer,
                                   **drawn)

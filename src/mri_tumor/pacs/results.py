@@ -67,10 +67,27 @@ class AnalysedImage:
     result: Prediction
     image: Image.Image | None = None  # the decoded grey frame (None when unreadable)
     decoded: Frame | None = None  # with the raw values and geometry, for stacking a series
+    # An axial slice reformatted from a series acquired in another plane (a sagittal 3-D T1)
+    # is cut across all of that series' instances: they are here (with their decoded frames,
+    # not classified one by one), and ``source`` is the first of them. Empty otherwise.
+    cut_from: tuple[AnalysedImage, ...] = ()
 
     @property
     def series_number(self) -> str:
         return str(self.source.get("SeriesNumber", "") or "?")
+
+    @property
+    def where(self) -> str:
+        """How the image is named in messages (no UID, nothing from the patient module)."""
+        if self.cut_from:
+            return (f"series {self.series_number} axial slice {self.result.slice_index} "
+                    "(reformatted)")
+        return instance_label(self.source, self.frame)
+
+    @property
+    def instances(self) -> tuple[AnalysedImage, ...]:
+        """The retrieved images this result was read from: itself, or those it was cut from."""
+        return self.cut_from or (self,)
 
 
 def instance_label(dataset: Dataset, frame: int | None = None) -> str:
@@ -142,8 +159,9 @@ def _stacked(analysed: list[AnalysedImage], items: list[Prediction | Frame]
              ) -> tuple[list[AnalysedImage], list[Prediction | Frame]]:
     """The decoded instances with each series stacked as ``predict`` stacks it: a slice of
     the stack is the windowed axial image of its instance. A series acquired in another plane
-    (its axial slices cut across instances) keeps its instances as decoded, so that each
-    result still refers to one source image; slices outside the head are left out."""
+    is read, as ``predict`` reads it, on the axial slices reformatted from it; each of them
+    keeps the instances it was cut from (``cut_from``). Slices outside the head are left
+    out."""
     place = {id(item): k for k, item in enumerate(items)}
     by_name = {a.decoded.name: a for a in analysed if a.decoded is not None}
     stacked = assemble_scans(items)
@@ -151,18 +169,20 @@ def _stacked(analysed: list[AnalysedImage], items: list[Prediction | Frame]
                    and f.name not in by_name}
     out: list[AnalysedImage] = []
     out_items: list[Prediction | Frame] = []
-    kept: set[str | None] = set()
+    members: dict[str | None, tuple[AnalysedImage, ...]] = {}
     for item in stacked:
         if id(item) in place:  # not part of a stack: as decoded
             out.append(analysed[place[id(item)]])
             out_items.append(item)
         elif isinstance(item, Frame) and item.series in reformatted:
-            if item.series not in kept:
-                kept.add(item.series)
-                for k, original in enumerate(items):
-                    if isinstance(original, Frame) and original.series == item.series:
-                        out.append(analysed[k])
-                        out_items.append(original)
+            if item.series not in members:
+                members[item.series] = tuple(
+                    analysed[k] for k, original in enumerate(items)
+                    if isinstance(original, Frame) and original.series == item.series)
+            cut_from = members[item.series]
+            out.append(AnalysedImage(cut_from[0].source, None, Prediction(item.name, OK),
+                                     item.image, None, cut_from))
+            out_items.append(item)
         elif isinstance(item, Frame):
             source = by_name[item.name]
             out.append(AnalysedImage(source.source, source.frame, Prediction(item.name, OK),
@@ -264,6 +284,8 @@ def build_report(analysed: Sequence[AnalysedImage], predictor: Predictor,
                     f"temperature {card.temperature:g}"])
     groups = []
     for item in analysed:
+        if item.cut_from:  # no one source image: the series' group below carries it
+            continue
         source = hd.sr.SourceImageForMeasurementGroup(
             item.source.SOPClassUID, item.source.SOPInstanceUID,
             [item.frame] if item.frame else None)
@@ -306,8 +328,9 @@ def build_report(analysed: Sequence[AnalysedImage], predictor: Predictor,
     for summary in scan_summaries([a.result for a in analysed], card):
         if summary["status"] != OK or summary["series"] not in by_key:
             continue
-        members = [a for a in analysed if a.result.series == summary["series"]
-                   and a.result.status == OK]
+        members = list({id(image): image for a in analysed
+                        if a.result.series == summary["series"] and a.result.status == OK
+                        for image in a.instances}.values())
         first = by_key[summary["series"]]
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(
@@ -339,7 +362,8 @@ def build_report(analysed: Sequence[AnalysedImage], predictor: Predictor,
         relationship_type="CONTAINS")])
     content[0].ContentSequence.append(disclaimer)
 
-    evidence = _unique_instances([*(item.source for item in analysed), *segmentations])
+    evidence = _unique_instances([*(image.source for item in analysed
+                                    for image in item.instances), *segmentations])
     now = datetime.now()
     report = hd.sr.ComprehensiveSR(
         evidence=evidence, content=content[0],
@@ -376,14 +400,17 @@ def _unique_instances(datasets) -> list[Dataset]:
 # -- the Secondary Capture overlays -----------------------------------------------------------
 def build_overlays(analysed: Sequence[AnalysedImage], predictor: Predictor,
                    model: ModelIdentity, scope: str) -> list[Dataset]:
-    """One Secondary Capture image per classified image: its Grad-CAM overlay, derived from
-    the source image and labelled as not for diagnosis."""
+    """One Secondary Capture image per classified image of a source instance: its Grad-CAM
+    overlay, derived from the source image and labelled as not for diagnosis (an axial slice
+    reformatted from another plane gets none)."""
     import highdicom as hd
 
     series_uid = result_uid("overlay-series", scope, model)
     now = datetime.now()
     overlays: list[Dataset] = []
-    for number, item in enumerate((a for a in analysed if a.result.status == OK), start=1):
+    # A reformatted slice is no one source image's: it gets no overlay derived from one.
+    for number, item in enumerate((a for a in analysed
+                                   if a.result.status == OK and not a.cut_from), start=1):
         source = item.source
         orientation = _orientation_letters(source)
         capture = hd.sc.SCImage.from_ref_dataset(

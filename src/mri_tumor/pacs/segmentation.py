@@ -86,9 +86,11 @@ def outline_series(outliner: Outliner, analysed: Sequence[AnalysedImage],
         [item.result for item in analysed], outliner.predictor.card)} \
         if outliner.predictor is not None else {}
     by_series: dict[str, list[AnalysedImage]] = {}
-    for item in analysed:
-        if item.frame is None and item.decoded is not None:
-            by_series.setdefault(str(item.source.SeriesInstanceUID), []).append(item)
+    seen: set[int] = set()
+    for image in (image for item in analysed for image in item.instances):
+        if image.frame is None and image.decoded is not None and id(image) not in seen:
+            seen.add(id(image))
+            by_series.setdefault(str(image.source.SeriesInstanceUID), []).append(image)
     outlines = []
     for series_uid, members in by_series.items():
         first = members[0].source
@@ -107,8 +109,8 @@ def outline_series(outliner: Outliner, analysed: Sequence[AnalysedImage],
                                           "not stack into one volume (three or more slices of "
                                           "one geometry)"))
             continue
-        result = outliner.outline_volume(volume, f"series {number}",
-                                         answer=answers.get(members[0].result.series))
+        key = members[0].decoded.series if members[0].decoded is not None else None
+        result = outliner.outline_volume(volume, f"series {number}", answer=answers.get(key))
         outline = SeriesOutline(number, series_uid, result.message, result.measurement)
         if result.status == OUTLINED and result.volume_mask is not None:
             by_uid = {str(item.source.SOPInstanceUID): item.source for item in members}

@@ -32,7 +32,6 @@ from mri_tumor.pacs.results import (
     analyse,
     build_overlays,
     build_report,
-    instance_label,
     report_series_uid,
 )
 from mri_tumor.pacs.segmentation import (
@@ -162,7 +161,7 @@ def describe(outcome: StudyOutcome, predictor: Predictor, every_image: bool = Fa
     card = predictor.card
     if every_image:
         for item in outcome.analysed:
-            where = instance_label(item.source, item.frame)
+            where = item.where
             if item.result.status == OK and item.result.label is not None:
                 lines.append(f"{head}: {where}: {card.display_name(item.result.label)} "
                              f"({format_probability(item.result.confidence)})")
