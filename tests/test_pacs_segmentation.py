@@ -19,17 +19,18 @@ from tests.dicom_factory import STUDY_IDENTIFIERS, _plane, _series, dicom_bytes
 from tests.test_pacs import SECRETS, dciodvfy_errors, instance_files, run_cli, series_by_modality
 
 from mri_tumor.cli import main
-from mri_tumor.pacs.segmentation import names_sequence
+from mri_tumor.pacs.segmentation import header_sequence, names_sequence
 
 FLAIR = Path(__file__).parent / "fixtures" / "flair"
 STUDY = {"StudyDate": "20240315", "StudyTime": "101500", "StudyID": "1",
          "StudyDescription": "MRI BRAIN", "PatientSex": "F", **STUDY_IDENTIFIERS}
 
 
-def series_files(images: list[np.ndarray], number: int, description: str, study_uid: str
-                 ) -> list[bytes]:
+def series_files(images: list[np.ndarray], number: int, description: str, study_uid: str,
+                 **attributes: object) -> list[bytes]:
     """One axial MR series of ``images`` (8-bit grey), 6 mm apart, as Part 10 files."""
-    series, series_uid = {**STUDY, **_series(number, description, "MR")}, generate_uid()
+    series = {**STUDY, **_series(number, description, "MR"), **attributes}
+    series_uid = generate_uid()
     return [dicom_bytes(pixels, bits=16, window=(128.0, 256.0), series_uid=series_uid,
                         instance=n, study_uid=study_uid,
                         attributes={**series, **_plane(*pixels.shape, n - 1)})
@@ -54,6 +55,15 @@ def test_the_header_decides_which_series_is_flair() -> None:
     assert not names_sequence(header(SeriesDescription="STIR", InversionTime=150.0), "FLAIR")
     assert not names_sequence(header(SeriesDescription="T1 axial"), "FLAIR")
     assert not names_sequence(header(), "FLAIR")
+    assert header_sequence(header(SeriesDescription="Ax T2 FLAIR")) == "FLAIR"
+    assert header_sequence(header(SeriesDescription="AX T1 SE")) == "T1"
+    assert header_sequence(header(SeriesDescription="T1 post")) == "T1C+"
+    assert header_sequence(header(SeriesDescription="Ax T1+C")) == "T1C+"
+    assert header_sequence(header(SeriesDescription="t1_mprage_gd")) == "T1C+"
+    assert header_sequence(header(SeriesDescription="AX T1", ContrastBolusAgent="Gadovist")) \
+        == "T1C+"
+    assert header_sequence(header(SeriesDescription="Ax T2 TSE")) is None
+    assert header_sequence(header(SeriesDescription="T1 cerebellum")) == "T1"  # "ce" in a word
 
 
 def test_pacs_run_segment_stores_a_valid_segmentation_and_the_volume(
@@ -234,3 +244,40 @@ def test_a_sagittal_series_is_read_on_axial_slices_as_predict_reads_it(predictor
     assert axial_outline.measurement is not None
     assert outline.measurement.volume_ml == pytest.approx(axial_outline.measurement.volume_ml,
                                                           rel=0.2)
+
+
+def test_a_flair_series_is_read_with_the_studys_t1_series_of_its_frame_of_reference(
+        predictor) -> None:
+    """With T1 and T1C+ series in the FLAIR's frame of reference (here on another grid: every
+    other slice), the FLAIR + T1 + T1C+ model outlines the FLAIR, the others resampled onto
+    its grid; in another frame of reference they are not used."""
+    from mri_tumor.pacs.study import Outlining, results_for
+
+    images = [grey(p) for p in sorted(FLAIR.glob("*_FLAIR.jpg"))]
+    study_uid, frame = generate_uid(), generate_uid()
+    flair = series_files(images, 4, "FLAIR axial", study_uid, FrameOfReferenceUID=frame)
+    t1 = series_files(images[::2], 5, "T1 axial", study_uid, FrameOfReferenceUID=frame)
+    t1c = series_files(images[::2], 6, "T1 axial post Gd", study_uid,
+                       FrameOfReferenceUID=generate_uid())
+    for n, data in enumerate(t1):  # 12 mm apart: another grid than the FLAIR's
+        dataset = pydicom.dcmread(io.BytesIO(data))
+        dataset.ImagePositionPatient = [*dataset.ImagePositionPatient[:2], 2 * n * 6.0]
+        dataset.SliceLocation = 2 * n * 6.0
+        buffer = io.BytesIO()
+        dataset.save_as(buffer)
+        t1[n] = buffer.getvalue()
+    datasets = [pydicom.dcmread(io.BytesIO(data)) for data in [*flair, *t1, *t1c]]
+    outlining = Outlining.load()
+    _, objects, outlines = results_for(predictor, datasets, study_uid, outlining=outlining)
+    [outline] = [o for o in outlines if o.series_number == "4"]
+    assert outline.model is not None and outline.model.name == "segment_flair_t1_t1c"
+    assert "(read with T1; T1 resampled onto its grid)" in outline.message  # not the T1C+
+    [segmentation] = [o for o in objects if o.Modality == "SEG"]
+    assert segmentation is outline.segmentation
+    assert "mri-tumor segment_flair_t1_t1c" in str(segmentation.SegmentSequence[0])
+    by_itself = results_for(predictor, [pydicom.dcmread(io.BytesIO(d)) for d in flair],
+                            study_uid, outlining=outlining)[2][0]
+    assert by_itself.model is not None and by_itself.model.name == "segment"
+    assert "read with" not in by_itself.message
+    assert [o.message.startswith("not outlined") for o in outlines
+            if o.series_number in ("5", "6")] == [True, True]

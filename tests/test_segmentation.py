@@ -477,3 +477,34 @@ def test_a_volume_is_resampled_onto_another_grid_by_its_coordinates() -> None:
     with pytest.raises(ValueError, match="covers"):
         resample_onto(half, target)
     assert MIN_COVERAGE > 0.5
+
+
+def test_the_api_reads_t1_and_t1c_beside_a_flair_volume(predictor, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from mri_tumor.api import Settings, create_app
+
+    affine = np.diag([0.9, 0.9, 4.0, 1.0])
+    flair = save_nifti(phantom(), affine, tmp_path / "flair.nii.gz").read_bytes()
+    upper = affine.copy()
+    upper[2, 3] += 8.0  # another grid of the same head
+    t1 = save_nifti(phantom()[:, :, 2:].copy(), upper, tmp_path / "t1.nii.gz").read_bytes()
+    nifti = "application/octet-stream"
+    with TestClient(create_app(Settings(), predictor=predictor)) as client:
+        reply = client.post("/v1/segment?outline_all=true", files=[
+            ("files", ("flair.nii.gz", flair, nifti)), ("t1", ("t1.nii.gz", t1, nifti))])
+        assert reply.status_code == 200, reply.text
+        (result,) = reply.json()["segmentations"]
+        assert "(read with T1; T1 resampled onto its grid)" in result["message"]
+        alone = client.post("/v1/segment?outline_all=true",
+                            files=[("files", ("flair.nii.gz", flair, nifti))]).json()
+        assert "read with" not in alone["segmentations"][0]["message"]
+        for files, says in (
+                ([("files", ("a.png", b"\x89PNG", "image/png")),
+                  ("t1", ("t1.nii.gz", t1, nifti))], "go with one FLAIR volume"),
+                ([("files", ("flair.nii.gz", flair, nifti)), ("t1", ("t1.nii.gz", t1, nifti)),
+                  ("t1", ("t1.nii.gz", t1, nifti))], "takes one file"),
+                ([("files", ("flair.nii.gz", flair, nifti)),
+                  ("t1c", ("t1c.nii.gz", b"\x1f\x8bbroken", nifti))], "t1c:")):
+            reply = client.post("/v1/segment?outline_all=true", files=files)
+            assert reply.status_code == 422 and says in reply.json()["detail"], reply.text

@@ -166,9 +166,12 @@ def _clean_name(name: str | None, fallback: str) -> str:
     return name[:MAX_NAME_LENGTH] if name else fallback
 
 
-async def uploaded_files(request: Request, filename: str | None, limit: int, max_files: int
-                          ) -> list[tuple[str, bytes]]:
-    """``(name, bytes)`` for each uploaded file, checked for type and size; in memory only."""
+async def uploaded_files(request: Request, filename: str | None, limit: int, max_files: int,
+                         extra: dict[str, tuple[str, bytes] | None] | None = None,
+                         ) -> list[tuple[str, bytes]]:
+    """``(name, bytes)`` for each uploaded file, checked for type and size; in memory only.
+    With ``extra`` (the field names a route also accepts, each once, mapped to None), the
+    file of such a field goes into it under its name instead."""
     content_type = request.headers.get("content-type")
     media = _media_type(content_type)
     if not media:
@@ -187,12 +190,17 @@ async def uploaded_files(request: Request, filename: str | None, limit: int, max
     files: list[tuple[str, bytes]] = []
     for field_name, file_name, part_media, data in parse_multipart(body, content_type or "",
                                                                     max_parts=max_files):
-        if field_name != FILES_FIELD:
+        if field_name != FILES_FIELD and (extra is None or field_name not in extra):
             raise HTTPException(422, f"Unexpected form field '{_clean_name(field_name, '')}': "
                                      f"send images in the field '{FILES_FIELD}'.")
         name = _clean_name(file_name, f"file-{len(files)}")
         _check_media_type(part_media, name)
-        files.append((name, data))
+        if field_name == FILES_FIELD:
+            files.append((name, data))
+        elif extra is not None and field_name is not None:
+            if extra[field_name] is not None:
+                raise HTTPException(422, f"The form field '{field_name}' takes one file.")
+            extra[field_name] = (name, data)
     if not files:
         raise HTTPException(422, f"No file in the request: send one or more images in the "
                                  f"multipart form field '{FILES_FIELD}'.")

@@ -139,10 +139,12 @@ def add_pacs(sub: argparse._SubParsersAction) -> None:
         action.add_argument("--segment", action="store_true",
                             help="also outline the tumour on each FLAIR series the classifier "
                                  "calls a tumour: a DICOM Segmentation into the study and its "
-                                 "volume in the report")
+                                 "volume in the report (read with the study's T1 and T1C+ "
+                                 "series of the FLAIR's frame of reference when it has them)")
         action.add_argument("--segmenter", type=Path, metavar="DIR",
                             help="with --segment: a segmentation model folder (default: the "
-                                 "shipped one)")
+                                 "shipped FLAIR model, and the FLAIR + T1 + T1C+ model where "
+                                 "a study has those series)")
 
 
 def _pacs_server(args: argparse.Namespace):

@@ -4,6 +4,8 @@ Segmentation (highdicom), measured in the report.
 Per MR series whose header names the segmentation model's sequence (``card.sequence``,
 FLAIR): stack its slices (``data.volume``, the path of ``mri-tumor segment``), let the
 classifier answer on the stack and outline what it calls a tumour (``inference.outlining``).
+Where the study also holds a T1 or T1C+ series in the FLAIR's frame of reference, the
+FLAIR + T1 + T1C+ model reads them with it (resampled onto the FLAIR's grid).
 A series with an outline gets one DICOM Segmentation: BINARY, one segment "FLAIR
 abnormality" (SCT Neoplasm), algorithm type AUTOMATIC, its frames referencing the source
 images, labelled research output that no clinician has verified. The report then carries the
@@ -18,13 +20,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
 
 from mri_tumor import __version__
 from mri_tumor.card import DISCLAIMER, ModelCard
-from mri_tumor.data.volume import dicom_series_volume
+from mri_tumor.data.volume import Volume, dicom_series_volume
 from mri_tumor.inference.identity import ModelIdentity
 from mri_tumor.inference.outlining import OK as OUTLINED
 from mri_tumor.inference.outlining import Outliner, classifier_answer
@@ -49,14 +52,42 @@ class SeriesOutline:
     message: str
     measurement: Measurement | None = None
     segmentation: Dataset | None = None
+    model: ModelIdentity | None = None  # the segmentation model that drew it
+
+
+@dataclass
+class Outlining:
+    """What ``--segment`` adds: the segmentation models and their identities. ``multi``
+    (a model with ``card.companions``) reads a FLAIR series together with the study's T1 and
+    T1C+ series where the study has one of them in the FLAIR's frame of reference;
+    ``single`` (FLAIR alone) reads the others."""
+
+    single: tuple[Segmenter, ModelIdentity] | None
+    multi: tuple[Segmenter, ModelIdentity] | None = None
+
+    @classmethod
+    def load(cls, folder: Path | None = None) -> Outlining:
+        """The model in ``folder`` (as ``single`` or ``multi``, by its card), or the two
+        shipped ones."""
+        from mri_tumor.inference.segmentation import SHIPPED_MULTI_SEGMENTER
+
+        if folder is None:
+            return cls(_loaded(None), _loaded(SHIPPED_MULTI_SEGMENTER))
+        pair = _loaded(folder)
+        return cls(None, pair) if pair[0].card.companions else cls(pair)
+
+
+def _loaded(folder: Path | None) -> tuple[Segmenter, ModelIdentity]:
+    segmenter = Segmenter.load(folder)
+    return segmenter, segmenter_identity(segmenter, folder)
 
 
 def segmenter_identity(segmenter: Segmenter, folder: Path | None) -> ModelIdentity:
-    """The segmentation model's name, card version and weights hash."""
+    """The segmentation model's name (its folder's), card version and weights hash."""
     from mri_tumor.inference.segmentation import SHIPPED_SEGMENTER
 
-    directory = folder or SHIPPED_SEGMENTER
-    return ModelIdentity("segment", segmenter.card.version,
+    directory = Path(folder or SHIPPED_SEGMENTER)
+    return ModelIdentity(directory.name, segmenter.card.version,
                          ModelCard.weights_sha256(directory))
 
 
@@ -76,15 +107,32 @@ def names_sequence(dataset: Dataset, sequence: str) -> bool:
     return False
 
 
-def outline_series(outliner: Outliner, analysed: Sequence[AnalysedImage],
-                   model: ModelIdentity, scope: str) -> list[SeriesOutline]:
-    """Outline every MR series of ``analysed`` that is of the segmenter's sequence; one
+# What in a T1 series' header says that a contrast agent was given (T1C+).
+CONTRAST_WORDS = re.compile(r"post|gad|contrast|(?<![a-z])(gd|ce)(?![a-z])|\+\s*c(?![a-z])"
+                            r"|(?<![a-z])c\s*\+")
+
+
+def header_sequence(dataset: Dataset) -> str | None:
+    """The sequence a series header names, of those the outline models read: FLAIR, T1C+
+    (a T1 with ContrastBolusAgent, or "post", "+C", "Gd" ... in its description), T1, or
+    None."""
+    if names_sequence(dataset, "FLAIR"):
+        return "FLAIR"
+    if not names_sequence(dataset, "T1"):
+        return None
+    text = " ".join(str(dataset.get(keyword, "") or "")
+                    for keyword in ("SeriesDescription", "ProtocolName", "SequenceName"))
+    agent = str(dataset.get("ContrastBolusAgent", "") or "").strip()
+    return "T1C+" if agent or CONTRAST_WORDS.search(text.lower()) else "T1"
+
+
+def outline_series(outlining: Outlining, predictor: Any | None,
+                   analysed: Sequence[AnalysedImage], scope: str) -> list[SeriesOutline]:
+    """Outline every MR series of ``analysed`` whose header names FLAIR; one
     ``SeriesOutline`` per single-frame series, in the order met."""
-    sequence = outliner.segmenter.card.sequence
     # The classifier's scan answers, as the report gives them: the gate of each outline.
     answers = {summary["series"]: classifier_answer(summary) for summary in scan_summaries(
-        [item.result for item in analysed], outliner.predictor.card)} \
-        if outliner.predictor is not None else {}
+        [item.result for item in analysed], predictor.card)} if predictor is not None else {}
     by_series: dict[str, list[AnalysedImage]] = {}
     seen: set[int] = set()
     for image in (image for item in analysed for image in item.instances):
@@ -95,23 +143,33 @@ def outline_series(outliner: Outliner, analysed: Sequence[AnalysedImage],
     for series_uid, members in by_series.items():
         first = members[0].source
         number = str(first.get("SeriesNumber", "") or "?")
-        if not names_sequence(first, sequence):
-            outlines.append(SeriesOutline(number, series_uid, f"not outlined: the header does "
-                                          f"not name it {sequence}, the outline model's "
-                                          "sequence"))
+        if header_sequence(first) != "FLAIR":
+            outlines.append(SeriesOutline(number, series_uid, "not outlined: the header does "
+                                          "not name it FLAIR, the outline model's sequence"))
             continue
-        slices = [(item.decoded.values, item.decoded.geometry, str(item.source.SOPInstanceUID))
-                  for item in members if item.decoded is not None
-                  and item.decoded.values is not None and item.decoded.geometry is not None]
-        volume = dicom_series_volume(slices, f"series {number}", series_uid)
+        volume = _series_volume(members)
         if volume is None:
             outlines.append(SeriesOutline(number, series_uid, "not outlined: its images do "
                                           "not stack into one volume (three or more slices of "
                                           "one geometry)"))
             continue
+        companions = _companions(outlining, by_series, first)
+        if outlining.multi is not None and (companions or outlining.single is None):
+            if not companions:
+                outlines.append(SeriesOutline(number, series_uid, "not outlined: the outline "
+                                              "model reads FLAIR with T1 or T1C+, and the "
+                                              "study has neither in this series' frame of "
+                                              "reference"))
+                continue
+            segmenter, identity = outlining.multi
+        else:
+            assert outlining.single is not None
+            segmenter, identity = outlining.single
+        outliner = Outliner(segmenter, predictor, None, companions)
         key = members[0].decoded.series if members[0].decoded is not None else None
         result = outliner.outline_volume(volume, f"series {number}", answer=answers.get(key))
-        outline = SeriesOutline(number, series_uid, result.message, result.measurement)
+        outline = SeriesOutline(number, series_uid, result.message, result.measurement,
+                                model=identity)
         if result.status == OUTLINED and result.volume_mask is not None:
             by_uid = {str(item.source.SOPInstanceUID): item.source for item in members}
             assert volume.slice_names is not None  # a DICOM series' volume names its slices
@@ -120,8 +178,8 @@ def outline_series(outliner: Outliner, analysed: Sequence[AnalysedImage],
             frames = np.stack([result.volume_mask.mask[:, :, k].T
                                for k in range(len(sources))]).astype(np.uint8)
             try:
-                outline.segmentation = build_segmentation(sources, frames, outliner.segmenter,
-                                                          model, scope)
+                outline.segmentation = build_segmentation(sources, frames, segmenter,
+                                                          identity, scope)
             except (ValueError, TypeError, AttributeError, KeyError) as error:
                 # highdicom refusing a source header; its text may quote header values.
                 outline.measurement = None
@@ -129,6 +187,37 @@ def outline_series(outliner: Outliner, analysed: Sequence[AnalysedImage],
                                    f"from its headers ({type(error).__name__})")
         outlines.append(outline)
     return outlines
+
+
+def _series_volume(members: Sequence[AnalysedImage]) -> Volume | None:
+    """The volume of one series' single-frame images (None when they do not stack)."""
+    first = members[0].source
+    slices = [(item.decoded.values, item.decoded.geometry, str(item.source.SOPInstanceUID))
+              for item in members if item.decoded is not None
+              and item.decoded.values is not None and item.decoded.geometry is not None]
+    return dicom_series_volume(slices, f"series {first.get('SeriesNumber', '') or '?'}",
+                               str(first.SeriesInstanceUID))
+
+
+def _companions(outlining: Outlining, by_series: dict[str, list[AnalysedImage]],
+                flair: Dataset) -> dict[str, Volume]:
+    """For the multi-sequence model: the first series of each companion sequence (T1, T1C+)
+    whose header names it, in the FLAIR series' frame of reference, as volumes."""
+    if outlining.multi is None:
+        return {}
+    wanted = outlining.multi[0].card.companions
+    frame = str(flair.get("FrameOfReferenceUID", "") or "")
+    found: dict[str, Volume] = {}
+    for members in by_series.values():
+        header = members[0].source
+        sequence = header_sequence(header)
+        if (not frame or sequence not in wanted or sequence in found
+                or str(header.get("FrameOfReferenceUID", "") or "") != frame):
+            continue
+        volume = _series_volume(members)
+        if volume is not None:
+            found[sequence] = volume
+    return found
 
 
 def build_segmentation(sources: Sequence[Dataset], frames: np.ndarray, segmenter: Segmenter,

@@ -22,9 +22,7 @@ from pydicom.dataset import Dataset
 
 from mri_tumor.data.dicom import MODALITY_NAMES
 from mri_tumor.inference import ERROR, OK, Predictor
-from mri_tumor.inference.outlining import Outliner
 from mri_tumor.inference.scans import scan_summaries
-from mri_tumor.inference.segmentation import Segmenter
 from mri_tumor.pacs.client import PacsError, PacsServer, study_key
 from mri_tumor.pacs.results import (
     AnalysedImage,
@@ -35,9 +33,9 @@ from mri_tumor.pacs.results import (
     report_series_uid,
 )
 from mri_tumor.pacs.segmentation import (
+    Outlining,
     SeriesOutline,
     outline_series,
-    segmenter_identity,
     volume_group,
 )
 from mri_tumor.presentation import format_probability
@@ -63,20 +61,6 @@ class StudyOutcome:
         return [item for item in self.analysed if item.result.status == ERROR]
 
 
-@dataclass
-class Outlining:
-    """What ``--segment`` adds: the segmentation model and its identity."""
-
-    segmenter: Segmenter
-    identity: ModelIdentity
-
-    @classmethod
-    def load(cls, folder: Path | None = None) -> Outlining:
-        """The segmentation model in ``folder`` (default: the shipped one)."""
-        segmenter = Segmenter.load(folder)
-        return cls(segmenter, segmenter_identity(segmenter, folder))
-
-
 def results_for(predictor: Predictor, datasets: list[Dataset], scope: str,
                 model: ModelIdentity | None = None, outlining: Outlining | None = None
                 ) -> tuple[list[AnalysedImage], list[Dataset], list[SeriesOutline]]:
@@ -89,13 +73,12 @@ def results_for(predictor: Predictor, datasets: list[Dataset], scope: str,
         return analysed, [], []
     outlines: list[SeriesOutline] = []
     if outlining is not None:
-        outliner = Outliner(outlining.segmenter, predictor, out=None)
-        outlines = outline_series(outliner, analysed, outlining.identity, scope)
-    drawn = [o for o in outlines if o.segmentation is not None]
+        outlines = outline_series(outlining, predictor, analysed, scope)
+    drawn = [o for o in outlines if o.segmentation is not None and o.model is not None]
     segmentations = [o.segmentation for o in drawn if o.segmentation is not None]
     report = build_report(analysed, predictor, model, scope,
-                          [volume_group(o, outlining.identity, scope) for o in drawn
-                           if outlining is not None], segmentations)
+                          [volume_group(o, o.model, scope) for o in drawn
+                           if o.model is not None], segmentations)
     return analysed, [report, *build_overlays(analysed, predictor, model, scope),
                       *segmentations], outlines
 
