@@ -1,7 +1,7 @@
 """Leave one kind out: does the guard refuse a kind of non-MRI image it was not fitted on?
 
     python benchmarks/guard_kinds.py MODEL_DIR DATA_DIR [DATA_DIR ...] \
-        --shared ../shared/data [--json out.json]
+        --shared ../shared/data [--per-source] [--json out.json]
 
 Kinds of negatives that a refusal direction (``ood.fit_refusal``) may be fitted on:
 
@@ -19,7 +19,8 @@ is fitted as the card says (class statistics on the training rows of the model's
 threshold on its validation rows). The sample images of scikit-image and matplotlib (photos,
 scanned pages) are never fitted on: they are the check, scored by every guard here. Brain
 MRIs refused: the validation rows, with the threshold and cut set on the other half of them
-(``ct_refusal.out_of_fold_refusals``).
+(``ct_refusal.out_of_fold_refusals``). The cuts are pooled over the validation rows or set per
+source as the card says; ``--per-source`` sets them per source whatever the card says.
 """
 
 from __future__ import annotations
@@ -75,6 +76,9 @@ def main() -> None:
     parser.add_argument("data_dirs", type=Path, nargs="+")
     parser.add_argument("--shared", type=Path, required=True,
                         help="folder with head-ct/ and not-brain-mri/")
+    parser.add_argument("--per-source", action="store_true",
+                        help="set the cuts per source (calibrate --per-source), whatever the "
+                             "card says")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -90,13 +94,14 @@ def main() -> None:
     _, check_features = predict_outputs(model, check, spec)
 
     sources = np.array([r.source for r in val_rows])
-    groups = sources if card.training.per_source_fit else None
+    groups = sources if card.training.per_source_fit or args.per_source else None
     rate = card.training.reject_rate or DEFAULT_REJECT_RATE
     distance = fit_guard(train_features, labels, val_features, len(card.class_names),
                          reject_rate=rate, heldout_groups=groups)
     shipped = OODGuard.from_tensors(extras, card.ood_threshold)
     assert shipped is not None
-    result: dict = {"model": str(args.model), "counts": {k: len(v) for k, v in kinds.items()},
+    result: dict = {"model": str(args.model), "per_source": groups is not None,
+                    "counts": {k: len(v) for k, v in kinds.items()},
                     "check_images": len(check_features), "reject_rate": rate, "kinds": {}}
     for name, features in kinds.items():
         others = np.concatenate([f for other, f in kinds.items() if other != name])
