@@ -37,6 +37,15 @@ def series_files(images: list[np.ndarray], number: int, description: str, study_
             for n, pixels in enumerate(images, start=1)]
 
 
+def predicted_and_read(predictor, files: list[bytes], folder: Path) -> tuple[list, list]:
+    """``predict``'s results for ``files`` written as a folder, and the files as datasets."""
+    paths = []
+    for n, data in enumerate(files):
+        paths.append(folder / f"{n:02d}.dcm")
+        paths[-1].write_bytes(data)
+    return predictor.predict(paths), [pydicom.dcmread(io.BytesIO(data)) for data in files]
+
+
 def grey(path: Path) -> np.ndarray:
     with Image.open(path) as image:
         return np.asarray(image.convert("L"))
@@ -146,15 +155,11 @@ def test_a_series_is_read_as_one_stack_as_predict_reads_it(predictor, tmp_path: 
 
     files = series_files([grey(p) for p in sorted(FLAIR.glob("*_FLAIR.jpg"))], 4,
                          "FLAIR axial", generate_uid())
-    paths = []
-    for n, data in enumerate(files):
-        paths.append(tmp_path / f"{n:02d}.dcm")
-        paths[-1].write_bytes(data)
-    by_cli = predictor.predict(paths)
-    datasets = [pydicom.dcmread(io.BytesIO(data)) for data in files]
+    by_cli, datasets = predicted_and_read(predictor, files, tmp_path)
     analysed = analyse(predictor, datasets[::-1])
     assert len(analysed) == len(by_cli)
     assert {a.result.slice_index for a in analysed} == {r.slice_index for r in by_cli}
+    paths = sorted(tmp_path.glob("*.dcm"))  # in the order written: the files' order
     uid_of_path = {str(path): ds.SOPInstanceUID for path, ds in zip(paths, datasets, strict=True)}
     expected = {uid_of_path[r.path]: (r.label, r.confidence) for r in by_cli}
     assert {a.source.SOPInstanceUID: (a.result.label, a.result.confidence)
@@ -201,12 +206,7 @@ def test_a_sagittal_series_is_read_on_axial_slices_as_predict_reads_it(predictor
 
     volume = np.stack([grey(p) for p in sorted(FLAIR.glob("*_FLAIR.jpg"))])
     files = sagittal_series_files(volume, 5, "FLAIR sagittal")
-    paths = []
-    for n, data in enumerate(files):
-        paths.append(tmp_path / f"{n:02d}.dcm")
-        paths[-1].write_bytes(data)
-    by_cli = predictor.predict(paths)
-    datasets = [pydicom.dcmread(io.BytesIO(data)) for data in files]
+    by_cli, datasets = predicted_and_read(predictor, files, tmp_path)
     analysed, objects, outlines = results_for(predictor, datasets[::-1], "1.2.3",
                                               outlining=Outlining.load())
     assert len(analysed) == len(by_cli) == len(volume)  # the axial slices, not 64 sagittal
