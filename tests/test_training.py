@@ -404,3 +404,40 @@ def test_distillation_needs_a_base_model(dataset: Path, tmp_path: Path, capsys) 
     assert main(["train", str(dataset), "--out", str(tmp_path / "run"), "--distill", "1",
                  *TINY]) == 2
     assert "--distill" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_a_types_fine_tune_learns_a_new_sequence_and_keeps_the_known_ones(
+        fixture_paths: list[Path], tmp_path: Path) -> None:
+    """--from-model a types model on images of a sequence it does not know (FLAIR): the
+    sequence head grows by one output, appended, and the known sequences keep their order."""
+    from tests.conftest import make_model_folder
+
+    from mri_tumor.models import load_model
+    from mri_tumor.models.efficientnet_lite import EfficientNetLite
+
+    base = make_model_folder(tmp_path / "base", ["astrocytoma", "normal"], ["T2", "T1"],
+                             image_size=96)
+    data = tmp_path / "types"
+    for folder, class_name in (("Astrocitoma T1", "glioma"), ("Astrocitoma FLAIR", "glioma"),
+                               ("_NORMAL T1", "notumor"), ("_NORMAL FLAIR", "notumor")):
+        (data / folder).mkdir(parents=True)
+        for path in [p for p in fixture_paths if p.parent.name == class_name]:
+            shutil.copy(path, data / folder / path.name)
+    out = tmp_path / "run"
+    assert main(["train", str(data), "--labels", "types", "--from-model", str(base),
+                 "--out", str(out), *TINY]) == 0
+    card = ModelCard.load(out)
+    assert card.sequence_names == ["T2", "T1", "FLAIR"]
+    model, _, _ = load_model(out)
+    assert model.num_sequences == 3
+
+    grown, _, _ = load_model(base)
+    assert isinstance(grown, EfficientNetLite)
+    head = grown._fc_sequence
+    assert head is not None
+    before = head.weight.detach().clone()
+    grown.add_sequences(1)
+    after = grown._fc_sequence
+    assert after is not None and after.out_features == 3
+    assert torch.equal(after.weight[:2], before)  # the learnt rows are kept
+    assert not after.weight[2].any()

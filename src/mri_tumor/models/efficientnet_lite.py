@@ -140,6 +140,21 @@ class EfficientNetLite(Network):
                      if self._fc_sequence is not None else None)
         return self._fc(self._dropout(features)), sequences
 
+    def add_sequences(self, count: int) -> None:
+        """Grow the sequence head by ``count`` outputs, appended (fine-tuning on a new MR
+        sequence): the learnt rows are kept, the new ones start from zero."""
+        old = self._fc_sequence
+        if old is None or count <= 0:
+            raise ValueError("add_sequences needs a sequence head and count >= 1")
+        grown = nn.Linear(FEATURE_DIM, old.out_features + count).to(old.weight.device)
+        with torch.no_grad():
+            grown.weight.zero_()
+            grown.bias.zero_()
+            grown.weight[: old.out_features] = old.weight
+            grown.bias[: old.out_features] = old.bias
+        self._fc_sequence = grown
+        self.num_sequences = grown.out_features
+
 
 
 def imagenet_checkpoint_path(variant: int = 0) -> Path:

@@ -44,6 +44,10 @@ class Network(nn.Module):
         """Pooled features -> class logits, and sequence logits (None without that head)."""
         raise NotImplementedError
 
+    def add_sequences(self, count: int) -> None:
+        """Append ``count`` outputs to the sequence head (a network without one cannot)."""
+        raise ValueError(f"{type(self).__name__} has no sequence head to grow")
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """Class logits (``network_outputs`` gives every output)."""
         return network_outputs(self, pixels).logits

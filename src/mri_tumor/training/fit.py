@@ -107,8 +107,14 @@ def train(config: TrainConfig) -> Path | None:
     if base is not None and (unknown := sorted({row.label for row in rows} - set(class_names))):
         raise ValueError(f"{config.from_model} has no class {', '.join(unknown)} (its "
                              f"classes: {', '.join(class_names)})")
-    sequence_names = (base.sequence_names if base
-                      else sequence_names_of(rows) if config.label_scheme == "types" else [])
+    sequence_names = sequence_names_of(rows) if config.label_scheme == "types" else []
+    if base is not None:
+        # Fine-tuning keeps the base's sequences in their order; a new one (FLAIR) is appended.
+        sequence_names = base.sequence_names + [s for s in sequence_names
+                                                if s not in base.sequence_names]
+        if sequence_names and not base.sequence_names:
+            raise ValueError(f"{config.from_model} has no sequence head; --labels types "
+                             "needs a types model to fine-tune")
     train_pixels, train_labels = load_pixels(roots, train_rows, image_size, class_names,
                                              sequence_names)
     val_pixels, val_labels = load_pixels(roots, val_rows, image_size, class_names,

@@ -43,6 +43,8 @@ class TumorClassifier(L.LightningModule):
             if card.architecture != config.arch:
                 raise ValueError(f"{config.from_model} holds a {card.architecture}, "
                                  f"not a {config.arch}")
+            if len(self.sequence_names) > self.model.num_sequences:
+                self.model.add_sequences(len(self.sequence_names) - self.model.num_sequences)
             self.model.train()
             if config.distill > 0:
                 # A frozen copy of the base model: the targets of the distillation term.
