@@ -246,3 +246,36 @@ def test_a_tumour_scan_can_be_outlined_and_shows_its_volume(app: AppTest) -> Non
     drawn = np.asarray(outline_picture(picture, mask))
     yellow = (drawn == OUTLINE_COLOUR).all(axis=2)
     assert yellow[2, 2] and yellow[2, 5] and not yellow[3, 3] and not yellow[0, 0]
+
+
+def test_a_flair_volume_can_be_outlined_with_its_t1_upload(app: AppTest) -> None:
+    """Beside a FLAIR NIfTI the classifier calls a tumour, another NIfTI upload can be named
+    its T1: the outline is then the FLAIR + T1 + T1C+ model's, and says it read T1."""
+    import gzip
+
+    import nibabel as nib
+
+    slices = sorted((Path(__file__).parent / "fixtures" / "flair").glob("*_FLAIR.jpg"))
+    # NIfTI's first axis runs left to right and its second back to front: image columns and
+    # rows, bottom row first.
+    volume = np.stack([np.asarray(Image.open(p).convert("L"))[::-1].T for p in slices], axis=2)
+
+    def nifti(pixels: np.ndarray) -> bytes:
+        image = nib.Nifti1Image(pixels.astype(np.int16), np.diag([0.94, 0.94, 5.0, 1.0]))
+        return gzip.compress(image.to_bytes())
+
+    _upload(app, [("flair.nii.gz", nifti(volume)), ("t1.nii.gz", nifti(volume[::-1].copy()))])
+    switch = next(t for t in app.toggle if t.label == "Outline the tumour")  # the FLAIR's
+    switch.set_value(True)
+    app.run()
+    assert not app.exception
+    series = switch.key.removeprefix("outline-")
+    [choose_t1] = [s for s in app.selectbox if s.key == f"with-T1-{series}"]
+    assert choose_t1.options == ["none", "t1.nii.gz"]
+    alone = [m.value for m in app.main.markdown if "outlined" in m.value]
+    assert alone and "read with" not in alone[0]  # the FLAIR model, until a T1 is named
+    choose_t1.set_value("t1.nii.gz")
+    app.run()
+    assert not app.exception
+    measured = [m.value for m in app.main.markdown if "outlined" in m.value]
+    assert measured and "read with T1" in measured[0]

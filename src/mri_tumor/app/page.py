@@ -264,6 +264,27 @@ def _outlines_cached(_predictor: Predictor, model_key: str,
     return {result.name: result for result in results}
 
 
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _outline_with_cached(_predictor: Predictor, model_key: str, flair: tuple[str, bytes],
+                         companions: tuple[tuple[str, str, bytes], ...]) -> Any:
+    """One FLAIR volume outlined by the FLAIR + T1 + T1C+ model with the named uploads
+    (``(sequence, name, bytes)``) as its companions; ValueError when one cannot be used."""
+    from mri_tumor.data.reading import ImageReadError
+    from mri_tumor.data.volume import read_nifti
+    from mri_tumor.inference.outlining import Outliner
+    from mri_tumor.inference.segmentation import SHIPPED_MULTI_SEGMENTER, Segmenter
+
+    volumes = {}
+    for sequence, name, data in companions:
+        try:
+            volumes[sequence] = read_nifti(data, name)
+        except ImageReadError as error:
+            raise ValueError(f"{sequence} ({name}): {error}") from None
+    outliner = Outliner(Segmenter.load(SHIPPED_MULTI_SEGMENTER), _predictor, None, volumes)
+    [result] = outliner.run_inputs([(flair[0], flair[1], flair[0])])
+    return result
+
+
 def main() -> None:
     """The page, top to bottom."""
     st.set_page_config(page_title="Brain MRI tumour classifier", page_icon="🧠",
@@ -296,6 +317,7 @@ def main() -> None:
     # Results are cached per model too: the same upload gives other classes on another one.
     model_key = f"{predictor.name}|{predictor.model_dir}|{card.version}|{card.created}"
     from mri_tumor.app.scans import is_scan_upload, render_scan
+    from mri_tumor.data.volume import is_nifti_name
 
     scan_inputs = [(n, d) for n, d in inputs if is_scan_upload(n, d)]
     inputs = [(n, d) for n, d in inputs if (n, d) not in scan_inputs]
@@ -307,13 +329,20 @@ def main() -> None:
         stacks = [s for s in scans if s["slices"] + s["refused"] >= MIN_VOLUME_SLICES]
         slice_keys = iter(range(len(scan_items)))
 
-        def outline(summary: dict[str, Any]) -> Any:
-            return _outlines_cached(predictor, model_key, scan_inputs).get(summary["source"])
+        uploaded = dict(scan_inputs)
+        volumes = [name for name, _ in scan_inputs if is_nifti_name(name)]
+
+        def outline(summary: dict[str, Any], companions: dict[str, str]) -> Any:
+            name = summary["source"]
+            if companions and name in uploaded:
+                return _outline_with_cached(predictor, model_key, (name, uploaded[name]), tuple(
+                    (sequence, other, uploaded[other]) for sequence, other in companions.items()))
+            return _outlines_cached(predictor, model_key, scan_inputs).get(name)
 
         for scan in stacks:
             render_scan(scan, scan_items, card, lambda item: render_result(
                 item, card, True, 0.45, key=f"scan-{predictor.name}-{next(slice_keys)}",
-                predictor=predictor, model_key=model_key), plain, outline)
+                predictor=predictor, model_key=model_key), plain, outline, volumes)
         in_stack = {s["series"] for s in stacks}
         items += [_with_upload(i, dict(scan_inputs)) for i in scan_items
                   if i.prediction.series not in in_stack]

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
 KEY_SLICES_SHOWN = 3
 OUTLINE_COLOUR = (255, 214, 0)
+# The sequences a FLAIR volume can be outlined with (the FLAIR + T1 + T1C+ model's companions).
+COMPANION_SEQUENCES = ("T1", "T1C+")
+NO_COMPANION = "none"
 
 
 def is_scan_upload(name: str, data: bytes) -> bool:
@@ -64,18 +67,40 @@ def outline_picture(image: Image.Image, mask: np.ndarray) -> Image.Image:
 
 
 def render_outline(summary: dict[str, Any], keyed: Sequence[Any], outline: Any,
-                   plain: Any) -> dict[int, Image.Image]:
+                   plain: Any, others: Sequence[str] = ()) -> dict[int, Image.Image]:
     """The "Outline the tumour" switch of a scan the classifier calls a tumour, and what the
-    outline measured: slice index -> the key slice with its outline (empty when off)."""
-    if outline is None or not st.toggle("Outline the tumour (FLAIR model)",
+    outline measured: slice index -> the key slice with its outline (empty when off). For a
+    NIfTI FLAIR volume, the other NIfTI uploads (``others``) can be named as its T1 and T1C+:
+    then the FLAIR + T1 + T1C+ model outlines it."""
+    if outline is None or not st.toggle("Outline the tumour",
                                         key=f"outline-{summary['series']}",
                                         help="The segmentation model outlines the FLAIR "
                                              "abnormality and measures it. Unverified."):
         return {}
+    companions: dict[str, str] = {}
+    others = [name for name in others if name != summary["source"]]
+    if others and is_nifti_name(summary["source"]):
+        for column, sequence in zip(st.columns(len(COMPANION_SEQUENCES)), COMPANION_SEQUENCES,
+                                    strict=True):
+            choice = column.selectbox(
+                f"{sequence} of the same session (optional)", [NO_COMPANION, *others],
+                key=f"with-{sequence}-{summary['series']}",
+                help=f"A {sequence} volume of this FLAIR's session: the outline model that "
+                     "reads FLAIR, T1 and T1C+ then outlines it (resampled onto the FLAIR's "
+                     "grid by the files' coordinates). Without one, the FLAIR model.")
+            if choice != NO_COMPANION:
+                companions[sequence] = choice
     with st.spinner("Outlining…"):
-        result = outline(summary)
-    if result is None:
-        st.warning("This scan could not be outlined.", icon=":material/block:")
+        try:
+            result = outline(summary, companions)
+        except ValueError as error:  # e.g. a "T1" that does not cover the FLAIR's head
+            st.error(plain(str(error)), icon=":material/block:")
+            return {}
+    from mri_tumor.inference.outlining import ERROR
+
+    if result is None or result.status == ERROR:
+        st.warning("This scan could not be outlined" + (f": {plain(result.message)}" if result
+                                                        else "."), icon=":material/block:")
         return {}
     st.markdown(f":material/straighten: {plain(result.message[:1].upper() + result.message[1:])}")
     if result.volume_mask is None:
@@ -92,10 +117,12 @@ def render_outline(summary: dict[str, Any], keyed: Sequence[Any], outline: Any,
 
 
 def render_scan(summary: dict[str, Any], items: Sequence[Any], card: ModelCard,
-                render_item: Any, plain: Any, outline: Any = None) -> None:
+                render_item: Any, plain: Any, outline: Any = None,
+                others: Sequence[str] = ()) -> None:
     """One scan's card: answer, tumour probability along the stack, key slices with their
     Grad-CAM (``items``: the app's analysed images), the tumour's outline on request
-    (``outline``: summary -> its ``SegmentationResult``), and every slice folded away;
+    (``outline``: summary, companions -> its ``SegmentationResult``; ``others``: the
+    NIfTI uploads that can be named as a FLAIR's T1 / T1C+), and every slice folded away;
     ``render_item`` draws one slice's card, ``plain`` escapes text for markdown."""
     from mri_tumor.explain.gradcam import overlay
 
@@ -124,7 +151,7 @@ def render_scan(summary: dict[str, Any], items: Sequence[Any], card: ModelCard,
                        "the stack (inferior to superior)")
             st.line_chart({"tumour probability": [p for _, p in curve]}, height=180)
         keyed = [i for i in members if i.heatmap is not None][:KEY_SLICES_SHOWN]
-        outlined = (render_outline(summary, keyed, outline, plain)
+        outlined = (render_outline(summary, keyed, outline, plain, others)
                     if summary["label"] != card.normal_class else {})
         if keyed:
             columns = st.columns(len(keyed))
