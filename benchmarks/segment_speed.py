@@ -2,7 +2,7 @@
 file to the mask on the input's grid and its measurement, with the shipped segmenter.
 
     python benchmarks/segment_speed.py [--repeats 5] [--threads 2] [--volume FILE.nii.gz]
-        [--with-classifier]
+        [--with-classifier] [--segmenter DIR]
 
 Without --volume it writes the synthetic head of ``scan_speed.py`` once. The time covers
 reading and windowing the volume, the axial stack, every network call of the U-Net (torch,
@@ -36,9 +36,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--with-classifier", action="store_true")
+    parser.add_argument("--segmenter", type=Path, help="a segmentation model folder "
+                                                        "(default: the shipped one)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    segmenter = Segmenter.load()
+    segmenter = Segmenter.load(args.segmenter)
     predictor = (Predictor.load(backend="onnx", threads=args.threads)
                  if args.with_classifier else None)
     with tempfile.TemporaryDirectory() as folder:
