@@ -279,3 +279,30 @@ def test_a_flair_volume_can_be_outlined_with_its_t1_upload(app: AppTest) -> None
     assert not app.exception
     measured = [m.value for m in app.main.markdown if "outlined" in m.value]
     assert measured and "read with T1" in measured[0]
+
+
+def test_a_flair_series_can_be_outlined_with_a_t1_series_of_the_upload(app: AppTest) -> None:
+    """The same for DICOM: of two series uploaded together, the second can be named the
+    first's T1."""
+    from pydicom.uid import generate_uid
+    from tests.dicom_factory import _plane, dicom_bytes
+
+    slices = sorted((Path(__file__).parent / "fixtures" / "flair").glob("*_FLAIR.jpg"))
+    files = []
+    for prefix, uid in (("flair", generate_uid()), ("t1", generate_uid())):
+        files += [(f"{prefix}/{n:02d}.dcm", dicom_bytes(
+            np.asarray(Image.open(path).convert("L"), dtype=np.uint16), series_uid=uid,
+            instance=n, window=(128.0, 256.0), attributes=_plane(256, 256, n)))
+            for n, path in enumerate(slices, start=1)]
+    _upload(app, files)
+    switch = next(t for t in app.toggle if t.label == "Outline the tumour")
+    switch.set_value(True)
+    app.run()
+    series = switch.key.removeprefix("outline-")
+    [choose_t1] = [s for s in app.selectbox if s.key == f"with-T1-{series}"]
+    assert len(choose_t1.options) == 2  # none, and the other series
+    choose_t1.set_value(choose_t1.options[1])
+    app.run()
+    assert not app.exception
+    measured = [m.value for m in app.main.markdown if "outlined" in m.value]
+    assert measured and "read with T1" in measured[0]

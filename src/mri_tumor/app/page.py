@@ -265,24 +265,24 @@ def _outlines_cached(_predictor: Predictor, model_key: str,
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
-def _outline_with_cached(_predictor: Predictor, model_key: str, flair: tuple[str, bytes],
-                         companions: tuple[tuple[str, str, bytes], ...]) -> Any:
-    """One FLAIR volume outlined by the FLAIR + T1 + T1C+ model with the named uploads
-    (``(sequence, name, bytes)``) as its companions; ValueError when one cannot be used."""
-    from mri_tumor.data.reading import ImageReadError
-    from mri_tumor.data.volume import read_nifti
+def _outline_with_cached(_predictor: Predictor, model_key: str,
+                         uploads: list[tuple[str, bytes]], series: str, source: str,
+                         companions: tuple[tuple[str, str], ...]) -> Any:
+    """The FLAIR scan ``series`` outlined by the FLAIR + T1 + T1C+ model with other scans of
+    the uploads as its companions (``(sequence, series key)``); ValueError when one of them
+    cannot be read as a volume."""
+    from mri_tumor.data.reading import upload_volumes
     from mri_tumor.inference.outlining import Outliner
     from mri_tumor.inference.segmentation import SHIPPED_MULTI_SEGMENTER, Segmenter
 
-    volumes = {}
-    for sequence, name, data in companions:
-        try:
-            volumes[sequence] = read_nifti(data, name)
-        except ImageReadError as error:
-            raise ValueError(f"{sequence} ({name}): {error}") from None
-    outliner = Outliner(Segmenter.load(SHIPPED_MULTI_SEGMENTER), _predictor, None, volumes)
-    [result] = outliner.run_inputs([(flair[0], flair[1], flair[0])])
-    return result
+    volumes = upload_volumes(uploads)
+    if missing := [key for key in (series, *(key for _, key in companions))
+                   if key not in volumes]:
+        raise ValueError(f"{len(missing)} of these scans could not be read as a volume "
+                         "(a NIfTI file or a DICOM series of one geometry)")
+    outliner = Outliner(Segmenter.load(SHIPPED_MULTI_SEGMENTER), _predictor, None,
+                        {sequence: volumes[key] for sequence, key in companions})
+    return outliner.outline_volume(volumes[series], source)
 
 
 def main() -> None:
@@ -317,7 +317,6 @@ def main() -> None:
     # Results are cached per model too: the same upload gives other classes on another one.
     model_key = f"{predictor.name}|{predictor.model_dir}|{card.version}|{card.created}"
     from mri_tumor.app.scans import is_scan_upload, render_scan
-    from mri_tumor.data.volume import is_nifti_name
 
     scan_inputs = [(n, d) for n, d in inputs if is_scan_upload(n, d)]
     inputs = [(n, d) for n, d in inputs if (n, d) not in scan_inputs]
@@ -329,20 +328,19 @@ def main() -> None:
         stacks = [s for s in scans if s["slices"] + s["refused"] >= MIN_VOLUME_SLICES]
         slice_keys = iter(range(len(scan_items)))
 
-        uploaded = dict(scan_inputs)
-        volumes = [name for name, _ in scan_inputs if is_nifti_name(name)]
+        scans_shown = {s["series"]: s["source"] for s in stacks}
 
         def outline(summary: dict[str, Any], companions: dict[str, str]) -> Any:
-            name = summary["source"]
-            if companions and name in uploaded:
-                return _outline_with_cached(predictor, model_key, (name, uploaded[name]), tuple(
-                    (sequence, other, uploaded[other]) for sequence, other in companions.items()))
-            return _outlines_cached(predictor, model_key, scan_inputs).get(name)
+            if companions:
+                return _outline_with_cached(predictor, model_key, scan_inputs,
+                                            summary["series"], summary["source"],
+                                            tuple(companions.items()))
+            return _outlines_cached(predictor, model_key, scan_inputs).get(summary["source"])
 
         for scan in stacks:
             render_scan(scan, scan_items, card, lambda item: render_result(
                 item, card, True, 0.45, key=f"scan-{predictor.name}-{next(slice_keys)}",
-                predictor=predictor, model_key=model_key), plain, outline, volumes)
+                predictor=predictor, model_key=model_key), plain, outline, scans_shown)
         in_stack = {s["series"] for s in stacks}
         items += [_with_upload(i, dict(scan_inputs)) for i in scan_items
                   if i.prediction.series not in in_stack]

@@ -6,7 +6,7 @@ diagnosis.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -67,29 +67,34 @@ def outline_picture(image: Image.Image, mask: np.ndarray) -> Image.Image:
 
 
 def render_outline(summary: dict[str, Any], keyed: Sequence[Any], outline: Any,
-                   plain: Any, others: Sequence[str] = ()) -> dict[int, Image.Image]:
+                   plain: Any, others: Mapping[str, str] | None = None
+                   ) -> dict[int, Image.Image]:
     """The "Outline the tumour" switch of a scan the classifier calls a tumour, and what the
-    outline measured: slice index -> the key slice with its outline (empty when off). For a
-    NIfTI FLAIR volume, the other NIfTI uploads (``others``) can be named as its T1 and T1C+:
-    then the FLAIR + T1 + T1C+ model outlines it."""
+    outline measured: slice index -> the key slice with its outline (empty when off). The
+    other scans of the page (``others``: series key -> name) can be named as this FLAIR's
+    T1 and T1C+: then the FLAIR + T1 + T1C+ model outlines it."""
     if outline is None or not st.toggle("Outline the tumour",
                                         key=f"outline-{summary['series']}",
                                         help="The segmentation model outlines the FLAIR "
                                              "abnormality and measures it. Unverified."):
         return {}
     companions: dict[str, str] = {}
-    others = [name for name in others if name != summary["source"]]
-    if others and is_nifti_name(summary["source"]):
+    choices: dict[str, str] = {}  # the name shown -> series key
+    for key, name in (others or {}).items():
+        if key != summary["series"]:
+            choices[name if name not in choices else f"{name} ({len(choices) + 1})"] = key
+    if choices:
         for column, sequence in zip(st.columns(len(COMPANION_SEQUENCES)), COMPANION_SEQUENCES,
                                     strict=True):
             choice = column.selectbox(
-                f"{sequence} of the same session (optional)", [NO_COMPANION, *others],
+                f"{sequence} of the same session (optional)", [NO_COMPANION, *choices],
                 key=f"with-{sequence}-{summary['series']}",
-                help=f"A {sequence} volume of this FLAIR's session: the outline model that "
-                     "reads FLAIR, T1 and T1C+ then outlines it (resampled onto the FLAIR's "
-                     "grid by the files' coordinates). Without one, the FLAIR model.")
+                help=f"Another scan of this page that is this FLAIR's {sequence}, of the "
+                     "same session: the outline model that reads FLAIR, T1 and T1C+ then "
+                     "outlines it (resampled onto the FLAIR's grid by the scans' "
+                     "coordinates). Without one, the FLAIR model.")
             if choice != NO_COMPANION:
-                companions[sequence] = choice
+                companions[sequence] = choices[choice]
     with st.spinner("Outlining…"):
         try:
             result = outline(summary, companions)
@@ -118,11 +123,12 @@ def render_outline(summary: dict[str, Any], keyed: Sequence[Any], outline: Any,
 
 def render_scan(summary: dict[str, Any], items: Sequence[Any], card: ModelCard,
                 render_item: Any, plain: Any, outline: Any = None,
-                others: Sequence[str] = ()) -> None:
+                others: Mapping[str, str] | None = None) -> None:
     """One scan's card: answer, tumour probability along the stack, key slices with their
     Grad-CAM (``items``: the app's analysed images), the tumour's outline on request
-    (``outline``: summary, companions -> its ``SegmentationResult``; ``others``: the
-    NIfTI uploads that can be named as a FLAIR's T1 / T1C+), and every slice folded away;
+    (``outline``: summary, companions -> its ``SegmentationResult``; ``others``: the page's
+    scans, series key -> name, that can be named as a FLAIR's T1 / T1C+), and every slice
+    folded away;
     ``render_item`` draws one slice's card, ``plain`` escapes text for markdown."""
     from mri_tumor.explain.gradcam import overlay
 

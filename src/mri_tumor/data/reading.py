@@ -140,6 +140,27 @@ def series_volumes(items: Sequence[Any]) -> dict[str, Any]:
     return volumes
 
 
+def upload_volumes(uploads: Sequence[tuple[str, bytes]]) -> dict[str, Any]:
+    """Series key -> its ``data.volume.Volume`` for each NIfTI file and each DICOM series
+    (loose files or inside a zip) among uploaded ``(name, bytes)``; anything else, and what
+    cannot be read, is passed over (the scan's own reading reports it)."""
+    from mri_tumor.data.volume import is_nifti_name, looks_like_nifti_bytes, read_nifti
+
+    volumes: dict[str, Any] = {}
+    frames: list[Frame] = []
+    for name, data in uploads:
+        try:
+            if is_nifti_name(name) or looks_like_nifti_bytes(data):
+                volume = read_nifti(data, name)
+                volumes[volume.series] = volume
+            else:
+                frames.extend(read_frames(data, name))
+        except ImageReadError:
+            continue
+    volumes.update(series_volumes(frames))
+    return volumes
+
+
 def stack_series(items: Sequence[Any]) -> list[Any]:
     """Decoded inputs with each DICOM series of three or more single-slice frames that share
     a geometry replaced by its axial stack (``data.volume``): sorted along the slice normal,
