@@ -205,7 +205,7 @@ def test_a_sagittal_series_is_read_on_axial_slices_as_predict_reads_it(predictor
     from mri_tumor.pacs.study import Outlining, results_for
 
     volume = np.stack([grey(p) for p in sorted(FLAIR.glob("*_FLAIR.jpg"))])
-    files = sagittal_series_files(volume, 5, "FLAIR sagittal")
+    files = sagittal_series_files(volume, 5, "FLAIR sagittal", every=2)
     by_cli, datasets = predicted_and_read(predictor, files, tmp_path)
     analysed, objects, outlines = results_for(predictor, datasets[::-1], "1.2.3",
                                               outlining=Outlining.load())

@@ -115,7 +115,7 @@ class SegmentConfig:
     # Co-registered sequences given as further input channels (e.g. ("T1", "T1C+")); a
     # sequence a patient lacks is replaced by ``sequence``. Empty: ``sequence`` alone.
     companions: tuple[str, ...] = ()
-    image_size: int = 192  # a multiple of 32; the 256 px slices are resampled to it
+    image_size: int = 256  # a multiple of 32: the lgg-tcga slices' own size (192 before 2026-12-07)
     held_out: float = 0.2  # share of each institution's patients kept for the final test
     epochs: int = 30
     batch_size: int = 16
