@@ -265,19 +265,9 @@ def test_a_flair_volume_can_be_outlined_with_its_t1_upload(app: AppTest) -> None
         return gzip.compress(image.to_bytes())
 
     _upload(app, [("flair.nii.gz", nifti(volume)), ("t1.nii.gz", nifti(volume[::-1].copy()))])
-    switch = next(t for t in app.toggle if t.label == "Outline the tumour")  # the FLAIR's
-    switch.set_value(True)
-    app.run()
-    assert not app.exception
-    series = switch.key.removeprefix("outline-")
-    [choose_t1] = [s for s in app.selectbox if s.key == f"with-T1-{series}"]
-    assert choose_t1.options == ["none", "t1.nii.gz"]
-    alone = [m.value for m in app.main.markdown if "outlined" in m.value]
+    options, alone, measured = _outline_with_t1(app)
+    assert options == ["none", "t1.nii.gz"]
     assert alone and "read with" not in alone[0]  # the FLAIR model, until a T1 is named
-    choose_t1.set_value("t1.nii.gz")
-    app.run()
-    assert not app.exception
-    measured = [m.value for m in app.main.markdown if "outlined" in m.value]
     assert measured and "read with T1" in measured[0]
 
 
@@ -295,14 +285,23 @@ def test_a_flair_series_can_be_outlined_with_a_t1_series_of_the_upload(app: AppT
             instance=n, window=(128.0, 256.0), attributes=_plane(256, 256, n)))
             for n, path in enumerate(slices, start=1)]
     _upload(app, files)
+    options, _, measured = _outline_with_t1(app)
+    assert len(options) == 2  # none, and the other series
+    assert measured and "read with T1" in measured[0]
+
+
+def _outline_with_t1(app: AppTest) -> tuple[list[str], list[str], list[str]]:
+    """Switch on the first scan's outline, then name the other scan its T1: the T1 choice's
+    options, and what the card said the outline measured before and after."""
     switch = next(t for t in app.toggle if t.label == "Outline the tumour")
     switch.set_value(True)
     app.run()
+    assert not app.exception
     series = switch.key.removeprefix("outline-")
     [choose_t1] = [s for s in app.selectbox if s.key == f"with-T1-{series}"]
-    assert len(choose_t1.options) == 2  # none, and the other series
-    choose_t1.set_value(choose_t1.options[1])
+    options = list(choose_t1.options)
+    alone = [m.value for m in app.main.markdown if "outlined" in m.value]
+    choose_t1.set_value(options[1])
     app.run()
     assert not app.exception
-    measured = [m.value for m in app.main.markdown if "outlined" in m.value]
-    assert measured and "read with T1" in measured[0]
+    return options, alone, [m.value for m in app.main.markdown if "outlined" in m.value]
