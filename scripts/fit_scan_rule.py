@@ -1,11 +1,13 @@
 """Fit a model's scan rule on the scans of its training patients and healthy volumes.
 
     python scripts/fit_scan_rule.py MODEL_DIR --scans LGG_DIR HEALTHY_SCANS_DIR \
-        [--split MODEL_DIR/split.csv] [--window 3]
+        [--split MODEL_DIR/split.csv] [--window 3] [--side train] [--healthy-side SIDE]
 
-Positives: every training-side stack of a tumour patient (one per sequence). Negatives: the
-training-side healthy volumes, and each run of eight or more consecutive clear slices (two or
-more slices from the tumour) of the tumour patients' stacks, as a stack without tumour. The
+Positives: every stack of a tumour patient on the split's ``--side`` (one per sequence).
+Negatives: the healthy volumes on ``--healthy-side`` (``--side`` unless given), and each run of
+eight or more consecutive clear slices (two or more slices from the tumour) of the tumour
+patients' stacks, as a stack without tumour. ``--side val`` fits the rule out of fold, on
+patients the network did not train on (``scripts/resplit_scan_sources.py``). The
 fitted rule (``scans.ScanRule``) is written into the model's card as ``scan_rule``, with what
 it was fitted on. Research tool, not a diagnosis.
 """
@@ -47,11 +49,21 @@ def main() -> None:
     parser.add_argument("--scans", type=Path, nargs="+", required=True)
     parser.add_argument("--split", type=Path)
     parser.add_argument("--window", type=int, default=3)
+    parser.add_argument("--side", choices=("train", "val"), default="train",
+                        help="the split's side whose tumour patients fit the rule")
+    parser.add_argument("--healthy-side", choices=("train", "val"),
+                        help="the side of the healthy volumes (default: --side)")
     args = parser.parse_args()
     split = args.split or args.model / "split.csv"
     predictor = Predictor.load(args.model)
     normal = predictor.card.normal_class
-    cases = find_cases(args.scans, normal, split_groups(read_split_csv(split), "train"))
+    rows = read_split_csv(split)
+    # A source whose every row is the normal class holds healthy scans.
+    sources_with_tumour = {row.source for row in rows if row.label != normal}
+    groups = {g for g in split_groups(rows, args.side) if g[0] in sources_with_tumour}
+    groups |= {g for g in split_groups(rows, args.healthy_side or args.side)
+               if g[0] not in sources_with_tumour}
+    cases = find_cases(args.scans, normal, groups)
     scans, slices = score_cases(predictor, cases)
     curves, labels = [], []
     for scan in scans:
@@ -69,14 +81,14 @@ def main() -> None:
     positives, negatives = sum(labels), len(labels) - sum(labels)
     healthy = sum(1 for s in scans if s["truth"] == normal)
     rule = fit_scan_rule(curves, labels, args.window, fitted_on=(
-        f"{positives} training-side tumour stacks and {negatives} stacks without tumour "
+        f"{positives} {args.side}-side tumour stacks and {negatives} stacks without tumour "
         f"({healthy} healthy volumes, {negatives - healthy} runs of >= {MIN_CLEAR_RUN} clear "
         f"slices of tumour patients) of {', '.join(sorted({c.source for c in cases}))}"))
     called = np.array([rule.probability(window_statistic(c, rule.window)[0]) >= rule.threshold
                        for c in curves])
     truth = np.array(labels)
     print(f"rule: {rule}")
-    print(f"training side: tumour stacks called tumour {called[truth].mean():.1%} "
+    print(f"{args.side} side: tumour stacks called tumour {called[truth].mean():.1%} "
           f"({positives}), stacks without tumour called normal {(~called[~truth]).mean():.1%} "
           f"({negatives})")
     card = ModelCard.load(args.model)

@@ -1,0 +1,90 @@
+"""A fresh split of the whole-scan sources, with a fold for fitting the scan rule out of fold.
+
+    python scripts/resplit_scan_sources.py [--split runs/sources/split.csv]
+        [--out runs/sources/split_oof.csv] [--test 11] [--rule-fold 11] [--seed 4]
+
+Why: the scan rule of the third whole-scan candidate was fitted on the predictions for its own
+training patients, which the network has learnt, so it asked for more evidence than the network
+gives a new patient (docs/experiments.md). This split keeps the Kaggle and teaching-file rows as
+they are and re-draws the patients of ``lgg-tcga`` (stratified by institution):
+
+- ``test``: ``--test`` patients from the old training side, never evaluated as held out before;
+  training ignores them;
+- ``val``: ``--rule-fold`` other patients from the old training side; the network does not train
+  on them, so the scan rule is fitted on their stacks (``fit_scan_rule.py --side val``);
+- ``train``: the rest, the old held-out patients included.
+
+The healthy volumes swap sides: the two that were on the training side are now the test side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+
+from mri_tumor.data.splitting import read_split_csv, write_split_csv
+
+LGG = "lgg-tcga"
+HEALTHY = "healthy-volumes"
+
+
+def institution(patient: str) -> str:
+    """``TCGA_CS_4941_19960909`` -> ``CS``."""
+    return patient.split("_")[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--split", type=Path, default=Path("runs/sources/split.csv"))
+    parser.add_argument("--out", type=Path, default=Path("runs/sources/split_oof.csv"))
+    parser.add_argument("--test", type=int, default=11)
+    parser.add_argument("--rule-fold", type=int, default=11)
+    parser.add_argument("--seed", type=int, default=4)
+    args = parser.parse_args()
+    rows = read_split_csv(args.split)
+
+    old_side: dict[str, str] = {}
+    for row in rows:
+        if row.source == LGG:
+            old_side[row.path.split("/")[0]] = row.split
+    by_institution: dict[str, list[str]] = defaultdict(list)
+    for patient, side in sorted(old_side.items()):
+        if side == "train":
+            by_institution[institution(patient)].append(patient)
+    pool = sum(len(p) for p in by_institution.values())
+    rng = random.Random(args.seed)
+    new_side = {patient: "train" for patient in old_side}
+    for side, wanted in (("test", args.test), ("val", args.rule_fold)):
+        remaining = {k: [p for p in v if new_side[p] == "train"] for k, v in by_institution.items()}
+        # Largest remainder: each institution in proportion to its share of the pool.
+        quotas = {k: wanted * len(by_institution[k]) / pool for k in by_institution}
+        counts = {k: int(q) for k, q in quotas.items()}
+        for k in sorted(quotas, key=lambda k: quotas[k] - counts[k], reverse=True):
+            if sum(counts.values()) >= wanted:
+                break
+            counts[k] += 1
+        for k, patients in sorted(remaining.items()):
+            for patient in rng.sample(patients, counts[k]):
+                new_side[patient] = side
+
+    out_rows = []
+    for row in rows:
+        if row.source == LGG:
+            row = replace(row, split=new_side[row.path.split("/")[0]])
+        elif row.source == HEALTHY:
+            row = replace(row, split="test" if row.split == "train" else "train")
+        out_rows.append(row)
+    write_split_csv(out_rows, args.out)
+    for side in ("train", "val", "test"):
+        patients = sorted(p for p, s in new_side.items() if s == side)
+        print(f"{LGG} {side}: {len(patients)} patients "
+              f"({', '.join(f'{k} {sum(institution(p) == k for p in patients)}' for k in sorted(by_institution))})")
+    healthy = sorted({(r.path.split('/')[1], r.split) for r in out_rows if r.source == HEALTHY})
+    print(f"{HEALTHY}: {', '.join(f'{name} {side}' for name, side in healthy)}")
+
+
+if __name__ == "__main__":
+    main()
