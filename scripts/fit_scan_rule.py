@@ -22,7 +22,7 @@ import numpy as np
 from mri_tumor import Predictor
 from mri_tumor.card import ModelCard
 from mri_tumor.data.splitting import read_split_csv
-from mri_tumor.evaluation.scans import CLEAR, find_cases, score_cases, split_groups
+from mri_tumor.evaluation.scans import CLEAR, find_cases, rule_fitting_groups, score_cases
 from mri_tumor.inference.scans import fit_scan_rule, window_statistic
 
 MIN_CLEAR_RUN = 8
@@ -57,12 +57,7 @@ def main() -> None:
     split = args.split or args.model / "split.csv"
     predictor = Predictor.load(args.model)
     normal = predictor.card.normal_class
-    rows = read_split_csv(split)
-    # A source whose every row is the normal class holds healthy scans.
-    sources_with_tumour = {row.source for row in rows if row.label != normal}
-    groups = {g for g in split_groups(rows, args.side) if g[0] in sources_with_tumour}
-    groups |= {g for g in split_groups(rows, args.healthy_side or args.side)
-               if g[0] not in sources_with_tumour}
+    groups = rule_fitting_groups(read_split_csv(split), normal, args.side, args.healthy_side)
     cases = find_cases(args.scans, normal, groups)
     scans, slices = score_cases(predictor, cases)
     curves, labels = [], []

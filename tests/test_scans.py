@@ -376,6 +376,27 @@ def test_patient_slices_are_labelled_by_mask_and_split_by_patient(tmp_path: Path
     assert {"train", "val"} == {side for s in sides.values() for side in s}
 
 
+def test_an_out_of_fold_scan_rule_is_fitted_on_rule_fold_patients_and_healthy_volumes() -> None:
+    from mri_tumor.data.splitting import SplitRow
+    from mri_tumor.evaluation.scans import rule_fitting_groups
+
+    def row(path: str, label: str, split: str, source: str) -> SplitRow:
+        return SplitRow(path=path, label=label, split=split, group=0, phash="", source=source)
+
+    rows = [row("P_train/001_T1.jpg", "glioma", "train", "lgg"),
+            row("P_train/002_T1.jpg", "notumor", "train", "lgg"),
+            row("P_fold/001_T1.jpg", "notumor", "val", "lgg"),
+            row("P_test/001_T1.jpg", "glioma", "test", "lgg"),
+            row("notumor/vol_a/001.png", "notumor", "train", "healthy"),
+            row("notumor/vol_b/001.png", "notumor", "test", "healthy")]
+    assert rule_fitting_groups(rows, "notumor") == {("lgg", "P_train"),
+                                                    ("healthy", "notumor/vol_a")}
+    # Out of fold: tumour patients of the rule fold, healthy volumes of the training side;
+    # nothing of the test side either way.
+    assert rule_fitting_groups(rows, "notumor", "val", "train") == {
+        ("lgg", "P_fold"), ("healthy", "notumor/vol_a")}
+
+
 def test_the_exclusion_list_is_honoured_by_scanning_and_by_splits(tmp_path: Path,
                                                                    monkeypatch) -> None:
     from tests.conftest import copy_dataset

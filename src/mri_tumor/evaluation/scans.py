@@ -138,6 +138,17 @@ def split_groups(rows: Sequence[Any], subset: str) -> set[tuple[str, str]]:
     return groups
 
 
+def rule_fitting_groups(rows: Sequence[Any], normal_label: str, side: str = "train",
+                        healthy_side: str | None = None) -> set[tuple[str, str]]:
+    """The groups whose scans fit a scan rule: the patients of every source with a tumour on
+    the split's ``side``, and the scans of every all-normal source (healthy volumes) on
+    ``healthy_side`` (``side`` unless given). ``side="val"`` fits the rule out of fold."""
+    with_tumour = {row.source for row in rows if row.label != normal_label}
+    groups = {g for g in split_groups(rows, side) if g[0] in with_tumour}
+    return groups | {g for g in split_groups(rows, healthy_side or side)
+                     if g[0] not in with_tumour}
+
+
 def score_cases(predictor: Any, cases: Sequence[ScanCase], rule: ScanRule | None = None,
                 batch_size: int = 64) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Per scan: its summary and truth; per slice: tumour probability, status and truth."""
