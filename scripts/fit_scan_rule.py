@@ -57,6 +57,8 @@ def main() -> None:
     split = args.split or args.model / "split.csv"
     predictor = Predictor.load(args.model)
     normal = predictor.card.normal_class
+    if normal is None:
+        raise SystemExit(f"{args.model}: the card names no normal class, so no scan rule")
     groups = rule_fitting_groups(read_split_csv(split), normal, args.side, args.healthy_side)
     cases = find_cases(args.scans, normal, groups)
     scans, slices = score_cases(predictor, cases)

@@ -80,9 +80,9 @@ def main() -> None:
     write_split_csv(out_rows, args.out)
     for side in ("train", "val", "test"):
         patients = sorted(p for p, s in new_side.items() if s == side)
-        counts = ", ".join(f"{k} {sum(institution(p) == k for p in patients)}"
+        tally = ", ".join(f"{k} {sum(institution(p) == k for p in patients)}"
                            for k in sorted(by_institution))
-        print(f"{LGG} {side}: {len(patients)} patients ({counts})")
+        print(f"{LGG} {side}: {len(patients)} patients ({tally})")
     healthy = sorted({(r.path.split('/')[1], r.split) for r in out_rows if r.source == HEALTHY})
     print(f"{HEALTHY}: {', '.join(f'{name} {side}' for name, side in healthy)}")
 
