@@ -37,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from ct_refusal import out_of_fold_refusals, split_features
-from non_mri import documents, other_modalities, photos, synthetic
+from non_mri import documents, may_be_fitted_on, other_modalities, photos, synthetic
 
 from mri_tumor.data.preprocess import PreprocessSpec, to_model_pixels
 from mri_tumor.data.reading import to_grayscale
@@ -59,7 +59,7 @@ def kinds_of_negatives(shared: Path, size: int) -> dict[str, torch.Tensor]:
     spine, _ = load_refusal_pixels([shared / "not-brain-mri" / "spine-mri"], size)
     dicom = [image for _, name, image in other_modalities() if name.startswith("pydicom/")]
     made = [image for category, name, image in [*documents(), *synthetic()]
-            if name.startswith("synthetic/") or category in ("noise", "pattern")]
+            if may_be_fitted_on(category, name)]
     return {"head-ct": torch.cat([ct_png, ct_dicom]), "chest-xray": chest,
             "spine-mri": spine, "other-dicom": image_pixels(dicom, size),
             "synthetic": image_pixels(made, size)}

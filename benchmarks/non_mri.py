@@ -140,15 +140,25 @@ def non_mri_images(expand: bool = True) -> list[tuple[str, str, Image.Image]]:
     return out
 
 
-def export(directory: Path) -> int:
+def may_be_fitted_on(category: str, name: str) -> bool:
+    """True for the images a guard may be fitted on: made here (pages, screens, noise,
+    patterns) or the DICOM files of pydicom; never the samples of scikit-image or matplotlib,
+    which are kept as the check."""
+    return name.startswith(("synthetic/", "pydicom/")) or category in ("noise", "pattern")
+
+
+def export(directory: Path, fit_only: bool = False) -> int:
     """Write every non-blank image as an 8-bit grey PNG into ``directory`` (as the predictor
     sees it), named ``<category>__<name>.png``, to fit the guard's refusal direction on
-    (``mri-tumor calibrate ... --refuse DIR``). Returns how many were written."""
+    (``mri-tumor calibrate ... --refuse DIR``); with ``fit_only`` only those that
+    ``may_be_fitted_on``. Returns how many were written."""
     from mri_tumor.data.reading import to_grayscale
 
     directory.mkdir(parents=True, exist_ok=True)
     written = 0
     for category, name, image in non_mri_images():
+        if fit_only and not may_be_fitted_on(category, name):
+            continue
         grey = to_grayscale(image)
         if np.asarray(grey).std() < 2.0:  # blank: refused before the guard anyway
             continue
@@ -163,4 +173,8 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description="Export the non-MRI image set as PNG files.")
     parser.add_argument("--export", type=Path, required=True, metavar="DIR")
-    print(f"wrote {export(parser.parse_args().export)} images")
+    parser.add_argument("--fit-only", action="store_true",
+                        help="only the images a guard may be fitted on (no scikit-image or "
+                             "matplotlib samples)")
+    arguments = parser.parse_args()
+    print(f"wrote {export(arguments.export, arguments.fit_only)} images")
