@@ -7,6 +7,10 @@ Kinds of negatives that a refusal direction (``ood.fit_refusal``) may be fitted 
 
 - ``head-ct``: ``head-ct/png`` and the slices of ``head-ct/dicom-series`` (decoded despite their
   header, which alone refuses them in the product);
+- ``kaggle-ct``: a second CT collection, the head CTs that the reviewed exclusion list
+  (``mri_tumor/data/exclusions.csv``) takes out of the Kaggle ``notumor`` folder
+  (``brain-tumor-mri/Training``); so each CT collection is also scored by a guard fitted on the
+  other one, as a new hospital's CT would be;
 - ``chest-xray``: ``not-brain-mri/chest-xray``;
 - ``spine-mri``: ``not-brain-mri/spine-mri`` (MRI, but not of the brain);
 - ``other-dicom``: the non-MR DICOM files that ship inside pydicom, decoded;
@@ -33,12 +37,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from ct_refusal import out_of_fold_refusals, split_features
 from non_mri import documents, may_be_fitted_on, other_modalities, photos, synthetic
 
+from mri_tumor.data.folders import load_exclusions
 from mri_tumor.data.preprocess import PreprocessSpec, to_model_pixels
 from mri_tumor.data.reading import to_grayscale
 from mri_tumor.data.rows import load_refusal_pixels
@@ -54,13 +60,18 @@ def image_pixels(images: list, size: int) -> torch.Tensor:
 def kinds_of_negatives(shared: Path, size: int) -> dict[str, torch.Tensor]:
     """The pixels of each kind of negative that may be fitted on."""
     ct_png, _ = load_refusal_pixels([shared / "head-ct" / "png"], size)
+    kaggle = shared / "brain-tumor-mri" / "Training"
+    kaggle_ct = [Image.open(kaggle / path).convert("L")
+                 for (source, path), reason in load_exclusions().items()
+                 if source == "brain-tumor-mri/Training" and reason.startswith("head CT")]
     ct_dicom, _ = load_refusal_pixels([shared / "head-ct" / "dicom-series"], size)
     chest, _ = load_refusal_pixels([shared / "not-brain-mri" / "chest-xray"], size)
     spine, _ = load_refusal_pixels([shared / "not-brain-mri" / "spine-mri"], size)
     dicom = [image for _, name, image in other_modalities() if name.startswith("pydicom/")]
     made = [image for category, name, image in [*documents(), *synthetic()]
             if may_be_fitted_on(category, name)]
-    return {"head-ct": torch.cat([ct_png, ct_dicom]), "chest-xray": chest,
+    return {"head-ct": torch.cat([ct_png, ct_dicom]), "kaggle-ct": image_pixels(kaggle_ct, size),
+            "chest-xray": chest,
             "spine-mri": spine, "other-dicom": image_pixels(dicom, size),
             "synthetic": image_pixels(made, size)}
 
@@ -120,9 +131,25 @@ def main() -> None:
     result["check_refused"] = {"shipped_guard": refused(shipped, check_features),
                                "distance_only": refused(distance, check_features),
                                "fitted_on_every_kind": refused(every, check_features)}
+    both_ct = np.concatenate([kinds["head-ct"], kinds["kaggle-ct"]])
+    result["ct_collections"] = {
+        "kaggle-ct, fitted on head-ct": refused(fit_refusal(
+            copy.deepcopy(distance), train_features, kinds["head-ct"], val_features,
+            reject_rate=rate, heldout_groups=groups), kinds["kaggle-ct"]),
+        "head-ct, fitted on kaggle-ct": refused(fit_refusal(
+            copy.deepcopy(distance), train_features, kinds["kaggle-ct"], val_features,
+            reject_rate=rate, heldout_groups=groups), kinds["head-ct"])}
+    both = fit_refusal(copy.deepcopy(distance), train_features, both_ct, val_features,
+                       reject_rate=rate, heldout_groups=groups)
+    result["check_refused"]["fitted_on_both_ct"] = refused(both, check_features)
+    result["refused_by_the_guard_fitted_on_both_ct"] = {
+        name: refused(both, features) for name, features in kinds.items()}
     result["mri_refused_out_of_fold"] = {
         "shipped_kinds (head-ct)": out_of_fold_refusals(
             train_features, labels, val_features, sources, kinds["head-ct"],
+            len(card.class_names), per_source=groups is not None, reject_rate=rate),
+        "both_ct (head-ct, kaggle-ct)": out_of_fold_refusals(
+            train_features, labels, val_features, sources, both_ct,
             len(card.class_names), per_source=groups is not None, reject_rate=rate),
         "every_kind": out_of_fold_refusals(
             train_features, labels, val_features, sources, everything,
