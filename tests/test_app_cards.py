@@ -248,23 +248,34 @@ def test_a_tumour_scan_can_be_outlined_and_shows_its_volume(app: AppTest) -> Non
     assert yellow[2, 2] and yellow[2, 5] and not yellow[3, 3] and not yellow[0, 0]
 
 
-def test_a_flair_volume_can_be_outlined_with_its_t1_upload(app: AppTest) -> None:
-    """Beside a FLAIR NIfTI the classifier calls a tumour, another NIfTI upload can be named
-    its T1: the outline is then the FLAIR + T1 + T1C+ model's, and says it read T1."""
+def _flair_volume() -> np.ndarray:
+    """The FLAIR fixture slices as one volume. NIfTI's first axis runs left to right and its
+    second back to front: image columns and rows, bottom row first."""
+    slices = sorted((Path(__file__).parent / "fixtures" / "flair").glob("*_FLAIR.jpg"))
+    return np.stack([np.asarray(Image.open(p).convert("L"))[::-1].T for p in slices], axis=2)
+
+
+def _nifti(pixels: np.ndarray) -> bytes:
     import gzip
 
     import nibabel as nib
 
-    slices = sorted((Path(__file__).parent / "fixtures" / "flair").glob("*_FLAIR.jpg"))
-    # NIfTI's first axis runs left to right and its second back to front: image columns and
-    # rows, bottom row first.
-    volume = np.stack([np.asarray(Image.open(p).convert("L"))[::-1].T for p in slices], axis=2)
+    image = nib.Nifti1Image(pixels.astype(np.int16), np.diag([0.94, 0.94, 5.0, 1.0]))
+    return gzip.compress(image.to_bytes())
 
-    def nifti(pixels: np.ndarray) -> bytes:
-        image = nib.Nifti1Image(pixels.astype(np.int16), np.diag([0.94, 0.94, 5.0, 1.0]))
-        return gzip.compress(image.to_bytes())
 
-    _upload(app, [("flair.nii.gz", nifti(volume)), ("t1.nii.gz", nifti(volume[::-1].copy()))])
+def test_a_scan_named_flair_shows_the_models_caution(app: AppTest) -> None:
+    _upload(app, [("case_flair.nii.gz", _nifti(_flair_volume())),
+                  ("case.nii.gz", _nifti(_flair_volume()))])
+    cautions = [w.value for w in app.warning if "Caution" in w.value]
+    assert len(cautions) == 1 and "FLAIR series" in cautions[0]
+
+
+def test_a_flair_volume_can_be_outlined_with_its_t1_upload(app: AppTest) -> None:
+    """Beside a FLAIR NIfTI the classifier calls a tumour, another NIfTI upload can be named
+    its T1: the outline is then the FLAIR + T1 + T1C+ model's, and says it read T1."""
+    volume = _flair_volume()
+    _upload(app, [("flair.nii.gz", _nifti(volume)), ("t1.nii.gz", _nifti(volume[::-1].copy()))])
     options, alone, measured = _outline_with_t1(app)
     assert options == ["none", "t1.nii.gz"]
     assert alone and "read with" not in alone[0]  # the FLAIR model, until a T1 is named

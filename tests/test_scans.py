@@ -57,7 +57,7 @@ def slices_of(path: Path) -> list[np.ndarray]:
 
 def write_series(volume: np.ndarray, folder: Path, *, uid: str | None = None,
                  order: list[int] | None = None, modality: str = "MR",
-                 skip: tuple[int, ...] = ()) -> str:
+                 skip: tuple[int, ...] = (), description: str | None = None) -> str:
     """An axial DICOM series of a RAS volume: one file per z slice, with its position.
     DICOM rows run anterior to posterior and columns right to left (LPS)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -72,7 +72,8 @@ def write_series(volume: np.ndarray, folder: Path, *, uid: str | None = None,
                        "PixelSpacing": [SPACING[1], SPACING[0]],
                        "ImageOrientationPatient": [1, 0, 0, 0, 1, 0],
                        "ImagePositionPatient": [-(volume.shape[0] - 1) * SPACING[0], -(
-                           volume.shape[1] - 1) * SPACING[1], k * SPACING[2]]})
+                           volume.shape[1] - 1) * SPACING[1], k * SPACING[2]],
+                       **({"SeriesDescription": description} if description else {})})
     return uid
 
 
@@ -207,6 +208,43 @@ def test_nifti_and_zip_through_the_cli(tmp_path: Path) -> None:
     (tmp_path / "bad.zip").write_bytes(b"PK\x03\x04 not really")
     status, out, _ = run_cli("predict", "--json", str(tmp_path / "bad.zip"))
     assert status == 1 and "not a readable zip archive" in out
+
+
+@pytest.mark.parametrize(("text", "agent", "named"), [
+    ("BraTS2021_00000_flair.nii.gz", False, "FLAIR"), ("AX T2 FLAIR", False, "FLAIR"),
+    ("sub-01_T1w.nii.gz", False, "T1"), ("BraTS2021_00000_t1ce.nii.gz", False, "T1C+"),
+    ("AX T1 POST GAD", False, "T1C+"), ("T1 SE", True, "T1C+"), ("T1 pre-contrast", False, "T1"),
+    ("sag MPRAGE", False, "T1"), ("t2_tse_tra", False, "T2"), ("head.nii.gz", False, "")])
+def test_the_sequence_a_file_name_or_series_description_names(text: str, agent: bool,
+                                                               named: str) -> None:
+    from mri_tumor.data.volume import sequence_named
+
+    assert sequence_named(text, agent) == named
+
+
+def test_a_scan_named_flair_or_t1_carries_the_cards_caution(tmp_path: Path) -> None:
+    from mri_tumor.card import ModelCard
+    from mri_tumor.inference.model_folder import resolve_model
+
+    card = ModelCard.load(resolve_model("default")[1])
+    assert card.scan_rule is not None
+    cautions = card.scan_rule["cautions"]
+    flair = save_nifti(phantom(), ras_affine(), tmp_path / "case_flair.nii.gz")
+    plain = save_nifti(phantom(), ras_affine(), tmp_path / "case.nii.gz")
+    write_series(phantom(), tmp_path / "t1", description="AX T1 SE")
+    write_series(phantom(), tmp_path / "t1c", description="AX T1 POST GAD")
+    status, out, _ = run_cli("predict", "--json", str(flair), str(plain), str(tmp_path / "t1"),
+                             str(tmp_path / "t1c"))
+    assert status == 0
+    summaries = {Path(line["series_summary"]["source"]).name: line["series_summary"]
+                 for line in map(json.loads, out.splitlines()) if "series_summary" in line}
+    assert summaries["case_flair.nii.gz"]["caution"] == cautions["FLAIR"]
+    assert summaries["case_flair.nii.gz"]["named_sequence"] == "FLAIR"
+    assert cautions["FLAIR"] in summaries["case_flair.nii.gz"]["message"]
+    assert summaries["t1"]["caution"] == cautions["T1"]
+    assert "caution" not in summaries["case.nii.gz"] and "caution" not in summaries["t1c"]
+    status, out, _ = run_cli("predict", str(tmp_path / "t1"))
+    assert status == 0 and cautions["T1"] in out
 
 
 # -- the scan rule -------------------------------------------------------------------------

@@ -295,7 +295,8 @@ def test_fine_tuning_carries_the_base_models_scan_rule_and_says_so(dataset: Path
     assert main(["train", str(dataset), "--out", str(first), *TINY]) == 0
     card = json.loads((first / "card.json").read_text())
     card["scan_rule"] = {"window": 3, "slope": 0.5, "intercept": -1.9, "threshold": 0.5,
-                         "min_slices": 3, "max_refused_share": 0.5, "fitted_on": "20 patients"}
+                         "min_slices": 3, "max_refused_share": 0.5, "fitted_on": "20 patients",
+                         "cautions": {"FLAIR": "measured on the first model's answers"}}
     (first / "card.json").write_text(json.dumps(card))
     assert main(["train", str(dataset), "--out", str(second), "--from-model", str(first),
                  *TINY]) == 0
@@ -303,6 +304,7 @@ def test_fine_tuning_carries_the_base_models_scan_rule_and_says_so(dataset: Path
     assert (rule["slope"], rule["intercept"]) == (0.5, -1.9)
     assert rule["fitted_on"].startswith("carried over from the base model first")
     assert "20 patients" in rule["fitted_on"] and "not refitted" in rule["fitted_on"]
+    assert "cautions" not in rule  # measured on the base's answers, not carried
 
 
 def test_fine_tuning_keeps_the_models_intensity_step(dataset: Path, tmp_path: Path,

@@ -161,5 +161,7 @@ def scan_line(summary: dict, card: ModelCard | None) -> str:
     label = card.display_name(summary["label"]) if card else summary["label"]
     keys = ", ".join(str(k) for k in summary["key_slices"])
     disagree = "; slices disagree" if summary["disagree"] else ""
+    caution = f". Caution: {summary['caution']}" if summary.get("caution") else ""
     return (f"{head}: {label}, scan-level probability "
-            f"{format_probability(summary['probability'])} (key slices {keys}{disagree})")
+            f"{format_probability(summary['probability'])} (key slices {keys}{disagree})"
+            f"{caution}")

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from mri_tumor.data.base import MAX_PIXELS, ImageReadError, NotMRIError, scale_to_uint8
+from mri_tumor.data.volume import sequence_named
 
 # All frames together; a compressed multi-frame file can be small on disk and huge decoded.
 MAX_DICOM_PIXELS = 4 * MAX_PIXELS
@@ -40,7 +41,8 @@ class DicomFrame:
     instance: int | None  # InstanceNumber, for ordering slices of a series
     modality: str
     values: np.ndarray | None = None  # raw (modality-LUT) values of a grey single frame
-    geometry: dict | None = None  # position, orientation, spacing (for stacking a series)
+    geometry: dict | None = None  # position, orientation, spacing, and the sequence the
+    # header names (for stacking a series)
 
 
 def read_dicom(data: bytes, name: str, force: bool = False,
@@ -97,6 +99,11 @@ def read_dicom(data: bytes, name: str, force: bool = False,
     instance = dataset.get("InstanceNumber")
 
     geometry = _geometry(dataset) if frames_count == 1 and samples == 1 else None
+    if geometry is not None:
+        # Only the sequence this names is kept, never the description's text.
+        described = " ".join(str(dataset.get(k, "") or "") for k in
+                             ("SeriesDescription", "ProtocolName", "SequenceName"))
+        geometry["sequence"] = sequence_named(described, bool(dataset.get("ContrastBolusAgent")))
     frames = []
     for index, frame in enumerate(pixels):
         values = None

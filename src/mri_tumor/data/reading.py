@@ -42,6 +42,7 @@ class Frame:
     slice_index: int | None = None  # position in its scan's axial stack (volumes, series)
     scan: str | None = None  # the scan it belongs to, as the user named it (volumes, series)
     note: str = ""  # about the scan (e.g. slices missing), said once in its summary
+    named_sequence: str = ""  # the MR sequence the scan's file name or header names
     # A DICOM slice's raw values and geometry, kept until its series is stacked.
     values: np.ndarray | None = field(default=None, repr=False)
     geometry: dict | None = field(default=None, repr=False)
@@ -80,7 +81,8 @@ def volume_frames(data: bytes, name: str) -> list[Frame]:
     from mri_tumor.data.volume import axial_slices, read_nifti
 
     volume = read_nifti(data, name)
-    return [Frame(f"{name}#{index}", image, volume.series, None, index, name, volume.note)
+    return [Frame(f"{name}#{index}", image, volume.series, None, index, name, volume.note,
+                  volume.named_sequence)
             for index, image, _ in axial_slices(volume)]
 
 
@@ -173,7 +175,7 @@ def stack_series(items: Sequence[Any]) -> list[Any]:
     for series, volume in series_volumes(items).items():
         stacked[series] = [
             Frame(native or f"{volume.name}#{index}", image, series, None, index, volume.name,
-                  volume.note)
+                  volume.note, volume.named_sequence)
             for index, image, native in axial_slices(volume)]
     out: list[Any] = []
     placed: set[str] = set()

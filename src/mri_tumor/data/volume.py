@@ -23,6 +23,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +65,24 @@ class Volume:
     series: str  # opaque key of the scan (a hash, never a UID)
     slice_names: list[str] | None = None  # per slice of the last axis, for native slices
     note: str = ""  # e.g. a gap in the slice positions
+    named_sequence: str = ""  # the MR sequence its file name or header names ("" if none)
+
+
+_CONTRAST = re.compile(r"(t1[\s_.-]*(c|ce|gd)\b|t1c\+|\+c\b|c\+|\bgad|\bgd\b|post|contrast)")
+_NO_CONTRAST = re.compile(r"(pre[\s_-]*(contrast|gad|gd|c\b)|non[\s_-]*contrast|without)")
+
+
+def sequence_named(text: str, contrast_agent: bool = False) -> str:
+    """The MR sequence that a file name or a DICOM series description names: "FLAIR", "T1C+"
+    (T1 with contrast, also when the header names a contrast agent), "T1", "T2", or "" when it
+    names none. Only a hint for cautions; it never changes an answer."""
+    words = text.lower()
+    if "flair" in words:
+        return "FLAIR"
+    if re.search(r"t1|mprage|spgr", words):
+        named_contrast = _CONTRAST.search(words) and not _NO_CONTRAST.search(words)
+        return "T1C+" if contrast_agent or named_contrast else "T1"
+    return "T2" if re.search(r"t2", words) else ""
 
 
 def is_nifti_name(name: str | Path) -> bool:
@@ -115,7 +134,8 @@ def read_nifti(data: bytes, name: str) -> Volume:
     if voxels.ndim == 2:
         voxels = voxels[:, :, None]
     key = hashlib.sha256(hashlib.sha256(data[:4096]).digest() + name.encode()).hexdigest()[:12]
-    return Volume(voxels, image.affine.astype(np.float64), name, key)
+    return Volume(voxels, image.affine.astype(np.float64), name, key,
+                  named_sequence=sequence_named(Path(name).name))
 
 
 def window_volume(voxels: np.ndarray) -> np.ndarray:
@@ -231,7 +251,7 @@ def resample_onto(volume: Volume, target: Volume) -> Volume:
                          "are not of one position of one head (another session, or another "
                          "frame of reference)")
     return Volume(np.asarray(moved.dataobj, np.float32), target.affine.copy(), volume.name,
-                  volume.series, note=volume.note)
+                  volume.series, note=volume.note, named_sequence=volume.named_sequence)
 
 
 def axial_stack(volume: Volume, like: AxialStack | None = None) -> AxialStack:
@@ -328,4 +348,5 @@ def dicom_series_volume(slices: list[tuple[np.ndarray, dict[str, tuple[float, ..
     affine_lps[:3, 3] = positions[order[0]]
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine_lps
     stack = np.stack([slices[i][0].T for i in order], axis=2).astype(np.float32)
-    return Volume(stack, affine, name, series, [slices[i][2] for i in order], note)
+    return Volume(stack, affine, name, series, [slices[i][2] for i in order], note,
+                  str(slices[0][1].get("sequence", "")))

@@ -191,7 +191,8 @@ class Outliner:
             reason = self.skip_reason(answer)
         elif self.predictor is not None:
             frames = [Frame(f"{volume.name}#{k}", stack.picture(stack.windowed[:, :, k]),
-                            volume.series, None, int(k), volume.name, volume.note)
+                            volume.series, None, int(k), volume.name, volume.note,
+                            volume.named_sequence)
                       for k in np.flatnonzero(stack.inside)]
             summaries = scan_summaries(self.predictor.predict_items(frames), self.predictor.card)
             if summaries:

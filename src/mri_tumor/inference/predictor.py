@@ -178,7 +178,8 @@ class Predictor:
         common: dict[str, Any] = {
             "path": frame.name, "series": frame.series, "instance": frame.instance,
             "ood_score": None if np.isnan(score) else round(score, 4), "model": self.name,
-            "slice_index": frame.slice_index, "scan": frame.scan, "note": frame.note}
+            "slice_index": frame.slice_index, "scan": frame.scan, "note": frame.note,
+            "named_sequence": frame.named_sequence}
         if blank:
             return Prediction(status=REJECTED, message=BLANK_MESSAGE, **common)
         borderline = self._borderline(score)

@@ -60,6 +60,7 @@ class Prediction:
     slice_index: int | None = None  # position in its scan's axial stack (volumes, series)
     scan: str | None = field(default=None, repr=False)  # the scan, as the user named it
     note: str = field(default="", repr=False)  # about the scan, for its summary
+    named_sequence: str = field(default="", repr=False)  # what the scan's name or header says
     by_header: bool = field(default=False, repr=False)  # refused by its DICOM header
     resembles: str | None = None  # a content refusal: the kind of image it looks like most
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,9 @@ class ScanRule:
     min_slices: int = 3
     max_refused_share: float = 0.5
     fitted_on: str = "not fitted: the window statistic itself"
+    # Per MR sequence, what was measured about this model's scan answers on it, said with
+    # every answer for a scan whose file name or header names that sequence.
+    cautions: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_card(cls, card: Any) -> ScanRule:
@@ -105,12 +108,19 @@ def fit_scan_rule(curves: Sequence[Sequence[float]], has_tumour: Sequence[bool],
 
 def summarise_scan(slices: Sequence[Any], refused: int, rule: ScanRule,
                    normal_class: str | None, source: str, series: str | None = None,
-                   note: str = "") -> dict[str, Any]:
+                   note: str = "", named_sequence: str = "") -> dict[str, Any]:
     """One scan's answer from its readable slice results (``Prediction``s with
-    probabilities, in stack order) and the number of its slices that were refused."""
+    probabilities, in stack order) and the number of its slices that were refused. A scan
+    whose name or header names a sequence with a caution in the rule carries it
+    (``caution``, and at the end of ``message``)."""
+    caution = rule.cautions.get(named_sequence, "")
+    if caution:
+        note = "; ".join(part for part in (note, f"caution: {caution}") if part)
     total = len(slices) + refused
     base: dict[str, Any] = {"source": source, "series": series, "slices": len(slices),
                             "refused": refused}
+    if caution:
+        base.update(named_sequence=named_sequence, caution=caution)
     why = ""
     if total and refused / total > rule.max_refused_share:
         why = f"most slices ({refused} of {total}) were refused as not brain MRI"
@@ -170,8 +180,9 @@ def scan_summaries(results: Iterable[Any], card: Any) -> list[dict[str, Any]]:
             continue
         key = (result.scan or "", result.series)
         group = groups.setdefault(key, {"ok": [], "refused": 0, "header": [], "note": "",
-                                        "first": result.path})
+                                        "sequence": "", "first": result.path})
         group["note"] = group["note"] or getattr(result, "note", "")
+        group["sequence"] = group["sequence"] or getattr(result, "named_sequence", "")
         if result.status == SCAN_OK:
             group["ok"].append(result)
         elif getattr(result, "by_header", False):
@@ -193,7 +204,7 @@ def scan_summaries(results: Iterable[Any], card: Any) -> list[dict[str, Any]]:
         if len(ordered) + group["refused"] < 2:
             continue
         summaries.append(summarise_scan(ordered, group["refused"], rule, normal, source,
-                                        series, group["note"]))
+                                        series, group["note"], group["sequence"]))
     return summaries
 
 

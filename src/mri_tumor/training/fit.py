@@ -240,12 +240,14 @@ def train(config: TrainConfig) -> Path | None:
 
 
 def carried_scan_rule(rule: dict[str, Any], base: Path | str | None) -> dict[str, Any]:
-    """A fine-tuned model keeps its base's scan rule (better than the unfitted default), saying
-    so in ``fitted_on``: it was fitted on the base model's slice probabilities, and
-    ``scripts/fit_scan_rule.py`` refits it for the new weights."""
+    """A fine-tuned model keeps its base's scan rule (better than the unfitted default, less
+    the cautions measured on the base's answers), saying so in ``fitted_on``: it was fitted
+    on the base model's slice probabilities, and ``scripts/fit_scan_rule.py`` refits it for
+    the new weights."""
     logger.warning("the scan rule is carried over from %s; refit it for the new weights with "
                    "scripts/fit_scan_rule.py", base)
     carried = dict(rule)
+    carried.pop("cautions", None)  # measured on the base model's answers, not the new ones
     carried["fitted_on"] = (f"carried over from the base model {Path(str(base)).name} "
                             f"(fitted on: {rule.get('fitted_on', 'unknown')}); not refitted")
     return carried
