@@ -82,3 +82,32 @@ def test_every_number_of_a_real_study_is_written_as_it_is_meant(shipped: Predict
         assert re.fullmatch(rf"-?\d+(\.\d{{1,{decimals}}})?", text), (code, text)
         assert unit == ("1" if code == "OODSCORE" else "%")
     assert percent(0.0039) == 0.39 and percent(0.99996) == 100.0 and percent(0.0) == 0.0
+
+
+def test_a_series_whose_description_names_t1_carries_the_cards_caution_in_the_report(
+        shipped: Predictor, tmp_path) -> None:
+    import shutil
+    import subprocess
+
+    files = make_mr_study(sorted(FIXTURE_IMAGES.glob("*/*.jpg"))[:4])  # "T1 axial"
+    datasets = [pydicom.dcmread(io.BytesIO(data)) for data in files]
+    _, objects, _ = results_for(shipped, datasets, scope=datasets[0].StudyInstanceUID)
+    data = part10_bytes(objects[0])
+    texts: list[str] = []
+
+    def walk(items) -> None:
+        for item in items:
+            if item.ValueType == "TEXT":
+                texts.append(str(item.TextValue))
+            walk(getattr(item, "ContentSequence", []))
+
+    walk(pydicom.dcmread(io.BytesIO(data)).ContentSequence)
+    caution = shipped.card.scan_rule["cautions"]["T1"]
+    assert f"Caution: {caution}" in texts
+    if shutil.which("dciodvfy"):
+        (tmp_path / "sr.dcm").write_bytes(data)
+        checked = subprocess.run(["dciodvfy", str(tmp_path / "sr.dcm")], capture_output=True,
+                                 text=True, timeout=60, check=False)
+        errors = [line for line in (checked.stdout + checked.stderr).splitlines()
+                  if line.startswith("Error")]
+        assert errors == []

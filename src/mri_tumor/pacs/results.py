@@ -332,7 +332,7 @@ def build_report(analysed: Sequence[AnalysedImage], predictor: Predictor,
                         if a.result.series == summary["series"] and a.result.status == OK
                         for image in a.instances}.values())
         first = by_key[summary["series"]]
-        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+        group = hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(
                 uid=result_uid("series-group", scope, model, first.source.SeriesInstanceUID),
                 identifier=f"series {first.series_number} summary"),
@@ -344,7 +344,12 @@ def build_report(analysed: Sequence[AnalysedImage], predictor: Predictor,
                 codes.finding, class_code(card, summary["label"]))],
             source_images=[hd.sr.SourceImageForMeasurementGroup(
                 a.source.SOPClassUID, a.source.SOPInstanceUID, [a.frame] if a.frame else None)
-                for a in members]))
+                for a in members])
+        if summary.get("caution"):  # what was measured about this model on this sequence
+            group[0].ContentSequence.append(hd.sr.TextContentItem(
+                name=codes.comment, value=f"Caution: {summary['caution']}",
+                relationship_type="CONTAINS"))
+        groups.append(group)
 
     context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
         observer_type=hd.sr.CodedConcept("121007", "DCM", "Device"),
