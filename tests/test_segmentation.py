@@ -244,6 +244,10 @@ def test_the_classifier_s_normal_answer_means_no_outline(segmenter_dir: Path,
     reason = outliner.skip_reason({"status": "ok", "label": normal, "probability": 0.9,
                              "message": "scan answer"})
     assert reason is not None and predictor.card.display_name(normal) in reason
+    assert "no-classifier" not in reason
+    weak = outliner.skip_reason({"status": "ok", "label": normal, "probability": 0.9,
+                                 "message": "scan answer", "caution": "weak on FLAIR"})
+    assert weak is not None and "weak on FLAIR" in weak and "--no-classifier" in weak
     tumour = next(c for c in predictor.card.class_names if c != normal)
     assert outliner.skip_reason({"status": "ok", "label": tumour, "probability": 0.9,
                            "message": ""}) is None

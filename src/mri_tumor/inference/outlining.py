@@ -93,7 +93,8 @@ def _text(path: Path | None) -> str | None:
 
 def classifier_answer(summary: dict[str, Any]) -> dict[str, Any]:
     """The parts of a scan summary (``scans.scan_summaries``) an outline rests on."""
-    return {key: summary.get(key) for key in ("status", "label", "probability", "message")}
+    return {key: summary.get(key) for key in ("status", "label", "probability", "message",
+                                              "caution")}
 
 
 class Outliner:
@@ -261,8 +262,12 @@ class Outliner:
             return f"the classifier could not assess it ({answer['message']})"
         card = self.predictor.card if self.predictor is not None else None
         if card is not None and answer["label"] == card.normal_class:
-            return (f"the classifier's answer is {card.display_name(answer['label'])} "
-                    f"({format_probability(answer['probability'])})")
+            reason = (f"the classifier's answer is {card.display_name(answer['label'])} "
+                      f"({format_probability(answer['probability'])})")
+            if answer.get("caution"):  # the classifier is known to miss tumours here
+                reason += (f"; caution: {answer['caution']}; to outline it anyway, skip the "
+                           "classifier (segment --no-classifier, or outline_all in the API)")
+            return reason
         return None
 
     def _outlined(self, source: str, name: str, target: str | None, measurement: Measurement,
