@@ -214,7 +214,8 @@ def test_nifti_and_zip_through_the_cli(tmp_path: Path) -> None:
     ("BraTS2021_00000_flair.nii.gz", False, "FLAIR"), ("AX T2 FLAIR", False, "FLAIR"),
     ("sub-01_T1w.nii.gz", False, "T1"), ("BraTS2021_00000_t1ce.nii.gz", False, "T1C+"),
     ("AX T1 POST GAD", False, "T1C+"), ("T1 SE", True, "T1C+"), ("T1 pre-contrast", False, "T1"),
-    ("sag MPRAGE", False, "T1"), ("t2_tse_tra", False, "T2"), ("head.nii.gz", False, "")])
+    ("sag MPRAGE", False, "T1"), ("3D_T1_MPRAGE_Gd", False, "T1C+"),
+    ("t2_tse_tra", False, "T2"), ("head.nii.gz", False, "")])
 def test_the_sequence_a_file_name_or_series_description_names(text: str, agent: bool,
                                                                named: str) -> None:
     from mri_tumor.data.volume import sequence_named

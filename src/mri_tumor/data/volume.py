@@ -68,7 +68,8 @@ class Volume:
     named_sequence: str = ""  # the MR sequence its file name or header names ("" if none)
 
 
-_CONTRAST = re.compile(r"(t1[\s_.-]*(c|ce|gd)\b|t1c\+|\+c\b|c\+|\bgad|\bgd\b|post|contrast)")
+_CONTRAST = re.compile(r"(t1[\s_.-]*(c|ce|gd)(?![a-z])|t1c\+|\+c(?![a-z])|c\+|(?<![a-z])gad"
+                       r"|(?<![a-z])gd(?![a-z])|post|contrast)")
 _NO_CONTRAST = re.compile(r"(pre[\s_-]*(contrast|gad|gd|c\b)|non[\s_-]*contrast|without)")
 
 
