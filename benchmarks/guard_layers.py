@@ -5,8 +5,9 @@ non-MRI image does it refuse without ever being shown one?
         [--split CSV] [--blocks 4,7,10] [--train-sample 4000] [--json out.json]
 
 For each MBConv block named by ``--blocks``, every image is summarised by the mean and standard
-deviation of each channel of that block's output (signed log), and a Gaussian with a shared,
-1%-shrunk covariance is fitted on a sample of the training rows of the split (``--split``, by
+deviation of each channel of that block's output (``EfficientNetLite.block_statistics``), and
+a Gaussian on their signed log with a 1%-shrunk covariance (``ood.fit_feature_density``) is
+fitted on a sample of the training rows of the split (``--split``, by
 default the model's; the whole-scan split ``runs/sources/split.csv`` with all five sources gives
 it whole-scan slices). Its cut is the 99.5th percentile of the validation rows' distances.
 Reported per block: validation MRIs refused out of fold (each half scored with the cut set on
@@ -33,45 +34,23 @@ from non_mri import documents, photos
 from mri_tumor.data.preprocess import PreprocessSpec, normalize
 from mri_tumor.data.rows import load_pixels, read_split_under, source_roots
 from mri_tumor.models.factory import load_model
-from mri_tumor.models.ood import OODGuard
+from mri_tumor.models.ood import OODGuard, fit_feature_density
 from mri_tumor.training import predict_outputs
 
-SHRINK = 0.01
 QUANTILE = 99.5
 
 
 def block_statistics(model, pixels: torch.Tensor, spec: PreprocessSpec,
                      blocks: list[int]) -> dict[int, np.ndarray]:
-    """Per block: (N, 2 x channels) per-channel mean and std of its output, signed log."""
-    taken: dict[int, torch.Tensor] = {}
-    hooks = [model._blocks[b].register_forward_hook(
-        lambda _m, _i, out, b=b: taken.__setitem__(b, out)) for b in blocks]
+    """Per block: (N, 2 x channels) per-channel mean and std of its output."""
     parts: dict[int, list[np.ndarray]] = {b: [] for b in blocks}
     model.eval()
     with torch.no_grad():
         for start in range(0, len(pixels), 64):
-            model.forward_features(normalize(pixels[start:start + 64], spec).float())
-            for b in blocks:
-                out = taken[b].float()
-                stats = torch.cat([out.mean((2, 3)), out.std((2, 3))], 1).numpy()
-                parts[b].append(np.sign(stats) * np.log1p(np.abs(stats)))
-    for hook in hooks:
-        hook.remove()
+            batch = normalize(pixels[start:start + 64], spec).float()
+            for b, stats in zip(blocks, model.block_statistics(batch, blocks), strict=True):
+                parts[b].append(stats.numpy())
     return {b: np.concatenate(parts[b]) for b in blocks}
-
-
-class Density:
-    """Mahalanobis distance to one Gaussian, fitted on MRIs only."""
-
-    def __init__(self, features: np.ndarray) -> None:
-        self.mean = features.mean(0)
-        cov = np.cov(features, rowvar=False)
-        cov = (1 - SHRINK) * cov + SHRINK * np.trace(cov) / len(cov) * np.eye(len(cov))
-        self.precision = np.linalg.inv(cov)
-
-    def distance(self, features: np.ndarray) -> np.ndarray:
-        d = features - self.mean
-        return np.sqrt(np.einsum("ij,jk,ik->i", d, self.precision, d))
 
 
 def out_of_fold(distances: np.ndarray, sources: np.ndarray) -> dict[str, float]:
@@ -140,9 +119,9 @@ def main() -> None:
                         "kinds": {k: float(v.mean()) for k, v in negative_card.items()}},
                     "blocks": {}}
     for b in blocks:
-        density = Density(train_stats[b])
+        density = fit_feature_density(train_stats[b], val_stats[b], 1 - QUANTILE / 100)
         val_distance = density.distance(val_stats[b])
-        cut = np.percentile(val_distance, QUANTILE)
+        cut = density.cut
         union_val = val_card | (val_distance > cut)
         result["blocks"][str(b)] = {
             "channels": train_stats[b].shape[1] // 2,

@@ -217,3 +217,16 @@ def test_onnx_backend_works_without_a_writable_cache(tmp_path: Path, fixture_pat
     results = Predictor.load(backend="onnx").predict(fixture_paths[:2])
     assert [r.label for r in results] == [p.parent.name for p in fixture_paths[:2]]
     assert blocker.read_text() == "a file where the cache folder would be"
+
+
+def test_a_feature_density_fitted_on_mris_alone_refuses_what_lies_far_from_them() -> None:
+    from mri_tumor.models.ood import fit_feature_density
+
+    rng = np.random.default_rng(0)
+    train = rng.normal(2.0, 0.3, (2000, 8))
+    heldout = rng.normal(2.0, 0.3, (2000, 8))
+    density = fit_feature_density(train, heldout, reject_rate=0.01)
+    assert abs(density.refuses(heldout).mean() - 0.01) < 0.002  # the cut where it was set
+    assert density.refuses(rng.normal(2.0, 0.3, (500, 8))).mean() < 0.03
+    far = rng.normal(-3.0, 0.3, (50, 8))  # other statistics, a kind never fitted on
+    assert density.refuses(far).all()

@@ -117,3 +117,19 @@ def test_fp16_weights_keep_small_tensors_exact(tmp_path: Path) -> None:
             assert torch.equal(reloaded[key], value), key
         else:
             assert torch.equal(reloaded[key], value.half().float()), key
+
+
+def test_block_statistics_are_the_channel_means_and_spreads_of_each_block_in_one_pass() -> None:
+    model = create_model("efficientnet_lite0", num_classes=4, pretrained=False).eval()
+    pixels = torch.rand(2, 3, 96, 96)
+    seen: dict[int, torch.Tensor] = {}
+    hooks = [model._blocks[b].register_forward_hook(
+        lambda _m, _i, out, b=b: seen.__setitem__(b, out)) for b in (3, 10)]
+    with torch.no_grad():
+        model.forward_features(pixels)
+        early, late = model.block_statistics(pixels, [3, 10])
+    for hook in hooks:
+        hook.remove()
+    assert early.shape == (2, 2 * seen[3].shape[1]) and late.shape == (2, 2 * seen[10].shape[1])
+    assert torch.allclose(early[:, :seen[3].shape[1]], seen[3].mean((2, 3)), atol=1e-5)
+    assert torch.allclose(late[:, seen[10].shape[1]:], seen[10].std((2, 3)), atol=1e-5)

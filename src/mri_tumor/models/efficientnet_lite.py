@@ -11,6 +11,7 @@ are deeper (21 blocks instead of 16) and Lite2 also wider. Parameter names follo
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -127,6 +128,18 @@ class EfficientNetLite(Network):
         x = self.act(self._bn0(self._conv_stem(pixels)))
         x = self._blocks(x)
         return self.act(self._bn1(self._conv_head(x)))
+
+    def block_statistics(self, pixels: torch.Tensor, blocks: Sequence[int]) -> list[torch.Tensor]:
+        """Per MBConv block named (0-based), (N, 2 x its channels): the mean and the standard
+        deviation of each channel of its output, what an image is made of before the layers
+        that separate the classes (``benchmarks/guard_layers.py``). One pass."""
+        x = self.act(self._bn0(self._conv_stem(pixels)))
+        taken: dict[int, torch.Tensor] = {}
+        for index in range(max(blocks) + 1):
+            x = self._blocks[index](x)
+            if index in blocks:
+                taken[index] = torch.cat([x.mean((2, 3)), x.std((2, 3))], 1)
+        return [taken[b] for b in blocks]
 
     def pool_features(self, maps: torch.Tensor) -> torch.Tensor:
         """Pooled embedding that the heads (and the out-of-distribution guard) read."""

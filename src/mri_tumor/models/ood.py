@@ -228,3 +228,42 @@ def fit_refusal(guard: OODGuard, mri_features: np.ndarray, refuse_features: np.n
                                                  heldout_groups)
     guard._module = None
     return guard
+
+
+@dataclass
+class FeatureDensity:
+    """One Gaussian (shared, shrunk covariance) over image statistics of brain MRIs only, such
+    as ``EfficientNetLite.block_statistics``, read on a signed log scale; ``cut``: the
+    distance above which an input is unlike them. No negative is needed to fit it."""
+
+    mean: np.ndarray
+    precision: np.ndarray
+    cut: float
+
+    @staticmethod
+    def transform(statistics: np.ndarray) -> np.ndarray:
+        """Signed log: channel means and spreads span orders of magnitude."""
+        values = np.asarray(statistics, np.float64)
+        return np.sign(values) * np.log1p(np.abs(values))
+
+    def distance(self, statistics: np.ndarray) -> np.ndarray:
+        """Mahalanobis distance of each row to the MRIs' mean."""
+        centred = self.transform(statistics) - self.mean
+        return np.sqrt(np.einsum("ij,jk,ik->i", centred, self.precision, centred))
+
+    def refuses(self, statistics: np.ndarray) -> np.ndarray:
+        return self.distance(statistics) > self.cut
+
+
+def fit_feature_density(train_statistics: np.ndarray, heldout_statistics: np.ndarray,
+                        reject_rate: float = DEFAULT_REJECT_RATE,
+                        shrinkage: float = SHRINKAGE) -> FeatureDensity:
+    """Fit the density on training MRIs and set its cut where it refuses ``reject_rate`` of
+    held-out MRIs."""
+    values = FeatureDensity.transform(train_statistics)
+    covariance = np.cov(values, rowvar=False)
+    scale = np.trace(covariance) / len(covariance)
+    covariance = (1 - shrinkage) * covariance + shrinkage * scale * np.eye(len(covariance))
+    density = FeatureDensity(values.mean(0), np.linalg.inv(covariance), cut=np.inf)
+    density.cut = float(np.quantile(density.distance(heldout_statistics), 1 - reject_rate))
+    return density
