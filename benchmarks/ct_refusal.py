@@ -39,17 +39,23 @@ from mri_tumor.models.ood import DEFAULT_REJECT_RATE, fit_guard, fit_refusal
 from mri_tumor.training import predict_outputs
 
 
+def source_halves(sources: np.ndarray) -> np.ndarray:
+    """A fixed random half of the rows of each source (True), for out-of-fold cuts."""
+    rng = np.random.default_rng(0)
+    half = np.zeros(len(sources), dtype=bool)
+    for source in np.unique(sources):
+        members = rng.permutation(np.flatnonzero(sources == source))
+        half[members[: len(members) // 2]] = True
+    return half
+
+
 def out_of_fold_refusals(train_features: np.ndarray, train_labels: np.ndarray,
                          val_features: np.ndarray, sources: np.ndarray,
                          refuse_features: np.ndarray, num_classes: int,
                          per_source: bool, reject_rate: float) -> dict[str, float]:
     """Share of validation MRIs refused, per source, when each half of them is scored by a guard
     (distance threshold and refusal cut) fitted on the other half (per source or pooled)."""
-    rng = np.random.default_rng(0)
-    half = np.zeros(len(sources), dtype=bool)
-    for source in np.unique(sources):
-        members = rng.permutation(np.flatnonzero(sources == source))
-        half[members[: len(members) // 2]] = True
+    half = source_halves(sources)
     refused = np.zeros(len(sources), dtype=bool)
     for scored in (half, ~half):
         groups = sources[~scored] if per_source else None

@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from ct_refusal import source_halves
 from guard_kinds import image_pixels, kinds_of_negatives
 from non_mri import documents, photos
 
@@ -55,11 +56,7 @@ def block_statistics(model, pixels: torch.Tensor, spec: PreprocessSpec,
 
 def out_of_fold(distances: np.ndarray, sources: np.ndarray) -> dict[str, float]:
     """Validation MRIs refused, each half (within each source) cut on the other half."""
-    rng = np.random.default_rng(0)
-    half = np.zeros(len(sources), dtype=bool)
-    for source in np.unique(sources):
-        members = rng.permutation(np.flatnonzero(sources == source))
-        half[members[: len(members) // 2]] = True
+    half = source_halves(sources)
     refused = np.zeros(len(sources), dtype=bool)
     for scored in (half, ~half):
         refused[scored] = distances[scored] > np.percentile(distances[~scored], QUANTILE)
