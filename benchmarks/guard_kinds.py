@@ -25,6 +25,9 @@ scanned pages) are never fitted on: they are the check, scored by every guard he
 MRIs refused: the validation rows, with the threshold and cut set on the other half of them
 (``ct_refusal.out_of_fold_refusals``). The cuts are pooled over the validation rows or set per
 source as the card says; ``--per-source`` sets them per source whatever the card says.
+When the card's guard has a density on block statistics (``card.ood_density``, never fitted on
+a negative), ``shipped_guard`` is the guard as served, density included, and
+``left_out_with_density`` is the refusal fitted without the kind together with that density.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from mri_tumor.data.reading import to_grayscale
 from mri_tumor.data.rows import load_refusal_pixels
 from mri_tumor.models.ood import DEFAULT_REJECT_RATE, OODGuard, fit_guard, fit_refusal
 from mri_tumor.training import predict_outputs
+from mri_tumor.training.density import predict_statistics
 
 
 def image_pixels(images: list, size: int) -> torch.Tensor:
@@ -76,9 +80,22 @@ def kinds_of_negatives(shared: Path, size: int) -> dict[str, torch.Tensor]:
             "synthetic": image_pixels(made, size)}
 
 
-def refused(guard: OODGuard, features: np.ndarray) -> float:
-    """Share of ``features`` the guard refuses."""
-    return float((guard.score(features) > guard.threshold).mean())
+def refused(guard: OODGuard, features: np.ndarray,
+            statistics: np.ndarray | None = None) -> float:
+    """Share of ``features`` the guard refuses (with its density, when it has one, on the
+    block ``statistics`` of the same images)."""
+    if guard.density is None:
+        statistics = None
+    return float((guard.score(features, statistics) > guard.threshold).mean())
+
+
+def with_density(guard: OODGuard, density_of: OODGuard | None) -> OODGuard:
+    """``guard`` with the density of ``density_of`` (the card's), if that has one."""
+    if density_of is None or density_of.density is None:
+        return guard
+    guard = copy.deepcopy(guard)
+    guard.density, guard._module = density_of.density, None
+    return guard
 
 
 def main() -> None:
@@ -97,21 +114,30 @@ def main() -> None:
     model, card, extras, train_features, labels, val_features, val_rows = split_features(
         args.model, args.data_dirs)
     spec = PreprocessSpec.from_card(card)
-    kinds = {name: predict_outputs(model, pixels, spec)[1]
-             for name, pixels in kinds_of_negatives(args.shared, card.image_size).items()}
+    negatives = kinds_of_negatives(args.shared, card.image_size)
+    kinds = {name: predict_outputs(model, pixels, spec)[1] for name, pixels in negatives.items()}
     check = image_pixels([image for _, _, image in photos()]
                          + [image for _, name, image in documents() if name.startswith("skimage/")],
                          card.image_size)
     _, check_features = predict_outputs(model, check, spec)
+    shipped = OODGuard.from_tensors(extras, card.ood_threshold,
+                                    (card.ood_density or {}).get("block"))
+    assert shipped is not None
+    statistics: dict[str, np.ndarray | None] = {name: None for name in negatives}
+    check_statistics = None
+    if shipped.density is not None and shipped.density.block is not None:
+        block = shipped.density.block
+        statistics = {name: predict_statistics(model, pixels, spec, block)
+                      for name, pixels in negatives.items()}
+        check_statistics = predict_statistics(model, check, spec, block)
 
     sources = np.array([r.source for r in val_rows])
     groups = sources if card.training.per_source_fit or args.per_source else None
     rate = card.training.reject_rate or DEFAULT_REJECT_RATE
     distance = fit_guard(train_features, labels, val_features, len(card.class_names),
                          reject_rate=rate, heldout_groups=groups)
-    shipped = OODGuard.from_tensors(extras, card.ood_threshold)
-    assert shipped is not None
     result: dict = {"model": str(args.model), "per_source": groups is not None,
+                    "card_guard_has_density": shipped.density is not None,
                     "counts": {k: len(v) for k, v in kinds.items()},
                     "check_images": len(check_features), "reject_rate": rate, "kinds": {}}
     for name, features in kinds.items():
@@ -119,16 +145,20 @@ def main() -> None:
         left_out = fit_refusal(copy.deepcopy(distance), train_features, others, val_features,
                                reject_rate=rate, heldout_groups=groups)
         result["kinds"][name] = {
-            "shipped_guard": refused(shipped, features),
+            "shipped_guard": refused(shipped, features, statistics[name]),
             "distance_only": refused(distance, features),
             "left_out_of_the_fit": refused(left_out, features),
             "check_refused_without_it": refused(left_out, check_features),
         }
+        if shipped.density is not None:  # the refusal fitted without it, and the density
+            result["kinds"][name]["left_out_with_density"] = refused(
+                with_density(left_out, shipped), features, statistics[name])
     every = fit_refusal(copy.deepcopy(distance), train_features,
                         np.concatenate(list(kinds.values())), val_features, reject_rate=rate,
                         heldout_groups=groups)
     everything = np.concatenate(list(kinds.values()))
-    result["check_refused"] = {"shipped_guard": refused(shipped, check_features),
+    result["check_refused"] = {"shipped_guard": refused(shipped, check_features,
+                                                        check_statistics),
                                "distance_only": refused(distance, check_features),
                                "fitted_on_every_kind": refused(every, check_features)}
     both_ct = np.concatenate([kinds["head-ct"], kinds["kaggle-ct"]])

@@ -21,7 +21,7 @@ SPLIT_FILE = "split.csv"
 HISTORY_FILE = "history.json"
 ONNX_FILE = "model.onnx"  # optional: an export the ONNX backend uses instead of its cache
 # Bump when the exported graph's inputs or outputs change: cached exports are keyed by it.
-ONNX_GRAPH_VERSION = 4
+ONNX_GRAPH_VERSION = 5
 
 # Measured on the shipped model (docs/ood-guard.md, "Borderline"): 1.3% of its validation
 # MRIs and 21% of held-out spine MRIs lie within 10% of the threshold.
@@ -202,6 +202,10 @@ class ModelCard:
     # the verdict stands, and its message says that it is close (a resized or re-saved copy
     # may fall on the other side). None (left out of card.json): BORDERLINE_BAND.
     ood_borderline: float | None = None
+    # The guard's density on block statistics (``ood.FeatureDensity``): {"block", "reject_rate",
+    # "fitted_on": {"split", "train_rows", "val_rows"}, "validation_refused"}; its numbers
+    # are in the weights file. None (left out of card.json): the guard has no density.
+    ood_density: dict[str, Any] | None = None
     # What a refused image looks like (``models.resemblance``): {"kinds": [...], "phrases":
     # {kind: words}, "min_probability": p, "cross_validated": {...}}, with its numbers in
     # resemblance.safetensors; None (left out of card.json): refusals do not say.
@@ -221,7 +225,7 @@ class ModelCard:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["training"] = _plain(self.training)
         out["metrics"] = self.metrics.to_dict()
-        for optional in ("lineage", "scan_rule", "ood_borderline", "resemblance"):
+        for optional in ("lineage", "scan_rule", "ood_borderline", "ood_density", "resemblance"):
             if out[optional] is None:
                 del out[optional]
         return json.loads(json.dumps(out, default=_jsonable))  # deep copy, JSON types only

@@ -238,14 +238,30 @@ def run_calibrate(args: argparse.Namespace) -> int:
     if args.reject_rate is not None and not 0 < args.reject_rate < 0.5:
         raise UsageError(f"--reject-rate {args.reject_rate}: must be a share between 0 and 0.5 "
                          "(e.g. 0.005 for half a percent)")
-    card = refit(args.model_dir, args.data_dirs, args.image_size, args.refuse,
-                 per_source=args.per_source, reject_rate=args.reject_rate)
+    if args.density_split is not None and not args.density_split.is_file():
+        raise UsageError(f"--density-split {args.density_split}: no such file")
+    if args.no_density and (args.density_only or args.density_split):
+        raise UsageError("--no-density cannot go with --density-only or --density-split")
+    if args.density_only and (args.image_size or args.refuse or args.per_source):
+        raise UsageError("--density-only leaves the rest of the fit as it is: it takes no "
+                         "--image-size, --refuse or --per-source")
+    if not args.density_only:
+        card = refit(args.model_dir, args.data_dirs, args.image_size, args.refuse,
+                     per_source=args.per_source, reject_rate=args.reject_rate,
+                     density=not args.no_density and args.density_split is None)
+    if args.density_only or args.density_split is not None:
+        from mri_tumor.training.density import add_density
+
+        card = add_density(args.model_dir, args.data_dirs, args.density_split,
+                           reject_rate=args.reject_rate)
     val = card.metrics.validation
     assert val is not None and val.accuracy is not None and val.ece is not None
     print(f"{args.model_dir}: input {card.image_size} px, accuracy {val.accuracy:.2%}, "
           f"temperature {card.temperature:.3f}, ECE {val.ece:.4f}, "
           f"OOD threshold {card.ood_threshold:.3f} (rejects {val.ood_rejected or 0:.1%} of "
-          "validation MRIs); answers below "
+          "validation MRIs"
+          + (f", with the density on block {card.ood_density['block']}"
+             if card.ood_density else "") + "); answers below "
           f"{card.low_confidence_threshold:.0%} confidence are marked unsure")
     return 0
 

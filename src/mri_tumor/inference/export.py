@@ -36,15 +36,24 @@ class InferenceGraph(nn.Module):
         super().__init__()
         self.model = model
         self.score = guard.module() if guard is not None else None
+        # The guard's density reads one block's statistics, taken in the same pass.
+        self.density_block = guard.density_block if guard is not None else None
         self.has_sequence = model.num_sequences > 0
         self.output_names = ["logits", "features"] + (["ood_score"] if self.score else []) + (
             ["sequence_logits"] if self.has_sequence else [])
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        features, logits, sequence_logits = network_outputs(self.model, pixels)
+        statistics = None
+        if self.density_block is None:
+            features, logits, sequence_logits = network_outputs(self.model, pixels)
+        else:
+            maps, statistics = self.model.forward_features_with_statistics(
+                pixels, self.density_block)
+            features, logits, sequence_logits = network_outputs(self.model, maps=maps)
         outputs = [logits, features]
         if self.score is not None:
-            outputs.append(self.score(features))
+            outputs.append(self.score(features) if statistics is None
+                           else self.score(features, statistics))
         if sequence_logits is not None:
             outputs.append(sequence_logits)
         return tuple(outputs)
@@ -108,7 +117,10 @@ def outputs_text(card: ModelCard, outputs: list[str], feature_dim: int | str = "
                   f"{card.temperature:g}",
         "features": f"features (batch, {feature_dim}): the pooled embedding the guard reads",
         "ood_score": f"ood_score (batch): out-of-distribution score; above "
-                     f"{card.ood_threshold} the image is refused as not a brain MRI",
+                     f"{card.ood_threshold} the image is refused as not a brain MRI"
+                     + (f" (the highest of the feature distance and the density on block "
+                        f"{card.ood_density['block']}'s statistics, scaled to that threshold)"
+                        if card.ood_density else ""),
         "sequence_logits": f"sequence_logits (batch, {len(card.sequence_names)}) in "
                            f"sequence_names order, temperature {card.sequence_temperature:g}",
     }
@@ -141,6 +153,7 @@ def onnx_metadata(card: ModelCard, outputs: list[str], quantization: str | None 
         "outputs_description": outputs_text(card, outputs, feature_dim),
         "temperature": card.temperature,
         "ood_threshold": card.ood_threshold,
+        "ood_density_block": (card.ood_density or {}).get("block"),
         "low_confidence_threshold": card.low_confidence_threshold,
         "sequence_names": list(card.sequence_names),
         "sequence_temperature": card.sequence_temperature,

@@ -83,7 +83,8 @@ def load_served(model_dir: Path) -> tuple[Network, ModelCard, OODGuard | None]:
     from mri_tumor.models import load_model
 
     model, card, extras = load_model(model_dir)
-    return model, card, OODGuard.from_tensors(extras, card.ood_threshold)
+    density_block = (card.ood_density or {}).get("block")
+    return model, card, OODGuard.from_tensors(extras, card.ood_threshold, density_block)
 
 
 def _cache_dir() -> Path:

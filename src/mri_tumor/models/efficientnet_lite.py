@@ -61,6 +61,11 @@ def _bn(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
 
 
+def _channel_statistics(maps: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, 2C): each channel's mean, then each channel's standard deviation."""
+    return torch.cat([maps.mean((2, 3)), maps.std((2, 3))], 1)
+
+
 class MBConvBlock(nn.Module):
     """Inverted residual: 1x1 expand -> depthwise kxk -> 1x1 project, residual when shapes match."""
 
@@ -122,12 +127,28 @@ class EfficientNetLite(Network):
         self._fc_sequence = nn.Linear(FEATURE_DIM, num_sequences) if num_sequences else None
         self.feature_dim = FEATURE_DIM
         self.num_sequences = num_sequences
+        # The last block but one of the sixth stage (13 of Lite0's 16), where the density
+        # guard measured best (benchmarks/guard_layers.py, docs/ood-guard.md).
+        self.guard_block = sum(stage[0] for stage in stages[:6]) - 2
 
     def forward_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Last convolutional feature maps (the layer Grad-CAM looks at)."""
         x = self.act(self._bn0(self._conv_stem(pixels)))
         x = self._blocks(x)
         return self.act(self._bn1(self._conv_head(x)))
+
+    def forward_features_with_statistics(self, pixels: torch.Tensor, block: int
+                                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward_features`` and block ``block``'s per-channel mean and std, one pass."""
+        x = self.act(self._bn0(self._conv_stem(pixels)))
+        statistics = None
+        for index, layer in enumerate(self._blocks):
+            x = layer(x)
+            if index == block:
+                statistics = _channel_statistics(x)
+        if statistics is None:
+            raise ValueError(f"block {block}: this network has {len(self._blocks)} blocks")
+        return self.act(self._bn1(self._conv_head(x))), statistics
 
     def block_statistics(self, pixels: torch.Tensor, blocks: Sequence[int]) -> list[torch.Tensor]:
         """Per MBConv block named (0-based), (N, 2 x its channels): the mean and the standard
@@ -138,7 +159,7 @@ class EfficientNetLite(Network):
         for index in range(max(blocks) + 1):
             x = self._blocks[index](x)
             if index in blocks:
-                taken[index] = torch.cat([x.mean((2, 3)), x.std((2, 3))], 1)
+                taken[index] = _channel_statistics(x)
         return [taken[b] for b in blocks]
 
     def pool_features(self, maps: torch.Tensor) -> torch.Tensor:

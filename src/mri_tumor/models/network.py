@@ -31,10 +31,20 @@ class Network(nn.Module):
 
     feature_dim: int  # length of the pooled embedding
     num_sequences: int = 0  # classes of the sequence head (0: no sequence head)
+    # The block whose statistics the guard's density reads by default (None: this
+    # architecture gives none, and its guard has no density).
+    guard_block: int | None = None
 
     def forward_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Normalised (B, 3, H, W) pixels -> the last convolutional feature maps."""
         raise NotImplementedError
+
+    def forward_features_with_statistics(self, pixels: torch.Tensor, block: int
+                                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward_features`` and, from the same pass, the per-channel mean and standard
+        deviation of block ``block``'s output (B, 2 x its channels), which the guard's
+        density reads."""
+        raise ValueError(f"{type(self).__name__} gives no block statistics")
 
     def pool_features(self, maps: torch.Tensor) -> torch.Tensor:
         """Feature maps -> the pooled (B, feature_dim) embedding."""

@@ -13,6 +13,12 @@ above all: same anatomy, a different physics): a *refusal direction*, a regulari
 regression between the training MRIs' features and features of examples that must be refused
 (``fit_refusal``). An input is rejected when either part says so; the exported score is
 ``max(distance, 2 * threshold * sigmoid(refusal logit - cut))``, so one threshold serves both.
+
+Third part, for what is neither (spine MRI, documents, photos the guard was never shown): a
+*density* on what an image is made of, the per-channel mean and spread of one intermediate
+block (``FeatureDensity``), fitted on brain MRIs alone. It enters the score as
+``threshold * distance / cut``, so it too refuses above the one threshold, and its borderline
+band is the same fraction of its cut (``benchmarks/guard_layers.py``, docs/ood-guard.md).
 """
 
 from __future__ import annotations
@@ -40,17 +46,29 @@ class OODGuard:
     refusal_weight: np.ndarray | None = None  # (D,): logit = features @ weight + bias
     refusal_bias: float = 0.0
     refusal_cut: float = 0.0  # logits above this are refused
+    density: FeatureDensity | None = None  # on block statistics (``density.block``)
 
-    def score(self, features: np.ndarray) -> np.ndarray:
+    @property
+    def density_block(self) -> int | None:
+        """The block whose statistics the density reads (None without a density)."""
+        return self.density.block if self.density is not None else None
+
+    def score(self, features: np.ndarray, statistics: np.ndarray | None = None) -> np.ndarray:
         """Squared Mahalanobis distance of each feature row to its nearest class mean,
-        divided by the feature dimension (see ``mahalanobis_module``)."""
+        divided by the feature dimension (see ``mahalanobis_module``); with a refusal
+        direction or a density, the highest of the parts. A guard with a density needs the
+        block ``statistics`` of the same images."""
         import torch
 
+        if self.density is not None and statistics is None:
+            raise ValueError("this guard has a density: score it with the block statistics")
         # In torch, on the same thread pool as the network: numpy's BLAS threads and
         # torch's spinning against each other cost 20 ms a call on 2 cores.
         with torch.inference_mode():
-            return self.module()(torch.from_numpy(np.ascontiguousarray(features, np.float32))
-                                 ).numpy().astype(np.float64)
+            inputs = [torch.from_numpy(np.ascontiguousarray(features, np.float32))]
+            if self.density is not None:
+                inputs.append(torch.from_numpy(np.ascontiguousarray(statistics, np.float32)))
+            return self.module()(*inputs).numpy().astype(np.float64)
 
     def module(self) -> Any:
         """The score as a ``torch.nn.Module`` (the torch backend runs it, ONNX exports it)."""
@@ -59,7 +77,12 @@ class OODGuard:
             if self.refusal_weight is not None:
                 refusal = (self.refusal_weight, self.refusal_bias - self.refusal_cut,
                            self.threshold)
-            self._module = mahalanobis_module(self.class_means, self.whitening, refusal)
+            density = None
+            if self.density is not None:
+                density = (self.density.mean, self.density.precision, self.density.cut,
+                           self.threshold)
+            self._module = mahalanobis_module(self.class_means, self.whitening, refusal,
+                                              density)
         return self._module
 
     def refusal_logits(self, features: np.ndarray) -> np.ndarray:
@@ -79,11 +102,15 @@ class OODGuard:
                 self.refusal_weight.astype(np.float32))
             tensors["ood_refusal_bias_cut"] = torch.tensor(
                 [self.refusal_bias, self.refusal_cut], dtype=torch.float32)
+        if self.density is not None:
+            tensors.update(self.density.to_tensors())
         return tensors
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, Any], threshold: float | None) -> OODGuard | None:
-        """From the ``extra.`` tensors stored with the weights (torch tensors or numpy)."""
+    def from_tensors(cls, tensors: dict[str, Any], threshold: float | None,
+                     density_block: int | None = None) -> OODGuard | None:
+        """From the ``extra.`` tensors stored with the weights (torch tensors or numpy); the
+        density's block comes from the card (``ModelCard.ood_density``)."""
         if threshold is None or "ood_whitening" not in tensors:
             return None
         guard = cls(_float32(tensors["ood_class_means"]), _float32(tensors["ood_whitening"]),
@@ -92,6 +119,11 @@ class OODGuard:
             bias, cut = _float32(tensors["ood_refusal_bias_cut"]).tolist()
             guard.refusal_weight = _float32(tensors["ood_refusal_weight"])
             guard.refusal_bias, guard.refusal_cut = float(bias), float(cut)
+        if density_block is not None and "ood_density_mean" in tensors:
+            guard.density = FeatureDensity(
+                _float32(tensors["ood_density_mean"]).astype(np.float64),
+                _float32(tensors["ood_density_precision"]).astype(np.float64),
+                float(_float32(tensors["ood_density_cut"])[0]), density_block)
         return guard
 
 
@@ -102,12 +134,16 @@ def _float32(tensor: Any) -> np.ndarray:
 
 
 def mahalanobis_module(class_means: np.ndarray, whitening: np.ndarray,
-                       refusal: tuple[np.ndarray, float, float] | None = None) -> Any:
-    """``nn.Module``: pooled features (B, D) -> guard score (B,). Built by a function so that
-    importing this module does not import torch (the ONNX backend runs without it).
+                       refusal: tuple[np.ndarray, float, float] | None = None,
+                       density: tuple[np.ndarray, np.ndarray, float, float] | None = None
+                       ) -> Any:
+    """``nn.Module``: pooled features (B, D) [and block statistics (B, S)] -> guard score
+    (B,). Built by a function so that importing this module does not import torch (the ONNX
+    backend runs without it).
 
-    ``refusal`` is (weight, bias - cut, threshold) of a refusal direction (see the module
-    docstring); without it the score is the distance alone, as in models fitted before it.
+    ``refusal`` is (weight, bias - cut, threshold) of a refusal direction, ``density`` (mean,
+    precision, cut, threshold) of a ``FeatureDensity`` (see the module docstring); without
+    them the score is the distance alone, as in models fitted before them.
     """
     import torch
     from torch import nn
@@ -118,6 +154,9 @@ def mahalanobis_module(class_means: np.ndarray, whitening: np.ndarray,
         refusal_weight: torch.Tensor
         refusal_offset: torch.Tensor
         refusal_scale: torch.Tensor
+        density_mean: torch.Tensor
+        density_precision: torch.Tensor
+        density_scale: torch.Tensor
 
         def __init__(self) -> None:
             super().__init__()
@@ -136,15 +175,33 @@ def mahalanobis_module(class_means: np.ndarray, whitening: np.ndarray,
                     np.ascontiguousarray(weight, np.float32)))
                 self.register_buffer("refusal_offset", torch.tensor(float(offset)))
                 self.register_buffer("refusal_scale", torch.tensor(2.0 * float(threshold)))
+            self.has_density = density is not None
+            if density is not None:
+                mean, precision, cut, threshold = density
+                self.register_buffer("density_mean", torch.from_numpy(
+                    np.ascontiguousarray(mean, np.float32)))
+                self.register_buffer("density_precision", torch.from_numpy(
+                    np.ascontiguousarray(precision, np.float32)))
+                self.register_buffer("density_scale", torch.tensor(float(threshold) / cut))
 
-        def forward(self, features: torch.Tensor) -> torch.Tensor:
+        def forward(self, features: torch.Tensor,
+                    statistics: torch.Tensor | None = None) -> torch.Tensor:
             projected = features @ self.whitening.float()
             gaps = projected.unsqueeze(1) - self.projected_means.unsqueeze(0)
-            distance = (gaps * gaps).sum(dim=2).min(dim=1).values / projected.shape[1]
-            if not self.refuses:
-                return distance
-            logit = features @ self.refusal_weight + self.refusal_offset
-            return torch.maximum(distance, self.refusal_scale * torch.sigmoid(logit))
+            score = (gaps * gaps).sum(dim=2).min(dim=1).values / projected.shape[1]
+            if self.refuses:
+                logit = features @ self.refusal_weight + self.refusal_offset
+                score = torch.maximum(score, self.refusal_scale * torch.sigmoid(logit))
+            if self.has_density:
+                if statistics is None:
+                    raise ValueError("this guard has a density: it needs block statistics")
+                centred = (torch.sign(statistics) * torch.log1p(torch.abs(statistics))
+                           - self.density_mean)
+                squared = ((centred @ self.density_precision) * centred).sum(dim=1)
+                # Clamped: rounding can make a distance of ~0 slightly negative.
+                distance = torch.sqrt(torch.clamp(squared, min=0.0))
+                score = torch.maximum(score, self.density_scale * distance)
+            return score
 
     return _MahalanobisScore().eval()
 
@@ -234,11 +291,21 @@ def fit_refusal(guard: OODGuard, mri_features: np.ndarray, refuse_features: np.n
 class FeatureDensity:
     """One Gaussian (shared, shrunk covariance) over image statistics of brain MRIs only, such
     as ``EfficientNetLite.block_statistics``, read on a signed log scale; ``cut``: the
-    distance above which an input is unlike them. No negative is needed to fit it."""
+    distance above which an input is unlike them; ``block``: the network block they come
+    from (None when they are not a block's). No negative is needed to fit it."""
 
     mean: np.ndarray
     precision: np.ndarray
     cut: float
+    block: int | None = None
+
+    def to_tensors(self) -> dict[str, Any]:
+        """The ``ood_density_*`` tensors stored with the weights (fp32)."""
+        import torch
+
+        return {"ood_density_mean": torch.from_numpy(self.mean.astype(np.float32)),
+                "ood_density_precision": torch.from_numpy(self.precision.astype(np.float32)),
+                "ood_density_cut": torch.tensor([self.cut], dtype=torch.float32)}
 
     @staticmethod
     def transform(statistics: np.ndarray) -> np.ndarray:
@@ -257,13 +324,16 @@ class FeatureDensity:
 
 def fit_feature_density(train_statistics: np.ndarray, heldout_statistics: np.ndarray,
                         reject_rate: float = DEFAULT_REJECT_RATE,
-                        shrinkage: float = SHRINKAGE) -> FeatureDensity:
+                        shrinkage: float = SHRINKAGE, block: int | None = None,
+                        heldout_groups: np.ndarray | None = None) -> FeatureDensity:
     """Fit the density on training MRIs and set its cut where it refuses ``reject_rate`` of
-    held-out MRIs."""
+    held-out MRIs (of each source, with ``heldout_groups``)."""
     values = FeatureDensity.transform(train_statistics)
     covariance = np.cov(values, rowvar=False)
     scale = np.trace(covariance) / len(covariance)
     covariance = (1 - shrinkage) * covariance + shrinkage * scale * np.eye(len(covariance))
-    density = FeatureDensity(values.mean(0), np.linalg.inv(covariance), cut=np.inf)
-    density.cut = float(np.quantile(density.distance(heldout_statistics), 1 - reject_rate))
+    density = FeatureDensity(values.mean(0), np.linalg.inv(covariance), cut=np.inf,
+                             block=block)
+    density.cut = source_balanced_quantile(density.distance(heldout_statistics),
+                                           1 - reject_rate, heldout_groups)
     return density

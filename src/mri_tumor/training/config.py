@@ -93,6 +93,9 @@ class TrainConfig:
     # Folders of images that are not brain MRI (head CT, say): the guard learns to refuse
     # them (``ood.fit_refusal``). Not used for the network's training.
     refuse_dirs: list[Path] = field(default_factory=list)
+    # The guard also gets a density on block statistics of the training MRIs
+    # (``training.density``), for architectures that give them (EfficientNet-Lite).
+    guard_density: bool = True
     half_precision_weights: bool = True
     # How the folders are labelled (data.folders.LABEL_SCHEMES); "types" also trains a second
     # head that names the MR sequence.

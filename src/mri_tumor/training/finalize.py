@@ -19,6 +19,7 @@ from mri_tumor.models import half_precision_state, save_weights
 from mri_tumor.models.calibration import fit_low_confidence, fit_temperature, softmax
 from mri_tumor.models.network import Network, network_outputs
 from mri_tumor.models.ood import DEFAULT_REJECT_RATE, OODGuard, fit_guard, fit_refusal
+from mri_tumor.training.density import density_record, fit_density, predict_statistics
 
 
 @torch.inference_mode()
@@ -40,7 +41,7 @@ def finalize(model: Network, card: ModelCard, train_pixels: torch.Tensor,
              train_labels: torch.Tensor, val_pixels: torch.Tensor, val_labels: torch.Tensor,
              out: Path, half: bool = True, val_sources: list[str] | None = None,
              refuse_pixels: torch.Tensor | None = None, per_source: bool = False,
-             reject_rate: float | None = None) -> ModelCard:
+             reject_rate: float | None = None, density: bool = True) -> ModelCard:
     """Fit what is fitted after training, measure, and save weights + card.
 
     The temperature and the out-of-distribution threshold are fitted on the validation split
@@ -48,8 +49,10 @@ def finalize(model: Network, card: ModelCard, train_pixels: torch.Tensor,
     cuts the highest of the sources'; each cut refuses ``reject_rate`` of them, 0.005 unless
     given), the guard's class statistics on the training split
     (without augmentation), its refusal direction on ``refuse_pixels`` (images that are not
-    brain MRI) when given. Metrics are recorded overall and per source. Weights are stored in
-    fp16 only if that leaves every validation prediction unchanged.
+    brain MRI) when given, and with ``density`` (for a network that gives block statistics)
+    its density on the training and validation MRIs (``training.density``). Metrics are
+    recorded overall and per source. Weights are stored in fp16 only if that leaves every
+    validation prediction and refusal unchanged.
     """
     spec = PreprocessSpec.from_card(card)
     model = model.to("cuda" if torch.cuda.is_available() else "cpu")
@@ -67,6 +70,20 @@ def finalize(model: Network, card: ModelCard, train_pixels: torch.Tensor,
     rate = reject_rate or DEFAULT_REJECT_RATE
     guard = fit_guard(train_features, _split_labels(train_labels)[0], val_features,
                       len(card.class_names), reject_rate=rate, heldout_groups=groups)
+    card.ood_density, val_statistics = None, None
+    if density and model.guard_block is not None:
+        guard.density = fit_density(model, spec, train_pixels, val_pixels, rate, groups)
+        val_statistics = predict_statistics(model, val_pixels, spec, model.guard_block)
+        card.ood_density = density_record(
+            guard.density, rate, card.training.split_file or "split.csv", len(train_pixels),
+            len(val_pixels),
+            float((guard.density.distance(val_statistics) > guard.density.cut).mean()))
+
+    def statistics_of(pixels: torch.Tensor, network: Network = model) -> np.ndarray | None:
+        if guard.density is None:
+            return None
+        return predict_statistics(network, pixels, spec, model.guard_block or 0)
+
     card.metrics.refusal_examples_refused = None  # from an earlier fit of this folder
     if refuse_pixels is None:
         card.training.refusal_examples = None
@@ -77,11 +94,12 @@ def finalize(model: Network, card: ModelCard, train_pixels: torch.Tensor,
                     heldout_groups=groups)
         card.training.refusal_examples = len(refuse_pixels)
         card.metrics.refusal_examples_refused = float(
-            (guard.score(refuse_features) > guard.threshold).mean())
+            (guard.score(refuse_features, statistics_of(refuse_pixels))
+             > guard.threshold).mean())
     card.ood_threshold = guard.threshold
     card.training.per_source_fit = per_source or None
     card.training.reject_rate = reject_rate if rate != DEFAULT_REJECT_RATE else None
-    rejected = guard.score(val_features) > guard.threshold
+    rejected = guard.score(val_features, val_statistics) > guard.threshold
     card.metrics.validation = validation_metrics(logits, labels, card, rejected)
     if sequence_logits is not None and sequences is not None:
         card.metrics.validation.sequence_accuracy = accuracy(sequences,
@@ -105,16 +123,17 @@ def finalize(model: Network, card: ModelCard, train_pixels: torch.Tensor,
         half_guard = OODGuard(guard.class_means.astype(np.float16).astype(np.float32),
                               guard.whitening.astype(np.float16).astype(np.float32),
                               guard.threshold, guard.refusal_weight, guard.refusal_bias,
-                              guard.refusal_cut)
+                              guard.refusal_cut, guard.density)
         same_labels = bool((half_logits.argmax(1) == predicted).all())
         if sequence_logits is not None:
             half_sequences = _sequence_logits(half_model, half_features)
             assert half_sequences is not None
             same_labels &= bool((half_sequences.argmax(1) == sequence_logits.argmax(1)).all())
-        same_rejections = bool(((half_guard.score(half_features) > guard.threshold)
-                                == (guard.score(val_features) > guard.threshold)).all())
+        half_statistics = statistics_of(val_pixels, half_model)
+        same_rejections = bool(((half_guard.score(half_features, half_statistics)
+                                 > guard.threshold) == rejected).all())
         half = same_labels and same_rejections
-    if half:  # the refusal direction is small and stays fp32
+    if half:  # the refusal direction and the density are small and stay fp32
         extra = {k: v.half() if k in ("ood_class_means", "ood_whitening") else v
                  for k, v in extra.items()}
     card.training.weights_dtype = "float16" if half else "float32"
@@ -155,10 +174,11 @@ def validation_metrics(logits: np.ndarray, labels: np.ndarray, card: ModelCard,
 
 def refit(model_dir: Path, data_dirs: list[Path] | Path, image_size: int | None = None,
           refuse_dirs: list[Path] | None = None, per_source: bool = False,
-          reject_rate: float | None = None) -> ModelCard:
+          reject_rate: float | None = None, density: bool = True) -> ModelCard:
     """Re-fit temperature and out-of-distribution guard of a trained model folder on the
     split it was trained with (``split.csv`` beside it), e.g. after changing those methods;
-    ``per_source``, ``reject_rate``: see ``finalize``.
+    ``per_source``, ``reject_rate``, ``density``: see ``finalize`` (``density.add_density``
+    fits the density on another split).
 
     With ``image_size`` the model is served at that input size from now on (the card says so,
     and keeps the size it was trained at); its validation metrics are measured at that size.
@@ -187,4 +207,4 @@ def refit(model_dir: Path, data_dirs: list[Path] | Path, image_size: int | None 
     return finalize(model, card, train_pixels, train_labels, val_pixels, val_labels, model_dir,
                     half=half, val_sources=[r.source for r in rows if r.split == "val"],
                     refuse_pixels=refuse_pixels, per_source=per_source,
-                    reject_rate=reject_rate)
+                    reject_rate=reject_rate, density=density)

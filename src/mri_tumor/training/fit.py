@@ -232,7 +232,7 @@ def train(config: TrainConfig) -> Path | None:
         card.scan_rule = carried_scan_rule(base.scan_rule, config.from_model)
     finalize(model, card, train_pixels, train_labels, val_pixels, val_labels, out,
              half=config.half_precision_weights, val_sources=[r.source for r in val_rows],
-             refuse_pixels=refuse_pixels)
+             refuse_pixels=refuse_pixels, density=config.guard_density)
     (out / HISTORY_FILE).write_text(json.dumps(
         {"sources": card.training.sources, "epochs": history.epochs}, indent=2) + "\n")
     plot_history(history.epochs, out / "curves.png")
