@@ -270,6 +270,7 @@ def test_one_stray_slice_does_not_make_a_tumour() -> None:
     summary = summarise_scan(slice_results(curve), 0, ScanRule(), "notumor", "scan")
     assert summary["label"] == "notumor" and summary["status"] == "ok"
     assert summary["disagree"] and summary["key_slices"] == [17]  # reported, not hidden
+    assert summary["disagreement"].startswith("1 slice(s) called a tumour class")
     run = [0.02] * 40
     run[15:22] = [0.9] * 7
     summary = summarise_scan(slice_results(run), 0, ScanRule(), "notumor", "scan")
@@ -283,6 +284,7 @@ def test_slices_that_name_different_tumours_are_reported() -> None:
                                 "meningioma": 0.9}
     summary = summarise_scan(results, 0, ScanRule(), "notumor", "scan")
     assert summary["disagree"] and "several classes" in summary["message"]
+    assert summary["disagreement"].startswith("the tumour slices name several classes")
 
 
 def test_not_assessable_scans_say_why() -> None:

@@ -95,8 +95,9 @@ class ScansOut(BaseModel):
         "one per scan: source, series (an opaque key), status (\"ok\" or \"not_assessable\"), "
         "label (a class name, or null), probability (scan-level, of the label), "
         "tumour_probability, slices (read), refused, key_slices (slice_index values), "
-        "disagree, message; caution and named_sequence when the scan's name or header "
-        "names a sequence on which the model's scan answers are measured to be weak"))
+        "disagree, disagreement (how, in words), message; caution and named_sequence when "
+        "the scan's name or header names a sequence on which the model's scan answers are "
+        "measured to be weak"))
     studies: list[dict[str, Any]] = Field(description=(
         "one per upload name holding several series: the answer of its series with the "
         "highest tumour probability, and how many agree"))

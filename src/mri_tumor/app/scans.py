@@ -149,9 +149,8 @@ def render_scan(summary: dict[str, Any], items: Sequence[Any], card: ModelCard,
                        if summary["refused"] else "") + ".")
         if summary.get("caution"):
             st.warning(plain("Caution: " + summary["caution"]), icon=":material/warning:")
-        if summary.get("disagree"):
-            detail = summary["message"].split("; caution: ")[0].split("; ", 1)[-1]
-            st.info(plain(detail), icon=":material/rule:")
+        if summary.get("disagreement"):
+            st.info(plain(summary["disagreement"]), icon=":material/rule:")
         curve = [(i.prediction.slice_index, 1 - (i.prediction.probabilities or {}).get(
             card.normal_class or "", 0.0)) for i in members
             if i.prediction.status == "ok" and i.prediction.slice_index is not None]

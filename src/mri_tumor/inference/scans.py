@@ -161,6 +161,8 @@ def summarise_scan(slices: Sequence[Any], refused: int, rule: ScanRule,
     return {**base, "status": SCAN_OK, "label": label, "probability": round(probability, 4),
             "tumour_probability": round(p_tumour, 4),
             "key_slices": [_slice_id(slices[i]) for i in key], "disagree": disagree,
+            # How they disagree, in words ("" when they do not): what a front end shows.
+            "disagreement": detail.removeprefix("; "),
             "slice_labels": dict(Counter(s.label for s in slices)), "message": message}
 
 
