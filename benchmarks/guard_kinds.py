@@ -53,7 +53,7 @@ from mri_tumor.data.reading import to_grayscale
 from mri_tumor.data.rows import load_refusal_pixels
 from mri_tumor.models.ood import DEFAULT_REJECT_RATE, OODGuard, fit_guard, fit_refusal
 from mri_tumor.training import predict_outputs
-from mri_tumor.training.density import predict_statistics
+from mri_tumor.training.outputs import predict_statistics
 
 
 def image_pixels(images: list, size: int) -> torch.Tensor:

@@ -30,3 +30,15 @@ EPOCHS=${EPOCHS:-8}
 # `--refuse runs/non-mri`) refuses more of them but also 1.2-1.5% of the teaching-file MRIs
 # (docs/ood-guard.md), so it is not part of the recipe.
 "$BIN/mri-tumor" calibrate runs/efficientnet_lite0 "$KAGGLE" "$TYPES" --refuse "$CT"
+
+# The guard's third part, a density on block 13's statistics fitted on brain MRIs of all five
+# sources (no negative): the whole-scan split of scripts/prepare_scan_sources.py and
+# scripts/resplit_scan_sources.py, whose test side (11 LGG patients, 2 healthy volumes) it is
+# not fitted on. Only the density is fitted; the rest of the guard stays (docs/ood-guard.md).
+SHARED=$(dirname "$KAGGLE")/..
+"$BIN/python" scripts/prepare_scan_sources.py --data "$SHARED" --out runs/sources
+"$BIN/python" scripts/resplit_scan_sources.py --split runs/sources/split.csv \
+  --out runs/sources/split_oof.csv
+"$BIN/mri-tumor" calibrate runs/efficientnet_lite0 "$KAGGLE" "$TYPES" "$SHARED/lgg-tcga" \
+  runs/sources/skull-stripped-normal runs/sources/healthy-volumes --density-only \
+  --density-split runs/sources/split_oof.csv

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from mri_tumor import Predictor
@@ -19,6 +20,7 @@ from mri_tumor.data.preprocess import to_model_pixels
 from mri_tumor.data.reading import Frame, read_image
 from mri_tumor.inference.export import exported_card_path, is_exported_card, read_metadata
 from mri_tumor.inference.model_folder import SHIPPED_MODEL_DIR, SHIPPED_MODELS, ensure_onnx_file
+from mri_tumor.training.outputs import predict_statistics
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 
@@ -44,7 +46,11 @@ def test_onnx_backend_matches_torch(torch_predictor: Predictor, fixture_paths: l
     assert np.abs(torch_logits - onnx_logits).max() < 1e-3
     # The guard's score is part of the ONNX graph and matches the numpy-fitted guard.
     np.testing.assert_allclose(onnx_scores, torch_scores, rtol=1e-3)
-    np.testing.assert_allclose(torch_scores, torch_predictor.guard.score(torch_features),
+    guard = torch_predictor.guard
+    assert guard is not None and guard.density is not None and guard.density.block is not None
+    statistics = predict_statistics(torch_predictor.model, torch.from_numpy(pixels),
+                                    torch_predictor.spec, guard.density.block)
+    np.testing.assert_allclose(torch_scores, guard.score(torch_features, statistics),
                                rtol=1e-4)
     # The cached export carries the card's metadata too.
     cached = ensure_onnx_file(SHIPPED_MODEL_DIR, torch_predictor.card)
@@ -227,6 +233,9 @@ def test_a_feature_density_fitted_on_mris_alone_refuses_what_lies_far_from_them(
     heldout = rng.normal(2.0, 0.3, (2000, 8))
     density = fit_feature_density(train, heldout, reject_rate=0.01)
     assert abs(density.refuses(heldout).mean() - 0.01) < 0.002  # the cut where it was set
+    # Where its part of the guard's score starts: the held-out MRIs' median distance.
+    assert density.typical == pytest.approx(np.median(density.distance(heldout)))
+    assert density.typical < density.cut
     assert density.refuses(rng.normal(2.0, 0.3, (500, 8))).mean() < 0.03
     far = rng.normal(-3.0, 0.3, (50, 8))  # other statistics, a kind never fitted on
     assert density.refuses(far).all()

@@ -212,8 +212,17 @@ def add_calibrate(sub: argparse._SubParsersAction) -> None:
                         "docs/ood-guard.md)")
     p.add_argument("--reject-rate", type=float, metavar="SHARE",
                    help="share of the validation MRIs (of each source, with --per-source) "
-                        "that each of the guard's two cuts is set to refuse; together they "
-                        "refuse up to twice this (default 0.005)")
+                        "that each of the guard's cuts is set to refuse; together they "
+                        "refuse up to three times this (default 0.005)")
+    p.add_argument("--density-split", type=Path, metavar="CSV",
+                   help="fit the guard's density on this split's rows instead of the model's "
+                        "own (it must keep the model's rows on their sides), e.g. a split "
+                        "with whole-scan sources for weights trained on slice collections")
+    p.add_argument("--density-only", action="store_true",
+                   help="fit only the guard's density; temperature, class statistics, "
+                        "refusal direction and threshold stay as they are")
+    p.add_argument("--no-density", action="store_true",
+                   help="a guard without the density on block statistics")
 
 
 def run_calibrate(args: argparse.Namespace) -> int:

@@ -17,8 +17,11 @@ regression between the training MRIs' features and features of examples that mus
 Third part, for what is neither (spine MRI, documents, photos the guard was never shown): a
 *density* on what an image is made of, the per-channel mean and spread of one intermediate
 block (``FeatureDensity``), fitted on brain MRIs alone. It enters the score as
-``threshold * distance / cut``, so it too refuses above the one threshold, and its borderline
-band is the same fraction of its cut (``benchmarks/guard_layers.py``, docs/ood-guard.md).
+``threshold * max(distance - typical, 0) / (cut - typical)``, where ``typical`` is the held-out
+MRIs' median distance: it too refuses above the one threshold, and a typical MRI's score stays
+the distance part's (distances in many dimensions crowd just below their cut, so a plain
+``distance / cut`` would put every MRI near the threshold; ``benchmarks/guard_layers.py``,
+docs/ood-guard.md).
 """
 
 from __future__ import annotations
@@ -80,7 +83,7 @@ class OODGuard:
             density = None
             if self.density is not None:
                 density = (self.density.mean, self.density.precision, self.density.cut,
-                           self.threshold)
+                           self.density.typical, self.threshold)
             self._module = mahalanobis_module(self.class_means, self.whitening, refusal,
                                               density)
         return self._module
@@ -120,10 +123,11 @@ class OODGuard:
             guard.refusal_weight = _float32(tensors["ood_refusal_weight"])
             guard.refusal_bias, guard.refusal_cut = float(bias), float(cut)
         if density_block is not None and "ood_density_mean" in tensors:
+            cut_typical = [*_float32(tensors["ood_density_cut"]).tolist(), 0.0]
             guard.density = FeatureDensity(
                 _float32(tensors["ood_density_mean"]).astype(np.float64),
                 _float32(tensors["ood_density_precision"]).astype(np.float64),
-                float(_float32(tensors["ood_density_cut"])[0]), density_block)
+                float(cut_typical[0]), float(cut_typical[1]), block=density_block)
         return guard
 
 
@@ -135,15 +139,15 @@ def _float32(tensor: Any) -> np.ndarray:
 
 def mahalanobis_module(class_means: np.ndarray, whitening: np.ndarray,
                        refusal: tuple[np.ndarray, float, float] | None = None,
-                       density: tuple[np.ndarray, np.ndarray, float, float] | None = None
+                       density: tuple[np.ndarray, np.ndarray, float, float, float] | None = None
                        ) -> Any:
     """``nn.Module``: pooled features (B, D) [and block statistics (B, S)] -> guard score
     (B,). Built by a function so that importing this module does not import torch (the ONNX
     backend runs without it).
 
     ``refusal`` is (weight, bias - cut, threshold) of a refusal direction, ``density`` (mean,
-    precision, cut, threshold) of a ``FeatureDensity`` (see the module docstring); without
-    them the score is the distance alone, as in models fitted before them.
+    precision, cut, typical, threshold) of a ``FeatureDensity`` (see the module docstring);
+    without them the score is the distance alone, as in models fitted before them.
     """
     import torch
     from torch import nn
@@ -157,6 +161,7 @@ def mahalanobis_module(class_means: np.ndarray, whitening: np.ndarray,
         density_mean: torch.Tensor
         density_precision: torch.Tensor
         density_scale: torch.Tensor
+        density_typical: torch.Tensor
 
         def __init__(self) -> None:
             super().__init__()
@@ -177,12 +182,14 @@ def mahalanobis_module(class_means: np.ndarray, whitening: np.ndarray,
                 self.register_buffer("refusal_scale", torch.tensor(2.0 * float(threshold)))
             self.has_density = density is not None
             if density is not None:
-                mean, precision, cut, threshold = density
+                mean, precision, cut, typical, threshold = density
                 self.register_buffer("density_mean", torch.from_numpy(
                     np.ascontiguousarray(mean, np.float32)))
                 self.register_buffer("density_precision", torch.from_numpy(
                     np.ascontiguousarray(precision, np.float32)))
-                self.register_buffer("density_scale", torch.tensor(float(threshold) / cut))
+                self.register_buffer("density_typical", torch.tensor(float(typical)))
+                self.register_buffer("density_scale",
+                                     torch.tensor(float(threshold) / (cut - typical)))
 
         def forward(self, features: torch.Tensor,
                     statistics: torch.Tensor | None = None) -> torch.Tensor:
@@ -200,7 +207,8 @@ def mahalanobis_module(class_means: np.ndarray, whitening: np.ndarray,
                 squared = ((centred @ self.density_precision) * centred).sum(dim=1)
                 # Clamped: rounding can make a distance of ~0 slightly negative.
                 distance = torch.sqrt(torch.clamp(squared, min=0.0))
-                score = torch.maximum(score, self.density_scale * distance)
+                score = torch.maximum(score, self.density_scale * torch.clamp(
+                    distance - self.density_typical, min=0.0))
             return score
 
     return _MahalanobisScore().eval()
@@ -291,12 +299,15 @@ def fit_refusal(guard: OODGuard, mri_features: np.ndarray, refuse_features: np.n
 class FeatureDensity:
     """One Gaussian (shared, shrunk covariance) over image statistics of brain MRIs only, such
     as ``EfficientNetLite.block_statistics``, read on a signed log scale; ``cut``: the
-    distance above which an input is unlike them; ``block``: the network block they come
-    from (None when they are not a block's). No negative is needed to fit it."""
+    distance above which an input is unlike them; ``typical``: the held-out MRIs' median
+    distance (where the guard's score from it starts, below ``cut``); ``block``: the network
+    block they come from (None when they are not a block's). No negative is needed to fit
+    it."""
 
     mean: np.ndarray
     precision: np.ndarray
     cut: float
+    typical: float = 0.0
     block: int | None = None
 
     def to_tensors(self) -> dict[str, Any]:
@@ -305,7 +316,8 @@ class FeatureDensity:
 
         return {"ood_density_mean": torch.from_numpy(self.mean.astype(np.float32)),
                 "ood_density_precision": torch.from_numpy(self.precision.astype(np.float32)),
-                "ood_density_cut": torch.tensor([self.cut], dtype=torch.float32)}
+                "ood_density_cut": torch.tensor([self.cut, self.typical],
+                                                dtype=torch.float32)}
 
     @staticmethod
     def transform(statistics: np.ndarray) -> np.ndarray:
@@ -334,6 +346,8 @@ def fit_feature_density(train_statistics: np.ndarray, heldout_statistics: np.nda
     covariance = (1 - shrinkage) * covariance + shrinkage * scale * np.eye(len(covariance))
     density = FeatureDensity(values.mean(0), np.linalg.inv(covariance), cut=np.inf,
                              block=block)
-    density.cut = source_balanced_quantile(density.distance(heldout_statistics),
-                                           1 - reject_rate, heldout_groups)
+    distances = density.distance(heldout_statistics)
+    density.cut = source_balanced_quantile(distances, 1 - reject_rate, heldout_groups)
+    # Below the cut even for a handful of held-out rows (a tiny smoke-test split).
+    density.typical = min(float(np.median(distances)), 0.9 * density.cut)
     return density

@@ -18,13 +18,14 @@ from mri_tumor.lazy import lazy_exports
 if TYPE_CHECKING:
     from mri_tumor.training.callbacks import AveragedWeights, History, RestoreBestWeights
     from mri_tumor.training.config import AugmentConfig, TrainConfig
-    from mri_tumor.training.finalize import finalize, predict_outputs, refit
+    from mri_tumor.training.finalize import finalize, refit
     from mri_tumor.training.fit import train
     from mri_tumor.training.module import TumorClassifier
+    from mri_tumor.training.outputs import predict_outputs
 
 _HOMES = {"AveragedWeights": "callbacks", "History": "callbacks", "RestoreBestWeights": "callbacks",
           "AugmentConfig": "config", "TrainConfig": "config", "finalize": "finalize",
-          "predict_outputs": "finalize", "refit": "finalize", "train": "fit",
+          "predict_outputs": "outputs", "refit": "finalize", "train": "fit",
           "TumorClassifier": "module"}
 __getattr__ = lazy_exports(__name__, _HOMES)
 __all__ = ["AugmentConfig", "AveragedWeights", "History", "RestoreBestWeights", "TrainConfig",

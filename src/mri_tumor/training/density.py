@@ -18,30 +18,22 @@ import numpy as np
 import torch
 
 from mri_tumor.card import WEIGHTS_FILE, ModelCard
-from mri_tumor.data.preprocess import PreprocessSpec, normalize
+from mri_tumor.data.preprocess import PreprocessSpec
 from mri_tumor.data.rows import load_pixels, read_split_under, source_roots
 from mri_tumor.data.splitting import SplitRow
 from mri_tumor.models.network import Network
-from mri_tumor.models.ood import DEFAULT_REJECT_RATE, FeatureDensity, fit_feature_density
+from mri_tumor.models.ood import (
+    DEFAULT_REJECT_RATE,
+    FeatureDensity,
+    OODGuard,
+    fit_feature_density,
+)
+from mri_tumor.training.outputs import predict_outputs, predict_statistics
 
 log = logging.getLogger(__name__)
 
 # Training rows the Gaussian is fitted on (a seeded sample; 384 dimensions for Lite0).
 DENSITY_TRAIN_ROWS = 4000
-
-
-@torch.inference_mode()
-def predict_statistics(model: Network, pixels: torch.Tensor, spec: PreprocessSpec, block: int,
-                       batch_size: int = 64) -> np.ndarray:
-    """Block ``block``'s per-channel mean and std for uint8 pixel batches (N, 2 x channels)."""
-    model.eval()
-    device = next(model.parameters()).device
-    parts = []
-    for start in range(0, len(pixels), batch_size):
-        batch = normalize(pixels[start:start + batch_size].to(device), spec)
-        _, statistics = model.forward_features_with_statistics(batch.float(), block)
-        parts.append(statistics.float().cpu().numpy())
-    return np.concatenate(parts)
 
 
 def sample_indices(count: int, limit: int = DENSITY_TRAIN_ROWS, seed: int = 0) -> np.ndarray:
@@ -95,10 +87,10 @@ def add_density(model_dir: Path, data_dirs: list[Path], split: Path | None = Non
     what the guard's other cuts were fitted with."""
     from safetensors.torch import load_file, save_file
 
-    from mri_tumor.inference.model_folder import load_served
-    from mri_tumor.training.finalize import predict_outputs
+    from mri_tumor.models import load_model
 
-    model, card, guard = load_served(model_dir)
+    model, card, extras = load_model(model_dir)
+    guard = OODGuard.from_tensors(extras, card.ood_threshold)
     if guard is None:
         raise ValueError(f"{model_dir}: this model has no out-of-distribution guard to extend")
     own_rows = read_split_under(card.split_path(model_dir), data_dirs)

@@ -12,29 +12,15 @@ import torch
 
 from mri_tumor.card import ModelCard, ValidationMetrics
 from mri_tumor.data.folders import naming
-from mri_tumor.data.preprocess import PreprocessSpec, normalize
+from mri_tumor.data.preprocess import PreprocessSpec
 from mri_tumor.data.rows import load_pixels, load_refusal_pixels, read_split_under, source_roots
 from mri_tumor.metrics import accuracy, expected_calibration_error, macro_f1
 from mri_tumor.models import half_precision_state, save_weights
 from mri_tumor.models.calibration import fit_low_confidence, fit_temperature, softmax
-from mri_tumor.models.network import Network, network_outputs
+from mri_tumor.models.network import Network
 from mri_tumor.models.ood import DEFAULT_REJECT_RATE, OODGuard, fit_guard, fit_refusal
-from mri_tumor.training.density import density_record, fit_density, predict_statistics
-
-
-@torch.inference_mode()
-def predict_outputs(model: Network, pixels: torch.Tensor, spec: PreprocessSpec,
-                    batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and pooled features of a model for uint8 pixel batches, without augmentation."""
-    model.eval()
-    device = next(model.parameters()).device
-    logits, features = [], []
-    for start in range(0, len(pixels), batch_size):
-        batch = normalize(pixels[start:start + batch_size].to(device), spec)
-        outputs = network_outputs(model, batch.contiguous(memory_format=torch.channels_last))
-        logits.append(outputs.logits.float().cpu())
-        features.append(outputs.features.float().cpu())
-    return torch.cat(logits).numpy(), torch.cat(features).numpy()
+from mri_tumor.training.density import density_record, fit_density
+from mri_tumor.training.outputs import predict_outputs, predict_statistics
 
 
 def finalize(model: Network, card: ModelCard, train_pixels: torch.Tensor,
