@@ -11,6 +11,7 @@ whose rows of its own sources are on the same sides as in its own split (checked
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from mri_tumor.card import WEIGHTS_FILE, ModelCard
+from mri_tumor.data.folders import source_name
 from mri_tumor.data.preprocess import PreprocessSpec
 from mri_tumor.data.rows import load_pixels, read_split_under, source_roots
 from mri_tumor.data.splitting import SplitRow
@@ -78,6 +80,21 @@ def check_same_sides(own: list[SplitRow], other: list[SplitRow]) -> None:
                          "split that keeps the model's sides")
 
 
+def own_split_rows(model_dir: Path, card: ModelCard, data_dirs: list[Path]) -> list[SplitRow]:
+    """The rows of the model's own split. A model trained on one folder has a split without
+    source names; given with other folders, its rows are named after the source its card
+    records, so that they can be matched with a split of several sources."""
+    split = card.split_path(model_dir)
+    sources = [str(s.get("name", "")) for s in card.training.sources]
+    if len(data_dirs) > 1 and len(sources) == 1:
+        own_dirs = [d for d in data_dirs if source_name(d) == sources[0]]
+        if own_dirs:
+            rows = read_split_under(split, own_dirs[:1])
+            if all(r.source == "" for r in rows):
+                return [replace(r, source=sources[0]) for r in rows]
+    return read_split_under(split, data_dirs)
+
+
 def add_density(model_dir: Path, data_dirs: list[Path], split: Path | None = None,
                 reject_rate: float | None = None, per_source: bool | None = None) -> ModelCard:
     """Fit a density for a finished model's guard on ``split`` (default the model's own) and
@@ -93,7 +110,7 @@ def add_density(model_dir: Path, data_dirs: list[Path], split: Path | None = Non
     guard = OODGuard.from_tensors(extras, card.ood_threshold)
     if guard is None:
         raise ValueError(f"{model_dir}: this model has no out-of-distribution guard to extend")
-    own_rows = read_split_under(card.split_path(model_dir), data_dirs)
+    own_rows = own_split_rows(model_dir, card, data_dirs)
     rows = read_split_under(split, data_dirs) if split is not None else own_rows
     check_same_sides(own_rows, rows)
     rate = reject_rate or card.training.reject_rate or DEFAULT_REJECT_RATE
