@@ -155,3 +155,32 @@ def test_training_fits_a_density_and_calibrate_density_only_keeps_the_rest(
     assert ModelCard.load(out).ood_density is None
     assert "extra.ood_density_mean" not in load_file(str(out / WEIGHTS_FILE))
     assert json.loads((out / "card.json").read_text()).get("ood_density") is None
+
+
+def test_a_one_folder_model_gets_a_density_fitted_on_more_sources(dataset: Path,
+                                                                  tmp_path: Path) -> None:
+    """Its split names no source; given with other folders, its rows are matched to the
+    source its card records, and a joined split (scripts/join_density_split.py) adds the
+    other source's rows to the density's fit."""
+    import subprocess
+    import sys
+
+    from tests.conftest import copy_dataset
+
+    out = _train_tiny(dataset, tmp_path / "run")
+    rows = list(csv.DictReader((out / "split.csv").open()))
+    assert {r["source"] for r in rows} == {""}
+    other = copy_dataset(tmp_path / "other")
+    added = _write_split(tmp_path / "other.csv", [dict(r, source="other") for r in rows])
+    joined = tmp_path / "joined.csv"
+    script = Path(__file__).parents[1] / "scripts" / "join_density_split.py"
+    name = ModelCard.load(out).training.sources[0]["name"]
+    subprocess.run([sys.executable, str(script), str(out / "split.csv"), "--source", name,
+                    "--add", str(added), "--out", str(joined)], check=True,
+                   capture_output=True)
+    assert main(["calibrate", str(dataset), str(other), "--model", str(out), "--density-only",
+                 "--density-split", str(joined)]) == 0
+    density = ModelCard.load(out).ood_density
+    assert density is not None
+    own_train = sum(r["split"] == "train" for r in rows)
+    assert density["fitted_on"]["train_rows"] == 2 * own_train  # both sources' rows
