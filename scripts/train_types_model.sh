@@ -13,3 +13,13 @@ BIN=${BIN:-.venv/bin}
 "$BIN/mri-tumor" train "$TYPES" --labels types --arch efficientnet_lite0 --out "$OUT" \
   --image-size 208 --epochs 24 --batch-size 16 --lr 3e-4 --schedule cosine \
   --augment-probability 0.5 --max-minutes 55 --refuse "$CT" --force
+
+# The guard's density on block statistics, fitted on brain MRIs of all five sources: this
+# model's own rows joined with the other sources of the whole-scan split (made as in
+# scripts/train_shipped_model.sh); the rest of the guard stays (docs/ood-guard.md).
+SHARED=$(dirname "$TYPES")
+KAGGLE=$SHARED/brain-tumor-mri/Training
+"$BIN/python" scripts/join_density_split.py "$OUT/split.csv" --source "$(basename "$TYPES")" \
+  --add runs/sources/split_oof.csv --out runs/types-density.csv
+"$BIN/mri-tumor" calibrate "$KAGGLE" "$TYPES" "$SHARED/lgg-tcga" runs/sources/skull-stripped-normal \
+  runs/sources/healthy-volumes --model "$OUT" --density-only --density-split runs/types-density.csv
