@@ -84,8 +84,6 @@ def refused(guard: OODGuard, features: np.ndarray,
             statistics: np.ndarray | None = None) -> float:
     """Share of ``features`` the guard refuses (with its density, when it has one, on the
     block ``statistics`` of the same images)."""
-    if guard.density is None:
-        statistics = None
     return float((guard.score(features, statistics) > guard.threshold).mean())
 
 

@@ -52,8 +52,7 @@ class InferenceGraph(nn.Module):
             features, logits, sequence_logits = network_outputs(self.model, maps=maps)
         outputs = [logits, features]
         if self.score is not None:
-            outputs.append(self.score(features) if statistics is None
-                           else self.score(features, statistics))
+            outputs.append(self.score(features, statistics))
         if sequence_logits is not None:
             outputs.append(sequence_logits)
         return tuple(outputs)

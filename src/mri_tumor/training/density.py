@@ -47,17 +47,18 @@ def sample_indices(count: int, limit: int = DENSITY_TRAIN_ROWS, seed: int = 0) -
 
 def fit_density(model: Network, spec: PreprocessSpec, train_pixels: torch.Tensor,
                 val_pixels: torch.Tensor, reject_rate: float,
-                val_groups: np.ndarray | None = None) -> FeatureDensity:
+                val_groups: np.ndarray | None = None) -> tuple[FeatureDensity, np.ndarray]:
     """The density on the network's ``guard_block``: Gaussian on (a sample of) the training
     MRIs, cut where it refuses ``reject_rate`` of the validation MRIs (of each source, with
-    ``val_groups``)."""
+    ``val_groups``); and those validation MRIs' block statistics."""
     block = model.guard_block
     if block is None:
         raise ValueError(f"{type(model).__name__} gives no block statistics for a density")
     train = train_pixels[torch.from_numpy(sample_indices(len(train_pixels)))]
-    return fit_feature_density(predict_statistics(model, train, spec, block),
-                               predict_statistics(model, val_pixels, spec, block),
-                               reject_rate, block=block, heldout_groups=val_groups)
+    val_statistics = predict_statistics(model, val_pixels, spec, block)
+    density = fit_feature_density(predict_statistics(model, train, spec, block), val_statistics,
+                                  reject_rate, block=block, heldout_groups=val_groups)
+    return density, val_statistics
 
 
 def density_record(density: FeatureDensity, reject_rate: float, split: str, train_rows: int,
@@ -124,7 +125,8 @@ def add_density(model_dir: Path, data_dirs: list[Path], split: Path | None = Non
     train_pixels = load_pixels(roots, train_rows, card.image_size, names)[0]
     val_pixels = load_pixels(roots, val_rows, card.image_size, names)[0]
     groups = np.array([r.source for r in val_rows]) if per_source else None
-    guard.density = fit_density(model, spec, train_pixels, val_pixels, rate, groups)
+    guard.density, val_statistics = fit_density(model, spec, train_pixels, val_pixels, rate,
+                                                groups)
     guard._module = None
     log.info("density on block %s: cut %.3f", guard.density.block, guard.density.cut)
 
@@ -135,10 +137,9 @@ def add_density(model_dir: Path, data_dirs: list[Path], split: Path | None = Non
     assert guard.density.block is not None
     statistics = predict_statistics(model, own_pixels, spec, guard.density.block)
     refused = guard.score(features, statistics) > guard.threshold
-    val_statistics = predict_statistics(model, val_pixels, spec, guard.density.block)
     card.ood_density = density_record(
         guard.density, rate, (split or card.split_path(model_dir)).name, len(train_rows),
-        len(val_rows), float((guard.density.distance(val_statistics) > guard.density.cut).mean()))
+        len(val_rows), float(guard.density.refuses(val_statistics).mean()))
     if card.metrics.validation is not None:
         card.metrics.validation.ood_rejected = float(refused.mean())
     sources = np.array([r.source for r in own_val])

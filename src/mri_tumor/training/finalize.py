@@ -58,17 +58,17 @@ def finalize(model: Network, card: ModelCard, train_pixels: torch.Tensor,
                       len(card.class_names), reject_rate=rate, heldout_groups=groups)
     card.ood_density, val_statistics = None, None
     if density and model.guard_block is not None:
-        guard.density = fit_density(model, spec, train_pixels, val_pixels, rate, groups)
-        val_statistics = predict_statistics(model, val_pixels, spec, model.guard_block)
+        guard.density, val_statistics = fit_density(model, spec, train_pixels, val_pixels, rate,
+                                                    groups)
         card.ood_density = density_record(
             guard.density, rate, card.training.split_file or "split.csv", len(train_pixels),
-            len(val_pixels),
-            float((guard.density.distance(val_statistics) > guard.density.cut).mean()))
+            len(val_pixels), float(guard.density.refuses(val_statistics).mean()))
 
     def statistics_of(pixels: torch.Tensor, network: Network = model) -> np.ndarray | None:
-        if guard.density is None:
+        """The block statistics the guard's density reads (None without a density)."""
+        if guard.density is None or guard.density.block is None:
             return None
-        return predict_statistics(network, pixels, spec, model.guard_block or 0)
+        return predict_statistics(network, pixels, spec, guard.density.block)
 
     card.metrics.refusal_examples_refused = None  # from an earlier fit of this folder
     if refuse_pixels is None:
