@@ -92,6 +92,10 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--source-balance", type=float, default=TRAIN.source_balance,
                    help="repeat smaller sources' images each epoch up to this share of the "
                         "largest source (0: no repeats)")
+    p.add_argument("--oversample", action="append", default=[], metavar="SOURCE[:SEQUENCE]=N",
+                   help="put the training images of a source, or of one MR sequence of it, N "
+                        "times into each epoch (on top of --source-balance), e.g. "
+                        "lgg-tcga:T1=2; repeat for several")
     p.add_argument("--fp32-weights", action="store_true", help="never store weights in fp16")
     p.add_argument("--force", action="store_true",
                    help="replace the trained model already in the --out folder")
@@ -133,6 +137,7 @@ def run_train(args: argparse.Namespace) -> int:
     if min(args.gamma, args.bias_field, args.noise, args.resolution, args.source_balance) < 0:
         raise UsageError("--gamma, --bias-field, --noise, --resolution and --source-balance "
                          "must not be negative")
+    args.oversample = oversample_factors(args.oversample)
     intensity = args.intensity or "equalize"
     if args.from_model is not None:
         from mri_tumor.card import ModelCard
@@ -166,6 +171,20 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def oversample_factors(given: list[str]) -> dict[str, int]:
+    """``--oversample SOURCE[:SEQUENCE]=N`` options as ``TrainConfig.oversample``."""
+    factors: dict[str, int] = {}
+    for text in given:
+        key, _, times = text.rpartition("=")
+        if not key or not times.isdigit() or int(times) < 1:
+            raise UsageError(f"--oversample {text}: write SOURCE=N or SOURCE:SEQUENCE=N with "
+                             "N a whole number of 1 or more (e.g. lgg-tcga:T1=2)")
+        if key in factors:
+            raise UsageError(f"--oversample {key} is given twice")
+        factors[key] = int(times)
+    return factors
+
+
 def train_config(args: argparse.Namespace, out: Path, intensity: str) -> TrainConfig:
     """The ``TrainConfig`` that ``mri-tumor train`` runs for checked arguments."""
     from mri_tumor.training.config import AugmentConfig, TrainConfig
@@ -177,7 +196,8 @@ def train_config(args: argparse.Namespace, out: Path, intensity: str) -> TrainCo
     max_batches = args.max_train_batches
     return TrainConfig(
         data_dirs=args.data_dirs, arch=args.arch, out=out, intensity=intensity,
-        source_balance=args.source_balance, refuse_dirs=args.refuse,
+        source_balance=args.source_balance, oversample=args.oversample,
+        refuse_dirs=args.refuse,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, seed=args.seed, image_size=args.image_size,
         devices=args.devices, resume=args.resume, init_weights=args.init_weights,

@@ -79,6 +79,10 @@ class TrainConfig:
     # Repeat the images of smaller sources in each epoch so that every source has at least
     # this share of the largest source's count (0: no repeats).
     source_balance: float = 0.5
+    # Further repeats of some training images in each epoch, on top of ``source_balance``:
+    # keys are a source ("lgg-tcga") or a source and MR sequence ("lgg-tcga:T1"), values how
+    # many times their images go in. For a sequence that the other sources outnumber.
+    oversample: dict[str, int] = field(default_factory=dict)
     # Decay of an exponential moving average of the weights (0: none). With it, validation,
     # the chosen epoch and the exported weights are the average's (``AveragedWeights``).
     ema_decay: float = 0.0

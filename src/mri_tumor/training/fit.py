@@ -102,6 +102,7 @@ def train(config: TrainConfig) -> Path | None:
     if not train_rows or not val_rows:
         raise ValueError("the split has no training or no validation images; "
                          "the folder needs more images per class")
+    extra = oversampling(train_rows, config.oversample)  # before the slow reading of pixels
     roots = source_roots(config.data_dirs)
     class_names = base.class_names if base else class_names_of(rows)
     if base is not None and (unknown := sorted({row.label for row in rows} - set(class_names))):
@@ -124,7 +125,7 @@ def train(config: TrainConfig) -> Path | None:
         refuse_pixels, _ = load_refusal_pixels(config.refuse_dirs, image_size)
     repeats = source_repeats(train_rows, config.source_balance)
     epoch_indices = torch.tensor([i for i, row in enumerate(train_rows)
-                                  for _ in range(repeats[row.source])])
+                                  for _ in range(repeats[row.source] * extra[i])])
     # Images of the sources the base model was trained on: the distillation's (all False
     # without --distill).
     known_sources = ({source["name"] for source in base.training.sources}
@@ -205,7 +206,7 @@ def train(config: TrainConfig) -> Path | None:
             data_fingerprint=folder_fingerprint(roots, [(r.source, r.path) for r in rows]),
             split_file=SPLIT_FILE,
             split_counts=split_summary(rows),
-            sources=describe_sources(config.data_dirs, rows, repeats),
+            sources=describe_sources(config.data_dirs, rows, repeats, config.oversample),
             epochs_run=len(history.epochs),
             best_epoch_val_acc=restore.best_epoch,  # the epoch whose weights ship
             best_epoch_val_loss=_best_epoch(history.epochs, "val_loss", min),
@@ -253,16 +254,45 @@ def carried_scan_rule(rule: dict[str, Any], base: Path | str | None) -> dict[str
     return carried
 
 
-def describe_sources(data_dirs: list[Path], rows: list[SplitRow],
-                     repeats: dict[str, int]) -> list[dict]:
-    """Per source folder: its name, image counts per split and class, repeats per epoch."""
+def describe_sources(data_dirs: list[Path], rows: list[SplitRow], repeats: dict[str, int],
+                     oversample: dict[str, int] | None = None) -> list[dict]:
+    """Per source folder: its name, image counts per split and class, repeats per epoch
+    (and, where ``oversample`` names it, the further repeats of it or of its sequences)."""
     counts = source_summary(rows)
     described = []
     for folder in data_dirs:
         key = source_name(folder) if len(data_dirs) > 1 else ""
-        described.append({"name": source_name(folder), "counts": counts.get(key, {}),
-                          "repeats_per_epoch": repeats.get(key, 1)})
+        entry: dict[str, Any] = {"name": source_name(folder), "counts": counts.get(key, {}),
+                                 "repeats_per_epoch": repeats.get(key, 1)}
+        mine = {name.partition(":")[2] or "all": times
+                for name, times in (oversample or {}).items()
+                if name.partition(":")[0] == source_name(folder)}
+        if mine:
+            entry["oversampled"] = mine
+        described.append(entry)
     return described
+
+
+def oversampling(rows: list[SplitRow], oversample: dict[str, int]) -> list[int]:
+    """The further repeats of each row (``TrainConfig.oversample``): the product of the
+    factors of its source and of its source and sequence. A key that names no training
+    image is an error, so that a typing slip does not pass as a recipe."""
+    factors = [1] * len(rows)
+    for key, times in oversample.items():
+        source, _, sequence = key.partition(":")
+        if times < 1:
+            raise ValueError(f"oversample {key}={times}: the repeats must be 1 or more")
+        hits = [i for i, row in enumerate(rows) if row.source == source
+                and (not sequence or row.sequence == sequence)]
+        if not hits:
+            known = sorted({f"{row.source}:{row.sequence}" if row.sequence else row.source
+                            for row in rows})
+            raise ValueError(f"oversample {key}: no training image of that source"
+                             f"{' and sequence' if sequence else ''} (the training side has: "
+                             f"{', '.join(known)})")
+        for i in hits:
+            factors[i] *= times
+    return factors
 
 
 def source_repeats(rows: list[SplitRow], balance: float) -> dict[str, int]:
