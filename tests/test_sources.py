@@ -79,7 +79,8 @@ def test_training_on_two_sources_records_them_and_never_splits_a_duplicate_group
         two_sources: tuple[Path, Path], tmp_path: Path) -> None:
     kaggle, types = two_sources
     out = tmp_path / "run"
-    assert main(["train", str(kaggle), str(types), "--out", str(out), *TINY]) == 0
+    assert main(["train", str(kaggle), str(types), "--out", str(out), *TINY,
+                 "--oversample", f"{types.name}:T1=3"]) == 0
     rows = read_split_csv(out / "split.csv")
     kaggle_name = source_name(kaggle)  # "<parent>/data": "data" alone is too generic a name
     assert kaggle_name == f"{kaggle.parent.name}/data"
@@ -104,6 +105,8 @@ def test_training_on_two_sources_records_them_and_never_splits_a_duplicate_group
         sources[types.name]["counts"]["train"].values()) == 19
     assert set(card.metrics.validation_by_source) == {kaggle_name, types.name}
     assert card.training.per_source_fit is None  # pooled unless asked
+    assert sources[types.name]["oversampled"] == {"T1": 3}
+    assert "oversampled" not in sources[kaggle_name]
     history = json.loads((out / "history.json").read_text())
     assert [s["name"] for s in history["sources"]] == [kaggle_name, types.name]
     # The split is reused from both folders, and refused without the second one.

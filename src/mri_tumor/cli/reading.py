@@ -234,9 +234,11 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
                        description="Compare two `mri-tumor evaluate --out` reports of the same "
                        "images (one per model): accuracy and ECE of each, overall and per "
                        "source, the images only one model gets right, and a paired bootstrap "
-                       "interval for each difference. Research tool, not a diagnosis.")
+                       "interval for each difference. Two reports of `evaluate --scans` "
+                       "(scans.json) compare the scan answers: right per true class and "
+                       "sequence. Research tool, not a diagnosis.")
     p.add_argument("report_a", type=Path, metavar="REPORT_A",
-                   help="model A's report folder (or its predictions.csv)")
+                   help="model A's report folder (or its predictions.csv or scans.json)")
     p.add_argument("report_b", type=Path, metavar="REPORT_B",
                    help="model B's report folder, on the same images")
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
@@ -248,11 +250,19 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
 
 def run_compare(args: argparse.Namespace) -> int:
     from mri_tumor.evaluation.comparison import compare, format_comparison, read_predictions
+    from mri_tumor.evaluation.report import PREDICTIONS_FILE
+    from mri_tumor.evaluation.scan_comparison import has_scan_report
 
     if args.resamples < 100:
         raise UsageError("--resamples must be at least 100")
     if not 0 < args.confidence < 1:
         raise UsageError("--confidence must be between 0 and 1, e.g. 0.9")
+    reports = (args.report_a, args.report_b)
+    # Reports of `evaluate --scans` hold scans.json and no predictions.csv: their scan answers
+    # are compared instead of image predictions.
+    if all(has_scan_report(r) and not (r / PREDICTIONS_FILE).is_file()
+           and r.suffix != ".csv" for r in reports):
+        return _compare_scans(args)
     groups = compare(read_predictions(args.report_a), read_predictions(args.report_b),
                      args.resamples, args.confidence, args.seed)
     if args.json:
@@ -263,5 +273,27 @@ def run_compare(args: argparse.Namespace) -> int:
     else:
         print(format_comparison(groups, str(args.report_a), str(args.report_b),
                                 args.confidence))
+        print(DISCLAIMER)
+    return 0
+
+
+def _compare_scans(args: argparse.Namespace) -> int:
+    from mri_tumor.evaluation.scan_comparison import (
+        compare_scan_answers,
+        format_scan_comparison,
+        read_scan_answers,
+    )
+
+    groups = compare_scan_answers(read_scan_answers(args.report_a),
+                                  read_scan_answers(args.report_b), args.resamples,
+                                  args.confidence, args.seed)
+    if args.json:
+        print(json.dumps({"model_a": str(args.report_a), "model_b": str(args.report_b),
+                          "confidence": args.confidence, "resamples": args.resamples,
+                          "scan_groups": {g.name: g.to_json() for g in groups}}))
+        print(DISCLAIMER, file=sys.stderr)
+    else:
+        print(format_scan_comparison(groups, str(args.report_a), str(args.report_b),
+                                     args.confidence))
         print(DISCLAIMER)
     return 0

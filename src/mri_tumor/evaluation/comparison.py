@@ -135,7 +135,7 @@ def align(a: PredictionTable, b: PredictionTable) -> PredictionTable:
                            else [b.sequences[i] for i in order])
 
 
-def _interval(statistic, n: int, resamples: int, confidence: float,
+def paired_interval(statistic, n: int, resamples: int, confidence: float,
               seed: int) -> tuple[float, float] | None:
     """Percentile bootstrap interval of ``statistic(indices)`` over resampled image indices
     (None for fewer than two images)."""
@@ -171,10 +171,10 @@ def compare_group(name: str, a: PredictionTable, b: PredictionTable, rows: np.nd
         accuracy_b=float(right_b.mean()), right_only_a=int((right_a & ~right_b).sum()),
         right_only_b=int((right_b & ~right_a).sum()),
         accuracy_difference=accuracy_difference(everything),
-        accuracy_difference_interval=_interval(accuracy_difference, len(rows), resamples,
+        accuracy_difference_interval=paired_interval(accuracy_difference, len(rows), resamples,
                                                confidence, seed),
         ece_a=ece_a, ece_b=ece_b, ece_difference=ece_b - ece_a,
-        ece_difference_interval=_interval(ece_difference, len(rows), resamples, confidence,
+        ece_difference_interval=paired_interval(ece_difference, len(rows), resamples, confidence,
                                           seed))
 
 

@@ -102,7 +102,8 @@ def train(config: TrainConfig) -> Path | None:
     if not train_rows or not val_rows:
         raise ValueError("the split has no training or no validation images; "
                          "the folder needs more images per class")
-    extra = oversampling(train_rows, config.oversample)  # before the slow reading of pixels
+    extra = oversampling(train_rows, config.oversample,  # before the slow reading of pixels
+                         source_name(config.data_dirs[0]) if len(config.data_dirs) == 1 else "")
     roots = source_roots(config.data_dirs)
     class_names = base.class_names if base else class_names_of(rows)
     if base is not None and (unknown := sorted({row.label for row in rows} - set(class_names))):
@@ -273,20 +274,23 @@ def describe_sources(data_dirs: list[Path], rows: list[SplitRow], repeats: dict[
     return described
 
 
-def oversampling(rows: list[SplitRow], oversample: dict[str, int]) -> list[int]:
+def oversampling(rows: list[SplitRow], oversample: dict[str, int],
+                 unnamed: str = "") -> list[int]:
     """The further repeats of each row (``TrainConfig.oversample``): the product of the
-    factors of its source and of its source and sequence. A key that names no training
-    image is an error, so that a typing slip does not pass as a recipe."""
+    factors of its source and of its source and sequence. ``unnamed`` is the source name of
+    rows that record none (a one-folder run: the folder's name). A key that names no
+    training image is an error, so that a typing slip does not pass as a recipe."""
     factors = [1] * len(rows)
+    sources = [row.source or unnamed for row in rows]
     for key, times in oversample.items():
         source, _, sequence = key.partition(":")
         if times < 1:
             raise ValueError(f"oversample {key}={times}: the repeats must be 1 or more")
-        hits = [i for i, row in enumerate(rows) if row.source == source
+        hits = [i for i, row in enumerate(rows) if sources[i] == source
                 and (not sequence or row.sequence == sequence)]
         if not hits:
-            known = sorted({f"{row.source}:{row.sequence}" if row.sequence else row.source
-                            for row in rows})
+            known = sorted({f"{name}:{row.sequence}" if row.sequence else name
+                            for name, row in zip(sources, rows, strict=True)})
             raise ValueError(f"oversample {key}: no training image of that source"
                              f"{' and sequence' if sequence else ''} (the training side has: "
                              f"{', '.join(known)})")
