@@ -251,49 +251,41 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
 def run_compare(args: argparse.Namespace) -> int:
     from mri_tumor.evaluation.comparison import compare, format_comparison, read_predictions
     from mri_tumor.evaluation.report import PREDICTIONS_FILE
-    from mri_tumor.evaluation.scan_comparison import has_scan_report
+    from mri_tumor.evaluation.scan_comparison import (
+        compare_scan_answers,
+        format_scan_comparison,
+        has_scan_report,
+        read_scan_answers,
+    )
 
     if args.resamples < 100:
         raise UsageError("--resamples must be at least 100")
     if not 0 < args.confidence < 1:
         raise UsageError("--confidence must be between 0 and 1, e.g. 0.9")
-    reports = (args.report_a, args.report_b)
+    names = (str(args.report_a), str(args.report_b))
     # Reports of `evaluate --scans` hold scans.json and no predictions.csv: their scan answers
     # are compared instead of image predictions.
     if all(has_scan_report(r) and not (r / PREDICTIONS_FILE).is_file()
-           and r.suffix != ".csv" for r in reports):
-        return _compare_scans(args)
+           for r in (args.report_a, args.report_b)):
+        scan_groups = compare_scan_answers(read_scan_answers(args.report_a),
+                                           read_scan_answers(args.report_b), args.resamples,
+                                           args.confidence, args.seed)
+        _print_comparison(args, "scan_groups", scan_groups,
+                          format_scan_comparison(scan_groups, *names, args.confidence))
+        return 0
     groups = compare(read_predictions(args.report_a), read_predictions(args.report_b),
                      args.resamples, args.confidence, args.seed)
-    if args.json:
-        print(json.dumps({"model_a": str(args.report_a), "model_b": str(args.report_b),
-                          "confidence": args.confidence, "resamples": args.resamples,
-                          "groups": {g.name: g.to_json() for g in groups}}))
-        print(DISCLAIMER, file=sys.stderr)
-    else:
-        print(format_comparison(groups, str(args.report_a), str(args.report_b),
-                                args.confidence))
-        print(DISCLAIMER)
+    _print_comparison(args, "groups", groups, format_comparison(groups, *names, args.confidence))
     return 0
 
 
-def _compare_scans(args: argparse.Namespace) -> int:
-    from mri_tumor.evaluation.scan_comparison import (
-        compare_scan_answers,
-        format_scan_comparison,
-        read_scan_answers,
-    )
-
-    groups = compare_scan_answers(read_scan_answers(args.report_a),
-                                  read_scan_answers(args.report_b), args.resamples,
-                                  args.confidence, args.seed)
+def _print_comparison(args: argparse.Namespace, key: str, groups: list, table: str) -> None:
+    """``compare``'s result: one JSON object (``--json``) or the table, and the disclaimer."""
     if args.json:
         print(json.dumps({"model_a": str(args.report_a), "model_b": str(args.report_b),
                           "confidence": args.confidence, "resamples": args.resamples,
-                          "scan_groups": {g.name: g.to_json() for g in groups}}))
+                          key: {g.name: g.to_json() for g in groups}}))
         print(DISCLAIMER, file=sys.stderr)
     else:
-        print(format_scan_comparison(groups, str(args.report_a), str(args.report_b),
-                                     args.confidence))
+        print(table)
         print(DISCLAIMER)
-    return 0

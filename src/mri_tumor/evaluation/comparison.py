@@ -59,15 +59,21 @@ class GroupComparison:
         return asdict(self)
 
 
+def report_file(path: Path, name: str, how: str) -> Path:
+    """``path`` itself, or ``path/name`` for a report folder; FileNotFoundError saying ``how``
+    such a file is written when there is none."""
+    path = Path(path)
+    file = path / name if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"{path}: no {name} here (write one with `{how}`)")
+    return file
+
+
 def read_predictions(path: Path) -> PredictionTable:
     """Read ``predictions.csv`` from a report folder (or the file itself).
 
     Raises FileNotFoundError or ValueError with a message that names the file."""
-    path = Path(path)
-    csv_path = path / PREDICTIONS_FILE if path.is_dir() else path
-    if not csv_path.is_file():
-        raise FileNotFoundError(f"{path}: no {PREDICTIONS_FILE} here (write one with "
-                                "`mri-tumor evaluate ... --out FOLDER`)")
+    csv_path = report_file(path, PREDICTIONS_FILE, "mri-tumor evaluate ... --out FOLDER")
     try:
         with csv_path.open(newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
@@ -136,7 +142,7 @@ def align(a: PredictionTable, b: PredictionTable) -> PredictionTable:
 
 
 def paired_interval(statistic, n: int, resamples: int, confidence: float,
-              seed: int) -> tuple[float, float] | None:
+                    seed: int) -> tuple[float, float] | None:
     """Percentile bootstrap interval of ``statistic(indices)`` over resampled image indices
     (None for fewer than two images)."""
     if n < 2:
@@ -171,11 +177,11 @@ def compare_group(name: str, a: PredictionTable, b: PredictionTable, rows: np.nd
         accuracy_b=float(right_b.mean()), right_only_a=int((right_a & ~right_b).sum()),
         right_only_b=int((right_b & ~right_a).sum()),
         accuracy_difference=accuracy_difference(everything),
-        accuracy_difference_interval=paired_interval(accuracy_difference, len(rows), resamples,
-                                               confidence, seed),
+        accuracy_difference_interval=paired_interval(accuracy_difference, len(rows),
+                                                     resamples, confidence, seed),
         ece_a=ece_a, ece_b=ece_b, ece_difference=ece_b - ece_a,
-        ece_difference_interval=paired_interval(ece_difference, len(rows), resamples, confidence,
-                                          seed))
+        ece_difference_interval=paired_interval(ece_difference, len(rows), resamples,
+                                                confidence, seed))
 
 
 def compare(a: PredictionTable, b: PredictionTable, resamples: int = 2000,

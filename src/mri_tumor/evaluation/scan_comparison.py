@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mri_tumor.evaluation.comparison import paired_interval
+from mri_tumor.evaluation.comparison import paired_interval, report_file
 
 SCANS_FILE = "scans.json"
 ALL_SCANS = "all"
@@ -60,11 +60,7 @@ def read_scan_answers(path: Path) -> ScanAnswers:
     """Read ``scans.json`` from a report folder (or the file itself).
 
     Raises FileNotFoundError or ValueError with a message that names the file."""
-    path = Path(path)
-    json_path = path / SCANS_FILE if path.is_dir() else path
-    if not json_path.is_file():
-        raise FileNotFoundError(f"{path}: no {SCANS_FILE} here (write one with "
-                                "`mri-tumor evaluate --scans ... --out FOLDER`)")
+    json_path = report_file(path, SCANS_FILE, "mri-tumor evaluate --scans ... --out FOLDER")
     try:
         scans = json.loads(json_path.read_text(encoding="utf-8"))["scans"]
         names = [str(scan["scan"]) for scan in scans]
