@@ -42,6 +42,7 @@ from mri_tumor.training import predict_outputs  # noqa: E402
 PHRASES = {
     "brain-mri": "a brain MRI, though too unlike the ones it learnt to classify",
     "head-ct": "a CT slice",
+    "kaggle-ct": "a CT slice",  # the head CTs of the exclusion list (guard_kinds.py)
     "chest-xray": "an X-ray",
     "spine-mri": "an MRI of another body part (spine)",
     "other-dicom": "a medical image of another modality (CT, CR, ultrasound)",

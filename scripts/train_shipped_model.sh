@@ -3,9 +3,10 @@
 # mapped part of the "44 types" teaching-file set (astrocytoma, glioblastoma and
 # oligodendroglioma as glioma, meningioma, normal; other types are skipped and listed).
 #   scripts/train_shipped_model.sh [KAGGLE_DIR TYPES_DIR CT_DIR]
-# Writes runs/efficientnet_lite0; copy model.safetensors, card.json, split.csv, history.json
-# and curves.png into src/mri_tumor/weights/efficientnet_lite0 to ship it (see README, "The
-# shipped model"; every variant tried: docs/experiments.md).
+# Writes runs/efficientnet_lite0: the two-source model of commit b2ad696, the start of the
+# shipped weights, which are it fine-tuned on five sources by scripts/train_scans_candidate.sh
+# (copy model.safetensors, card.json, split.csv, history.json and curves.png of runs/scans6
+# into src/mri_tumor/weights/efficientnet_lite0; every variant tried: docs/experiments.md).
 set -euo pipefail
 KAGGLE=${1:-../shared/data/brain-tumor-mri/Training}
 TYPES=${2:-../shared/data/brain-mri-44-types}

@@ -264,11 +264,11 @@ def _nifti(pixels: np.ndarray) -> bytes:
     return gzip.compress(image.to_bytes())
 
 
-def test_a_scan_named_flair_shows_the_models_caution(app: AppTest) -> None:
-    _upload(app, [("case_flair.nii.gz", _nifti(_flair_volume())),
+def test_a_scan_named_for_a_cautioned_sequence_shows_the_models_caution(app: AppTest) -> None:
+    _upload(app, [("case_t1.nii.gz", _nifti(_flair_volume())),
                   ("case.nii.gz", _nifti(_flair_volume()))])
     cautions = [w.value for w in app.warning if "Caution" in w.value]
-    assert len(cautions) == 1 and "FLAIR series" in cautions[0]
+    assert len(cautions) == 1 and "T1 series" in cautions[0]
 
 
 def test_a_flair_volume_can_be_outlined_with_its_t1_upload(app: AppTest) -> None:

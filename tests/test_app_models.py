@@ -53,13 +53,16 @@ def test_the_types_sidebar_says_its_validation_is_one_source_of_teaching_files(
     assert "may do worse" in sidebar
 
 
-def test_the_default_sidebar_names_its_two_sources(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_default_sidebar_names_its_validation_sources(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     sources = validation_sources(CARD)
-    assert [name for name, _ in sources] == ["brain-tumor-mri/Training", "brain-mri-44-types"]
+    assert [name for name, _ in sources] == ["brain-tumor-mri/Training", "brain-mri-44-types",
+                                             "lgg-tcga"]
     note = validation_note(CARD)
-    assert note.startswith("The validation images come from 2 sources, brain-tumor-mri/")
+    assert note.startswith("The validation images come from 3 sources, ")
     assert "sources:" not in note.lower()  # "Sources:" heads the explanations' links
     assert "one source" not in note and "Kaggle" in note and "teaching-file" in note
+    assert "lower-grade glioma" in note
     sidebar = _sidebar(_page(monkeypatch, "default"))
     assert note in sidebar
 

@@ -32,21 +32,26 @@ def _parts(message: str) -> dict[str, str | None]:
     return match.groupdict()
 
 
+# The wording is checked at a 94% level (the report that found the "94% below 94%" sentence);
+# the shipped card's own level is checked in the parametrised test below.
+CARD_94 = dataclasses.replace(CARD, low_confidence_threshold=0.94)
+
+
 def test_the_937_answer_of_the_report_reads_consistently() -> None:
-    assert CARD.low_confidence_threshold == 0.94
-    message = unsure_message(0.937, CARD)
+    message = unsure_message(0.937, CARD_94)
     assert message.startswith("Unsure (93.7% confidence, below this model's 94% level): ")
     assert "answers below 94% confidence were right" in message
     assert "94% confidence)" not in message  # the old, rounded figure
 
 
 def test_a_confidence_that_rounds_up_to_the_level_gives_its_unrounded_figure() -> None:
-    message = unsure_message(0.93996, CARD)
+    message = unsure_message(0.93996, CARD_94)
     assert message.startswith("Unsure (94.0% confidence, 93.996% before rounding, below "
                               "this model's 94% level)")
 
 
-@pytest.mark.parametrize("threshold", [0.94, 0.95, 0.6, 0.9375, 0.5])
+@pytest.mark.parametrize("threshold", [CARD.low_confidence_threshold, 0.94, 0.95, 0.6,
+                                       0.9375, 0.5])
 def test_the_note_shows_the_cards_figure_and_never_a_figure_at_or_above_the_level(
         threshold: float) -> None:
     card = dataclasses.replace(CARD, low_confidence_threshold=threshold)
@@ -67,7 +72,7 @@ def test_the_note_shows_the_cards_figure_and_never_a_figure_at_or_above_the_leve
 
 
 def test_a_card_without_the_measured_level_still_names_it() -> None:
-    old = dataclasses.replace(CARD, metrics=ModelMetrics())
+    old = dataclasses.replace(CARD_94, metrics=ModelMetrics())
     assert unsure_message(0.5, old) == ("Unsure (50.0% confidence, below this model's 94% "
                                         "level). Review this image with particular care.")
 

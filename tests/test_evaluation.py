@@ -622,14 +622,28 @@ def test_split_scores_only_the_rows_of_the_subset(tmp_path: Path, subset: str) -
             for c in result["by_cell"]} == expected
 
 
+def test_split_sources_without_a_folder_are_left_out_and_named(tmp_path: Path) -> None:
+    rows = fixture_split_rows()
+    rows[0] = dataclasses.replace(rows[0], source="lgg-tcga", split="val")
+    write_split_csv(rows, tmp_path / "split.csv")
+    given = [str(FIXTURE_IMAGES), str(FIXTURE_TYPES), "--split", str(tmp_path / "split.csv"),
+             "--backend", "onnx"]
+    status, stdout, stderr = run_cli("evaluate", *given, "--json")
+    assert status == 0, stderr
+    assert json.loads(stdout)["n"] == sum(row.split == "val" for row in rows) - 1
+    status, stdout, stderr = run_cli("evaluate", *given)
+    assert status == 0, stderr
+    assert "1 of source(s) lgg-tcga left out (no folder given)" in stdout
+
+
 @pytest.mark.parametrize("problem", ["missing_file", "unknown_source", "empty_side",
                                      "no_file"])
 def test_split_problems_exit_2_with_one_line(tmp_path: Path, problem: str) -> None:
     rows = fixture_split_rows()
     if problem == "missing_file":
         rows[0] = dataclasses.replace(rows[0], path="glioma/not_there.jpg", split="val")
-    elif problem == "unknown_source":
-        rows[0] = dataclasses.replace(rows[0], source="elsewhere", split="val")
+    elif problem == "unknown_source":  # no val row comes from a folder given
+        rows = [dataclasses.replace(row, source="elsewhere") for row in rows]
     elif problem == "empty_side":
         rows = [dataclasses.replace(row, split="train") for row in rows]
     if problem != "no_file":

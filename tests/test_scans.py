@@ -223,13 +223,17 @@ def test_the_sequence_a_file_name_or_series_description_names(text: str, agent: 
     assert sequence_named(text, agent) == named
 
 
-def test_a_scan_named_flair_or_t1_carries_the_cards_caution(tmp_path: Path) -> None:
+def test_a_scan_named_for_a_sequence_carries_the_cards_caution(tmp_path: Path) -> None:
+    """Each named sequence gets exactly the caution the shipped card records for it (the card
+    sets them from measurements, so which sequences have one changes with the model), and a
+    scan that names no sequence gets none."""
     from mri_tumor.card import ModelCard
     from mri_tumor.inference.model_folder import resolve_model
 
     card = ModelCard.load(resolve_model("default")[1])
     assert card.scan_rule is not None
     cautions = card.scan_rule["cautions"]
+    assert cautions  # the shipped card cautions at least one sequence
     flair = save_nifti(phantom(), ras_affine(), tmp_path / "case_flair.nii.gz")
     plain = save_nifti(phantom(), ras_affine(), tmp_path / "case.nii.gz")
     write_series(phantom(), tmp_path / "t1", description="AX T1 SE")
@@ -239,13 +243,20 @@ def test_a_scan_named_flair_or_t1_carries_the_cards_caution(tmp_path: Path) -> N
     assert status == 0
     summaries = {Path(line["series_summary"]["source"]).name: line["series_summary"]
                  for line in map(json.loads, out.splitlines()) if "series_summary" in line}
-    assert summaries["case_flair.nii.gz"]["caution"] == cautions["FLAIR"]
-    assert summaries["case_flair.nii.gz"]["named_sequence"] == "FLAIR"
-    assert cautions["FLAIR"] in summaries["case_flair.nii.gz"]["message"]
-    assert summaries["t1"]["caution"] == cautions["T1"]
-    assert "caution" not in summaries["case.nii.gz"] and "caution" not in summaries["t1c"]
-    status, out, _ = run_cli("predict", str(tmp_path / "t1"))
-    assert status == 0 and cautions["T1"] in out
+    named = {"case_flair.nii.gz": "FLAIR", "t1": "T1", "t1c": "T1C+"}
+    assert set(cautions) <= set(named.values())
+    for name, sequence in named.items():
+        if sequence in cautions:
+            assert summaries[name]["caution"] == cautions[sequence]
+            assert summaries[name]["named_sequence"] == sequence
+            assert cautions[sequence] in summaries[name]["message"]
+        else:
+            assert "caution" not in summaries[name]
+    assert "caution" not in summaries["case.nii.gz"]
+    first = next(name for name, sequence in named.items() if sequence in cautions)
+    status, out, _ = run_cli("predict", str(tmp_path / first if first != "case_flair.nii.gz"
+                                            else flair))
+    assert status == 0 and cautions[named[first]] in out
 
 
 # -- the scan rule -------------------------------------------------------------------------

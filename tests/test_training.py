@@ -356,10 +356,11 @@ def test_calibrate_names_a_missing_split_or_missing_images(dataset: Path, tmp_pa
     before = (model / "card.json").read_text()
     assert main(["calibrate", str(model), str(dataset)]) == 2
     assert f"no split file at {model / 'split.csv'}" in capsys.readouterr().err
-    shutil.copy(SHIPPED_MODEL_DIR / "split.csv", model / "split.csv")  # two sources
+    shutil.copy(SHIPPED_MODEL_DIR / "split.csv", model / "split.csv")  # five sources
     assert main(["calibrate", str(model), str(dataset)]) == 2
-    assert "lists images of source(s) brain-mri-44-types, brain-tumor-mri/Training, but no " \
-        "data folder of that name was given" in capsys.readouterr().err
+    assert "lists images of source(s) brain-mri-44-types, brain-tumor-mri/Training, " \
+        "healthy-volumes, lgg-tcga, skull-stripped-normal, but no data folder of that name " \
+        "was given" in capsys.readouterr().err
     rows = [line for line in (model / "split.csv").read_text().splitlines()
             if line.split(",")[5] in ("", "source")]
     (model / "split.csv").write_text("\n".join([rows[0], "glioma/gone.jpg,glioma,val,0,00,,"]))

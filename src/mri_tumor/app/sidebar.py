@@ -22,6 +22,8 @@ SOURCE_DESCRIPTIONS = {
     "brain-mri-44-types": "teaching-file images: T1, T1C+ and T2 slices from radiology "
                           "teaching material",
     "brain-tumor-mri": "the Kaggle brain tumour MRI set, mostly T1 with contrast",
+    "lgg-tcga": "every slice of lower-grade glioma patients' T1, FLAIR and T1C+ scans "
+                "(TCGA; the patients of the scan rule's fold)",
 }
 SCORES = (("accuracy", "Accuracy"), ("macro_f1", "Macro-F1"), ("ece", "ECE"),
           ("sequence_accuracy", "Sequence accuracy"))
