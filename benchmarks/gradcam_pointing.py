@@ -67,9 +67,11 @@ def main() -> None:
     patients = None
     if args.split is not None:
         from mri_tumor.data.splitting import read_split_csv
+        from mri_tumor.evaluation.scans import split_groups
 
-        patients = {row.path.split("/")[0] for row in read_split_csv(args.split)
-                    if row.source == "lgg-tcga" and row.split == args.subset}
+        patients = {group for source, group in split_groups(read_split_csv(args.split),
+                                                            args.subset)
+                    if source == "lgg-tcga"}
         if not patients:
             raise SystemExit(f"{args.split}: no lgg-tcga patients on the {args.subset!r} side")
     predictor = Predictor.load(args.model, backend="torch", threads=2)

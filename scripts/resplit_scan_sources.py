@@ -77,16 +77,13 @@ def main() -> None:
     rng = random.Random(args.seed)
     new_side = {patient: "train" for patient in old_side}
     for side, wanted in (("test", args.test), ("val", args.rule_fold)):
-        if side == "test" or not args.tested_before:
-            by_institution: dict[str, list[str]] = defaultdict(list)
-            for patient in test_pool:
-                by_institution[institution(patient)].append(patient)
-        else:
-            by_institution = defaultdict(list)
-            for patient in sorted(old_side):
-                if new_side[patient] != "test":
-                    by_institution[institution(patient)].append(patient)
-        pool = sum(len(p) for p in by_institution.values())
+        drawn_from = test_pool
+        if side == "val" and args.tested_before:  # anyone not on the new test side
+            drawn_from = [p for p in sorted(old_side) if new_side[p] != "test"]
+        by_institution: dict[str, list[str]] = defaultdict(list)
+        for patient in drawn_from:
+            by_institution[institution(patient)].append(patient)
+        pool = len(drawn_from)
         remaining = {k: [p for p in v if new_side[p] == "train"] for k, v in by_institution.items()}
         # Largest remainder: each institution in proportion to its share of the pool.
         quotas = {k: wanted * len(by_institution[k]) / pool for k in by_institution}

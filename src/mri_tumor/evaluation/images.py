@@ -153,20 +153,18 @@ def _split_images(dirs: list[Path], split: Path, subset: str) -> ImageSet:
     if not rows:
         raise ValueError(f"split file {split}: no images on the '{subset}' side")
     roots = source_roots(dirs)
-    unknown = sorted({row.source for row in rows} - roots.keys())
-    left_out = ""
-    if unknown and all(row.source in unknown for row in rows):
+    # A model trained on more sources than are scored now (e.g. the slice collections without
+    # the whole-scan sources): score the given ones, and say which were not.
+    skipped = [row for row in rows if row.source not in roots]
+    rows = [row for row in rows if row.source in roots]
+    unknown = sorted({row.source for row in skipped})
+    if not rows:
         raise FileNotFoundError(
             f"split file {split}: its '{subset}' images come from source(s) "
             f"{', '.join(s or '(one unnamed folder)' for s in unknown)}, but no data folder of "
             f"that name was given (given: {', '.join(names)})")
-    if unknown:
-        # A model trained on more sources than are scored now (e.g. the slice collections
-        # without the whole-scan sources): score the given ones, and say which were not.
-        skipped = [row for row in rows if row.source in unknown]
-        rows = [row for row in rows if row.source not in unknown]
-        left_out = (f"; {len(skipped)} of source(s) {', '.join(unknown)} left out (no folder "
-                    "given)")
+    left_out = (f"; {len(skipped)} of source(s) {', '.join(unknown)} left out (no folder given)"
+                if skipped else "")
     missing = [row for row in rows if not row_path(row, roots).is_file()]
     if missing:
         raise FileNotFoundError(f"split file {split}: {len(missing)} of its {len(rows)} '{subset}' "
