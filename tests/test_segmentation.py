@@ -512,3 +512,84 @@ def test_the_api_reads_t1_and_t1c_beside_a_flair_volume(predictor, tmp_path: Pat
                   ("t1c", ("t1c.nii.gz", b"\x1f\x8bbroken", nifti))], "t1c:")):
             reply = client.post("/v1/segment?outline_all=true", files=files)
             assert reply.status_code == 422 and says in reply.json()["detail"], reply.text
+
+
+def test_neighbours_are_the_slices_before_and_after_as_far_apart_as_in_training() -> None:
+    """2.5-D rows: each slice's neighbours are its companions, held at the stack's ends; a
+    stack twice the training length takes them two slices away."""
+    from mri_tumor.data.segmentation import (
+        MaskedSlice,
+        median_stack_slices,
+        neighbour_pairs,
+        neighbour_step,
+        with_neighbours,
+    )
+
+    assert neighbour_pairs(4, 1) == [(0, 1), (0, 2), (1, 3), (2, 3)]
+    assert neighbour_step(36, 36) == 1 and neighbour_step(72, 36) == 2
+    assert neighbour_step(10, 36) == 1 and neighbour_step(5, 0) == 1
+
+    def rows(patient: str, count: int) -> list[MaskedSlice]:
+        return [MaskedSlice(Path(f"{patient}/{n:03d}_FLAIR.jpg"), Path(f"{n:03d}_mask.png"),
+                            patient, n) for n in range(count, 0, -1)]  # any order in
+
+    given = rows("short", 4) + rows("long", 8)
+    assert median_stack_slices(given) == 6
+    out = {(r.patient, r.number): r for r in with_neighbours(given, stack_slices=4)}
+    assert len(out) == len(given)
+    assert [p.name for p in out[("short", 1)].channels()] == [
+        "001_FLAIR.jpg", "001_FLAIR.jpg", "002_FLAIR.jpg"]
+    assert [p.name for p in out[("long", 4)].channels()] == [  # 8 slices: step 2
+        "004_FLAIR.jpg", "002_FLAIR.jpg", "006_FLAIR.jpg"]
+
+
+def test_training_swaps_the_neighbours_or_replaces_them_by_the_slice() -> None:
+    import torch
+
+    from mri_tumor.training.segmentation import shuffle_neighbours
+
+    torch.manual_seed(0)
+    batch = torch.arange(3.0).view(1, 3, 1, 1).repeat(64, 1, 2, 2)  # channels 0, 1, 2
+    alone = shuffle_neighbours(batch, dropout=1.0)
+    assert (alone == 0).all()
+    moved = shuffle_neighbours(batch, dropout=0.0)[:, :, 0, 0]
+    as_given = (moved == torch.tensor([0.0, 1.0, 2.0])).all(1)
+    swapped = (moved == torch.tensor([0.0, 2.0, 1.0])).all(1)
+    assert (as_given | swapped).all() and as_given.any() and swapped.any()
+
+
+def test_a_2_5_d_model_trains_and_outlines_volumes_and_single_slices(
+        lgg_like: Path, tmp_path: Path) -> None:
+    """``--neighbours``: the card records it with the training stacks' median length;
+    evaluate, a volume and a slice image (its own neighbours) are read; it does not mix with
+    companions."""
+    out = tmp_path / "2.5d"
+    status, stdout, stderr = run_cli("train-segmenter", str(lgg_like), "--out", str(out),
+                                     "--neighbours", "--epochs", "1", "--batch-size", "4",
+                                     "--image-size", "64", "--max-train-batches", "2",
+                                     "--held-out", "0.25")
+    assert status == 0, stderr
+    assert "mean Dice per patient" in stdout
+    card = SegmentationCard.load(out)
+    assert card.neighbours and card.stack_slices == 6 and card.companions == []
+    segmenter = Segmenter.load(out)
+    picture = Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 40), np.uint8))
+    alone, replicated = segmenter.probabilities([picture, [picture] * 3])
+    assert alone.shape == (40, 40) and np.allclose(alone, replicated)
+    with pytest.raises(ValueError, match="with the slices before and after"):
+        segmenter.probabilities([[picture, picture]])
+
+    flair = save_nifti(phantom(), np.diag([0.9, 0.9, 4.0, 1.0]), tmp_path / "flair.nii.gz")
+    image = tmp_path / "slice.png"
+    picture.save(image)
+    status, stdout, stderr = run_cli("segment", str(flair), str(image), "--out",
+                                     str(tmp_path / "m"), "--json", "--segmenter", str(out),
+                                     "--no-classifier")
+    assert status == 0, stderr
+    volume, single = [json.loads(x)["segmentation"] for x in stdout.splitlines()]
+    assert nib.load(volume["mask"]).shape == phantom().shape
+    assert Image.open(single["mask"]).size == (40, 40)
+
+    status, _, stderr = run_cli("train-segmenter", str(lgg_like), "--out", str(tmp_path / "x"),
+                                "--neighbours", "--companions", "T1")
+    assert status == 2 and "leave out --companions" in stderr

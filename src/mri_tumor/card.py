@@ -309,6 +309,11 @@ class SegmentationCard:
     # Further co-registered sequences it reads, one input channel each after ``sequence``;
     # empty: ``sequence`` alone, its grey value in every channel.
     companions: list[str] = field(default_factory=list)
+    # 2.5-D: the slices before and after in the second and third channel, taken
+    # ``data.segmentation.neighbour_step`` slices away; ``stack_slices`` is the median stack
+    # length of training. A slice image alone is read with itself as its neighbours.
+    neighbours: bool = False
+    stack_slices: int = 0
     # The classifier's classes whose lesions the training masks outline: an outline of
     # another class is said to be less reliable.
     classes_seen: list[str] = field(default_factory=list)  # the classifier's, of its data

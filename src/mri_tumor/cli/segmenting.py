@@ -139,6 +139,9 @@ def add_train_segmenter(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--companions", nargs="+", default=list(default.companions),
                    metavar="SEQUENCE", help="co-registered sequences read as further input "
                                             "channels, e.g. T1 T1C+ (default: FLAIR alone)")
+    p.add_argument("--neighbours", action="store_true", default=default.neighbours,
+                   help="2.5-D: read the slices before and after as further input channels "
+                        "(with FLAIR alone)")
     p.add_argument("--image-size", type=int, default=default.image_size,
                    help="model input side, a multiple of 32")
     p.add_argument("--held-out", type=float, default=default.held_out,
@@ -162,7 +165,9 @@ def run_train_segmenter(args: argparse.Namespace) -> int:
         data_dir=args.data_dir, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, image_size=args.image_size, held_out=args.held_out, seed=args.seed,
         max_minutes=args.max_minutes, max_train_batches=int(limit) if limit > 1 else limit,
-        companions=tuple(args.companions))
+        companions=tuple(args.companions), neighbours=args.neighbours)
+    if args.neighbours and args.companions:
+        raise UsageError("--neighbours reads FLAIR alone: leave out --companions")
     from mri_tumor.training.segmentation import train_segmenter
 
     out = train_segmenter(config)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +70,43 @@ def masked_slices(root: Path, sequence: str = "FLAIR", companions: Sequence[str]
 
 def _existing(path: Path) -> Path | None:
     return path if path.is_file() else None
+
+
+def neighbour_step(slices: int, stack_slices: int) -> int:
+    """How many slices away a 2.5-D model's neighbours are taken in a stack of ``slices``:
+    about as far through the head as one slice of a training stack of ``stack_slices``
+    (the median of training), so a thin-slice volume gives the same context as training."""
+    return max(1, round(slices / stack_slices)) if stack_slices > 0 else 1
+
+
+def neighbour_pairs(count: int, step: int) -> list[tuple[int, int]]:
+    """For each of ``count`` ordered slices, the indices of its neighbours ``step`` slices
+    before and after, held at the stack's ends (the first slice is its own neighbour below)."""
+    return [(max(0, i - step), min(count - 1, i + step)) for i in range(count)]
+
+
+def median_stack_slices(rows: Sequence[MaskedSlice]) -> int:
+    """The median number of slices in a patient's stack."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.patient] = counts.get(row.patient, 0) + 1
+    return int(np.median(list(counts.values()))) if counts else 0
+
+
+def with_neighbours(rows: Sequence[MaskedSlice], stack_slices: int) -> list[MaskedSlice]:
+    """The rows with each slice's neighbours before and after (``neighbour_step``) as its
+    two companion channels: the 2.5-D input, the slice itself in the first channel."""
+    by_patient: dict[str, list[MaskedSlice]] = {}
+    for row in rows:
+        by_patient.setdefault(row.patient, []).append(row)
+    out = []
+    for patient_rows in by_patient.values():
+        ordered = sorted(patient_rows, key=lambda r: r.number)
+        step = neighbour_step(len(ordered), stack_slices)
+        for row, (before, after) in zip(ordered, neighbour_pairs(len(ordered), step),
+                                        strict=True):
+            out.append(replace(row, companions=(ordered[before].image, ordered[after].image)))
+    return out
 
 
 def split_patients(patients: list[str], held_out: float, seed: int = 0) -> dict[str, str]:

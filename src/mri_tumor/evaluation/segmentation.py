@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from mri_tumor.card import SPLIT_FILE
-from mri_tumor.data.segmentation import MaskedSlice, masked_slices, read_mask
+from mri_tumor.data.segmentation import MaskedSlice, masked_slices, read_mask, with_neighbours
 from mri_tumor.evaluation.intervals import CONFIDENCE, mean_interval
 
 logger = logging.getLogger(__name__)
@@ -74,6 +74,8 @@ def evaluate_segmentation(segmenter: Any, data_dir: Path, patients: Sequence[str
                           ) -> dict[str, Any]:
     """Per-patient scores and their summary over ``patients`` (None: every patient)."""
     rows = masked_slices(Path(data_dir), segmenter.card.sequence, segmenter.card.companions)
+    if segmenter.card.neighbours:
+        rows = with_neighbours(rows, segmenter.card.stack_slices)
     by_patient: dict[str, list[MaskedSlice]] = {}
     for row in rows:
         if patients is None or row.patient in patients:

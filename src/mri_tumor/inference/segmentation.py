@@ -24,6 +24,7 @@ from PIL import Image
 
 from mri_tumor.card import WEIGHTS_FILE, SegmentationCard
 from mri_tumor.data.preprocess import PreprocessSpec, normalize_array, to_model_pixels
+from mri_tumor.data.segmentation import neighbour_pairs, neighbour_step
 from mri_tumor.data.volume import AxialStack
 
 logger = logging.getLogger(__name__)
@@ -154,18 +155,23 @@ class Segmenter:
                       batch_size: int = 32) -> list[np.ndarray]:
         """Tumour probability per pixel of each grey image, at the image's own size; for a
         model with ``card.companions``, each item is the slice's images in the card's order
-        (``sequence``, then the companions), of one size."""
+        (``sequence``, then the companions), of one size; for a 2.5-D model
+        (``card.neighbours``), the slice and its neighbours before and after, or the slice
+        alone (then its own neighbours)."""
         import torch
 
         out: list[np.ndarray] = []
         size = self.card.image_size
-        channels = 1 + len(self.card.companions)
+        channels = 1 + len(self.card.companions) + (2 if self.card.neighbours else 0)
+        alone = 3 if self.card.neighbours else 1
         for start in range(0, len(images), batch_size):
-            batch = [[item] if isinstance(item, Image.Image) else list(item)
+            batch = [[item] * alone if isinstance(item, Image.Image) else list(item)
                      for item in images[start:start + batch_size]]
             if any(len(item) != channels for item in batch):
-                raise ValueError(f"this segmentation model reads {channels} co-registered "
-                                 f"image(s) per slice ({', '.join(self.sequences)})")
+                raise ValueError(f"this segmentation model reads {channels} image(s) per "
+                                 f"slice ({', '.join(self.sequences)}"
+                                 + (", with the slices before and after" if
+                                    self.card.neighbours else "") + ")")
             pixels = np.stack([np.stack([to_model_pixels(image, size) for image in item])
                                for item in batch])
             inputs = torch.from_numpy(normalize_array(pixels[:, 0] if channels == 1
@@ -218,6 +224,12 @@ class Segmenter:
             layers = [stack, *(other or stack for other in given)]
             pictures: list[Any] = [[layer.picture(layer.windowed[:, :, k]) for layer in layers]
                                    for k in indices]
+        elif self.card.neighbours:
+            # Neighbours among the head's slices, as far apart as in training.
+            single = [stack.picture(stack.windowed[:, :, k]) for k in indices]
+            step = neighbour_step(len(indices), self.card.stack_slices)
+            pictures = [[single[i], single[before], single[after]] for i, (before, after)
+                        in enumerate(neighbour_pairs(len(indices), step))]
         else:
             pictures = [stack.picture(stack.windowed[:, :, k]) for k in indices]
         canonical = np.zeros(stack.canonical_shape, dtype=np.float32)

@@ -122,6 +122,12 @@ class SegmentConfig:
     # Co-registered sequences given as further input channels (e.g. ("T1", "T1C+")); a
     # sequence a patient lacks is replaced by ``sequence``. Empty: ``sequence`` alone.
     companions: tuple[str, ...] = ()
+    # 2.5-D: the slices before and after as the second and third input channel (not with
+    # companions). In training their order is swapped at random (a scan may run either way)
+    # and, with ``neighbour_dropout``, both are replaced by the slice itself (a slice image
+    # read alone).
+    neighbours: bool = False
+    neighbour_dropout: float = 0.15
     image_size: int = 256  # a multiple of 32: the lgg-tcga slices' own size (192 before 2026-12-07)
     held_out: float = 0.2  # share of each institution's patients kept for the final test
     epochs: int = 30

@@ -26,7 +26,13 @@ from mri_tumor.card import HISTORY_FILE, SPLIT_FILE, SegmentationCard
 from mri_tumor.data.augment import augment_with_masks
 from mri_tumor.data.folders import PATIENT_TUMOUR_CLASS
 from mri_tumor.data.preprocess import PreprocessSpec, normalize
-from mri_tumor.data.segmentation import load_pairs, masked_slices, split_patients
+from mri_tumor.data.segmentation import (
+    load_pairs,
+    masked_slices,
+    median_stack_slices,
+    split_patients,
+    with_neighbours,
+)
 from mri_tumor.models.factory import ARCHITECTURES, channels_last, save_weights
 from mri_tumor.models.unet import efficient_unet
 from mri_tumor.training.config import SegmentConfig
@@ -41,6 +47,17 @@ def soft_dice_loss(logits: torch.Tensor, masks: torch.Tensor, eps: float = 1.0) 
     probabilities = torch.sigmoid(logits)
     overlap = (probabilities * masks).sum()
     return 1 - (2 * overlap + eps) / (probabilities.sum() + masks.sum() + eps)
+
+
+def shuffle_neighbours(grey: torch.Tensor, dropout: float) -> torch.Tensor:
+    """A 2.5-D batch (B, 3, H, W: the slice, its neighbours before and after) with the two
+    neighbours swapped for half the slices, and both replaced by the slice itself for a
+    ``dropout`` share of them."""
+    n = grey.shape[0]
+    swap = torch.rand(n, device=grey.device) < 0.5
+    grey = torch.where(swap.view(n, 1, 1, 1), grey[:, [0, 2, 1]], grey)
+    alone = (torch.rand(n, device=grey.device) < dropout).view(n, 1, 1, 1)
+    return torch.where(alone, grey[:, [0, 0, 0]], grey)
 
 
 class TumorSegmenter(L.LightningModule):
@@ -62,6 +79,8 @@ class TumorSegmenter(L.LightningModule):
         # (B, H, W): one sequence; (B, C, H, W): one channel per co-registered sequence.
         grey = (pixels.unsqueeze(1) if pixels.dim() == 3 else pixels).float() / 255.0
         masks = masks.unsqueeze(1).float()
+        if self.trainer.training and self.config.neighbours:
+            grey = shuffle_neighbours(grey, self.config.neighbour_dropout)
         if self.trainer.training:
             grey, moved = augment_with_masks(grey, masks, self.config.augment)
             masks = moved if moved is not None else masks
@@ -97,12 +116,17 @@ def train_segmenter(config: SegmentConfig) -> Path:
     L.seed_everything(config.seed, workers=True, verbose=False)
     arch = ARCHITECTURES["efficientnet_lite0"]
     spec = PreprocessSpec(config.image_size, arch.mean, arch.std, 3, config.intensity)
+    if config.neighbours and config.companions:
+        raise ValueError("a 2.5-D model (neighbours) reads one sequence: give no companions")
     rows = masked_slices(Path(config.data_dir), config.sequence, config.companions)
     sides = split_patients([r.patient for r in rows], config.held_out, config.seed)
     train_rows = [r for r in rows if sides[r.patient] == "train"]
     if not train_rows:
         raise ValueError(f"{config.data_dir}: no training patients left after holding out "
                          f"{config.held_out:.0%}")
+    stack_slices = median_stack_slices(train_rows) if config.neighbours else 0
+    if config.neighbours:
+        train_rows = with_neighbours(train_rows, stack_slices)
     pixels, masks = load_pairs(train_rows, config.image_size)
     tumour = masks.reshape(len(masks), -1).any(1)
     n_tumour, n_clear = int(tumour.sum()), int((~tumour).sum())
@@ -138,6 +162,7 @@ def train_segmenter(config: SegmentConfig) -> Path:
     card = SegmentationCard(
         image_size=config.image_size, mean=list(spec.mean), std=list(spec.std),
         sequence=config.sequence, companions=list(config.companions),
+        neighbours=config.neighbours, stack_slices=stack_slices,
         classes_seen=[PATIENT_TUMOUR_CLASS],
         intensity=config.intensity, threshold=config.threshold,
         min_component_share=config.min_component_share,
@@ -152,6 +177,7 @@ def train_segmenter(config: SegmentConfig) -> Path:
             "batch_size": config.batch_size, "lr": config.lr, "schedule": "cosine",
             "weight_decay": config.weight_decay, "seed": config.seed,
             "augment": config.augment.to_dict(), "pretrained": config.pretrained,
+            **({"neighbour_dropout": config.neighbour_dropout} if config.neighbours else {}),
             "seconds": round(seconds, 1), "hardware": hardware_description(),
         })
     card.save(out)
