@@ -578,6 +578,10 @@ def test_a_2_5_d_model_trains_and_outlines_volumes_and_single_slices(
     assert alone.shape == (40, 40) and np.allclose(alone, replicated)
     with pytest.raises(ValueError, match="with the slices before and after"):
         segmenter.probabilities([[picture, picture]])
+    status, stdout, stderr = run_cli("evaluate-segmenter", str(lgg_like), "--segmenter",
+                                     str(out), "--without-neighbours", "--json")
+    assert status == 0, stderr
+    assert json.loads(stdout)["patients"] == card.metrics["held_out"]["patients"] == 2
 
     flair = save_nifti(phantom(), np.diag([0.9, 0.9, 4.0, 1.0]), tmp_path / "flair.nii.gz")
     image = tmp_path / "slice.png"
@@ -593,3 +597,42 @@ def test_a_2_5_d_model_trains_and_outlines_volumes_and_single_slices(
     status, _, stderr = run_cli("train-segmenter", str(lgg_like), "--out", str(tmp_path / "x"),
                                 "--neighbours", "--companions", "T1")
     assert status == 2 and "leave out --companions" in stderr
+
+
+def test_compare_pairs_two_segmenters_per_patient(segmenter_dir: Path, lgg_like: Path,
+                                                  tmp_path: Path) -> None:
+    """``evaluate-segmenter --out`` writes segmentation.json; ``compare`` of two such reports
+    pairs the patients: the Dice difference with its interval, volumes within tolerance."""
+    from mri_tumor.evaluation.segmentation_comparison import (
+        PatientScores,
+        compare_segmentations,
+    )
+
+    status, _, stderr = run_cli("evaluate-segmenter", str(lgg_like), "--segmenter",
+                                str(segmenter_dir), "--patients", "all", "--out",
+                                str(tmp_path / "a"))
+    assert status == 0, stderr
+    report = json.loads((tmp_path / "a" / "segmentation.json").read_text())
+    b = tmp_path / "b"
+    b.mkdir()
+    shifted = dict(report, per_patient=[dict(row, dice=row["dice"] + 0.1 * (i % 2),
+                                             volume_ratio=1.0)
+                                        for i, row in enumerate(report["per_patient"])])
+    (b / "segmentation.json").write_text(json.dumps(shifted))
+    status, stdout, stderr = run_cli("compare", str(tmp_path / "a"), str(b), "--json")
+    assert status == 0, stderr
+    result = json.loads(stdout)["segmentation"]
+    assert result["patients"] == len(PATIENTS)
+    assert result["difference"] == pytest.approx(0.05)
+    low, high = result["difference_interval"]
+    assert 0 < low <= 0.05 <= high <= 0.1
+    assert result["better_b"] == len(PATIENTS) // 2 and result["better_a"] == 0
+    assert result["volume_within_b"] == len(PATIENTS)
+
+    scores = PatientScores(["p1", "p2"], np.array([0.5, 0.6]), np.array([1.0, np.nan]), 0.2)
+    other = PatientScores(["p1", "p3"], np.array([0.5, 0.6]), np.array([1.0, 1.0]), 0.2)
+    with pytest.raises(ValueError, match="different patients"):
+        compare_segmentations(scores, other)
+    assert compare_segmentations(scores, scores).volume_within_a == 1  # no reference: not
+    status, _, stderr = run_cli("compare", str(tmp_path / "a"), str(tmp_path / "none"))
+    assert status != 0 and "Traceback" not in stderr

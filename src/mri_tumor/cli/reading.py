@@ -236,7 +236,8 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
                        "source, the images only one model gets right, and a paired bootstrap "
                        "interval for each difference. Two reports of `evaluate --scans` "
                        "(scans.json) compare the scan answers: right per true class and "
-                       "sequence. Research tool, not a diagnosis.")
+                       "sequence; two of `evaluate-segmenter --out` (segmentation.json) the "
+                       "Dice per patient. Research tool, not a diagnosis.")
     p.add_argument("report_a", type=Path, metavar="REPORT_A",
                    help="model A's report folder (or its predictions.csv or scans.json)")
     p.add_argument("report_b", type=Path, metavar="REPORT_B",
@@ -257,12 +258,31 @@ def run_compare(args: argparse.Namespace) -> int:
         has_scan_report,
         read_scan_answers,
     )
+    from mri_tumor.evaluation.segmentation_comparison import (
+        compare_segmentations,
+        format_segmentation_comparison,
+        has_segmentation_report,
+        read_patient_scores,
+    )
 
     if args.resamples < 100:
         raise UsageError("--resamples must be at least 100")
     if not 0 < args.confidence < 1:
         raise UsageError("--confidence must be between 0 and 1, e.g. 0.9")
     names = (str(args.report_a), str(args.report_b))
+    if all(has_segmentation_report(r) for r in (args.report_a, args.report_b)):
+        outlines = compare_segmentations(read_patient_scores(args.report_a),
+                                         read_patient_scores(args.report_b), args.resamples,
+                                         args.confidence, args.seed)
+        if args.json:
+            print(json.dumps({"model_a": names[0], "model_b": names[1],
+                              "confidence": args.confidence, "resamples": args.resamples,
+                              "segmentation": outlines.to_json()}))
+            print(DISCLAIMER, file=sys.stderr)
+        else:
+            print(format_segmentation_comparison(outlines, *names, args.confidence))
+            print(DISCLAIMER)
+        return 0
     # Reports of `evaluate --scans` hold scans.json and no predictions.csv: their scan answers
     # are compared instead of image predictions.
     if all(has_scan_report(r) and not (r / PREDICTIONS_FILE).is_file()

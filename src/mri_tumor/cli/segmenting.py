@@ -185,17 +185,24 @@ def add_evaluate_segmenter(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--patients", choices=("test", "train", "all"), default="test",
                    help="which patients of the model's split.csv (all: every patient found)")
     p.add_argument("--json", action="store_true", help="the metrics as one JSON object")
+    p.add_argument("--out", type=Path, help="also write the metrics to OUT/segmentation.json "
+                                            "(for `mri-tumor compare`)")
+    p.add_argument("--without-neighbours", action="store_true",
+                   help="a 2.5-D model reads each slice alone, as it reads a slice image")
 
 
 def run_evaluate_segmenter(args: argparse.Namespace) -> int:
     from mri_tumor.inference.segmentation import SHIPPED_SEGMENTER
 
+    if args.out is not None and args.out.is_file():
+        raise UsageError(f"--out {args.out} is a file, not a folder")
     return _evaluate(args.segmenter or SHIPPED_SEGMENTER, args.data_dir, args.patients,
-                     as_json=args.json, write_card=False)
+                     as_json=args.json, write_card=False, out=args.out,
+                     neighbours=not args.without_neighbours)
 
 
 def _evaluate(model_dir: Path, data_dir: Path, side: str, as_json: bool,
-              write_card: bool) -> int:
+              write_card: bool, out: Path | None = None, neighbours: bool = True) -> int:
     from mri_tumor.card import SegmentationCard
     from mri_tumor.evaluation.segmentation import (
         evaluate_segmentation,
@@ -210,12 +217,17 @@ def _evaluate(model_dir: Path, data_dir: Path, side: str, as_json: bool,
         patients = [p for p, s in split_of(model_dir).items() if s == side]
         if not patients:
             raise UsageError(f"{model_dir}: its split has no {side} patients")
-    metrics = evaluate_segmentation(segmenter, data_dir, patients)
+    metrics = evaluate_segmentation(segmenter, data_dir, patients, neighbours)
     if write_card:
         card = SegmentationCard.load(model_dir)
         card.metrics = {"held_out": {k: v for k, v in metrics.items() if k != "per_patient"},
                         "held_out_per_patient": metrics["per_patient"]}
         card.save(model_dir)
+    if out is not None:
+        from mri_tumor.evaluation.segmentation_comparison import SEGMENTATION_FILE
+
+        out.mkdir(parents=True, exist_ok=True)
+        (out / SEGMENTATION_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     if as_json:
         print(json.dumps(metrics))
     else:

@@ -70,11 +70,13 @@ def _grey(path: Path) -> Image.Image:
         return image.convert("L")
 
 
-def evaluate_segmentation(segmenter: Any, data_dir: Path, patients: Sequence[str] | None
-                          ) -> dict[str, Any]:
-    """Per-patient scores and their summary over ``patients`` (None: every patient)."""
+def evaluate_segmentation(segmenter: Any, data_dir: Path, patients: Sequence[str] | None,
+                          neighbours: bool = True) -> dict[str, Any]:
+    """Per-patient scores and their summary over ``patients`` (None: every patient). A 2.5-D
+    model reads each slice with its neighbours, or with ``neighbours=False`` alone, as it
+    reads a slice image."""
     rows = masked_slices(Path(data_dir), segmenter.card.sequence, segmenter.card.companions)
-    if segmenter.card.neighbours:
+    if segmenter.card.neighbours and neighbours:
         rows = with_neighbours(rows, segmenter.card.stack_slices)
     by_patient: dict[str, list[MaskedSlice]] = {}
     for row in rows:
