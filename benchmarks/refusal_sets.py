@@ -5,8 +5,9 @@ images that are not brain MRI it must refuse, as `mri-tumor predict` reads them.
         --rows NAME=SPLIT_CSV:SIDE[:SOURCE] ... --folder NAME=DIR ... \
         --data DATA_DIR [DATA_DIR ...] [--json out.json]
 
-``--rows`` takes the rows of one side of a split (and one source of it, for a split of
-several sources; the data folders given by ``--data`` say where the files are); ``--folder``
+``--rows`` takes the rows of one side of a split and one source of it (the data folders given
+by ``--data`` say where the files are; without SOURCE, a one-source split whose files are in
+the first ``--data`` folder); ``--folder``
 takes every image under a folder. Prints, per set, the images and the share refused (status
 ``rejected``), e.g. a `types` guard before and after a change (docs/ood-guard.md).
 """
@@ -26,11 +27,11 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm"}
 def row_files(spec: str, data: list[Path]) -> list[Path]:
     """``SPLIT_CSV:SIDE[:SOURCE]`` -> the files of those rows."""
     split, side, *source = spec.split(":")
-    rows = [r for r in read_split_under(Path(split), data) if r.split == side
+    # A one-source split (no SOURCE) names no source in its rows: the first folder holds them.
+    folders: list[Path] | Path = data if source else data[0]
+    rows = [r for r in read_split_under(Path(split), folders) if r.split == side
             and (not source or r.source == source[0])]
-    roots = source_roots(data)
-    if len(data) > 1:
-        roots[""] = data[0]  # a one-source split's rows name no source: the first folder
+    roots = source_roots(folders)
     return [row_path(r, roots) for r in rows]
 
 
