@@ -274,14 +274,8 @@ def run_compare(args: argparse.Namespace) -> int:
         outlines = compare_segmentations(read_patient_scores(args.report_a),
                                          read_patient_scores(args.report_b), args.resamples,
                                          args.confidence, args.seed)
-        if args.json:
-            print(json.dumps({"model_a": names[0], "model_b": names[1],
-                              "confidence": args.confidence, "resamples": args.resamples,
-                              "segmentation": outlines.to_json()}))
-            print(DISCLAIMER, file=sys.stderr)
-        else:
-            print(format_segmentation_comparison(outlines, *names, args.confidence))
-            print(DISCLAIMER)
+        _print_comparison(args, "segmentation", outlines.to_json(),
+                          format_segmentation_comparison(outlines, *names, args.confidence))
         return 0
     # Reports of `evaluate --scans` hold scans.json and no predictions.csv: their scan answers
     # are compared instead of image predictions.
@@ -290,21 +284,23 @@ def run_compare(args: argparse.Namespace) -> int:
         scan_groups = compare_scan_answers(read_scan_answers(args.report_a),
                                            read_scan_answers(args.report_b), args.resamples,
                                            args.confidence, args.seed)
-        _print_comparison(args, "scan_groups", scan_groups,
+        _print_comparison(args, "scan_groups", {g.name: g.to_json() for g in scan_groups},
                           format_scan_comparison(scan_groups, *names, args.confidence))
         return 0
     groups = compare(read_predictions(args.report_a), read_predictions(args.report_b),
                      args.resamples, args.confidence, args.seed)
-    _print_comparison(args, "groups", groups, format_comparison(groups, *names, args.confidence))
+    _print_comparison(args, "groups", {g.name: g.to_json() for g in groups},
+                      format_comparison(groups, *names, args.confidence))
     return 0
 
 
-def _print_comparison(args: argparse.Namespace, key: str, groups: list, table: str) -> None:
-    """``compare``'s result: one JSON object (``--json``) or the table, and the disclaimer."""
+def _print_comparison(args: argparse.Namespace, key: str, result: dict, table: str) -> None:
+    """``compare``'s result: one JSON object (``--json``, the result under ``key``) or the
+    table, and the disclaimer."""
     if args.json:
         print(json.dumps({"model_a": str(args.report_a), "model_b": str(args.report_b),
                           "confidence": args.confidence, "resamples": args.resamples,
-                          key: {g.name: g.to_json() for g in groups}}))
+                          key: result}))
         print(DISCLAIMER, file=sys.stderr)
     else:
         print(table)

@@ -160,14 +160,14 @@ def run_train_segmenter(args: argparse.Namespace) -> int:
         raise UsageError("--held-out must lie between 0 and 1")
     if args.epochs < 1 or args.batch_size < 1:
         raise UsageError("--epochs and --batch-size must be at least 1")
+    if args.neighbours and args.companions:
+        raise UsageError("--neighbours reads FLAIR alone: leave out --companions")
     limit = args.max_train_batches
     config = SegmentConfig(
         data_dir=args.data_dir, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, image_size=args.image_size, held_out=args.held_out, seed=args.seed,
         max_minutes=args.max_minutes, max_train_batches=int(limit) if limit > 1 else limit,
         companions=tuple(args.companions), neighbours=args.neighbours)
-    if args.neighbours and args.companions:
-        raise UsageError("--neighbours reads FLAIR alone: leave out --companions")
     from mri_tumor.training.segmentation import train_segmenter
 
     out = train_segmenter(config)

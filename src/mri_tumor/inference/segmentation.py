@@ -164,6 +164,15 @@ class Segmenter:
         size = self.card.image_size
         channels = 1 + len(self.card.companions) + (2 if self.card.neighbours else 0)
         alone = 3 if self.card.neighbours else 1
+        # A 2.5-D model meets each slice up to three times (itself, and the neighbour of
+        # two others): its pixels are prepared once (the images live through this call).
+        prepared: dict[int, np.ndarray] = {}
+
+        def model_pixels(image: Image.Image) -> np.ndarray:
+            if id(image) not in prepared:
+                prepared[id(image)] = to_model_pixels(image, size)
+            return prepared[id(image)]
+
         for start in range(0, len(images), batch_size):
             batch = [[item] * alone if isinstance(item, Image.Image) else list(item)
                      for item in images[start:start + batch_size]]
@@ -172,7 +181,7 @@ class Segmenter:
                                  f"slice ({', '.join(self.sequences)}"
                                  + (", with the slices before and after" if
                                     self.card.neighbours else "") + ")")
-            pixels = np.stack([np.stack([to_model_pixels(image, size) for image in item])
+            pixels = np.stack([np.stack([model_pixels(image) for image in item])
                                for item in batch])
             inputs = torch.from_numpy(normalize_array(pixels[:, 0] if channels == 1
                                                       else pixels, self.spec))

@@ -124,8 +124,9 @@ def train_segmenter(config: SegmentConfig) -> Path:
     if not train_rows:
         raise ValueError(f"{config.data_dir}: no training patients left after holding out "
                          f"{config.held_out:.0%}")
-    stack_slices = median_stack_slices(train_rows) if config.neighbours else 0
+    stack_slices = 0
     if config.neighbours:
+        stack_slices = median_stack_slices(train_rows)
         train_rows = with_neighbours(train_rows, stack_slices)
     pixels, masks = load_pairs(train_rows, config.image_size)
     tumour = masks.reshape(len(masks), -1).any(1)
